@@ -1,0 +1,74 @@
+"""Command line: `accelerate launch -m rs_trainer --config recipes/<model>/<recipe>.yaml [--key value ...]`.
+
+The recipe and the overrides are parsed by `trl.TrlParser` into `RSConfig` and TRL's `ModelConfig`; a key that
+neither knows is refused with its name.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .config import ConfigError, RSConfig
+
+
+def parse_args(argv: list[str] | None = None):
+    from trl import ModelConfig, TrlParser
+
+    parser = TrlParser((RSConfig, ModelConfig))
+    try:
+        args, model_args = parser.parse_args_and_config(args=argv)
+    except ValueError as err:
+        message = str(err)
+        if "Unknown arguments from config file" in message or "Some specified arguments are not used" in message:
+            raise ConfigError(
+                f"{message}\nEvery recipe key must be a field of RSConfig (rs_trainer/config.py) or TRL's "
+                "ModelConfig; check the spelling of the keys named above."
+            ) from None
+        raise
+    if model_args.model_name_or_path is None:
+        raise ConfigError("`model_name_or_path` is not set; name a hub id, a local folder or `embedded:<name>`.")
+    return args, model_args
+
+
+def dry_run(args, model_args) -> str:
+    """The resolved plan, computed without loading any model."""
+    from accelerate import PartialState
+
+    from . import data
+
+    state = PartialState()
+    train = data.load_prompts(args, args.dataset_split)
+    m = min(args.prompts_per_round or len(train), len(train))
+    args.check_selection_size(m)
+    per_round = m * args.num_samples_per_prompt
+    plan = {
+        "config": {"rs": args.to_dict(), "model": vars(model_args)},
+        "train_prompts": len(train),
+        "prompts_per_round": m,
+        "generations_per_round": per_round,
+        "max_new_tokens_per_round": [per_round * args.for_round("max_new_tokens", r) for r in range(args.num_rounds)],
+        "rounds": args.num_rounds,
+        "device": str(state.device),
+        "world_size": state.num_processes,
+        "output_dir": args.output_dir,
+    }
+    return json.dumps(plan, indent=2, default=str)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args, model_args = parse_args(argv)
+        if args.dry_run:
+            print(dry_run(args, model_args))
+            return 0
+        from .trainer import RejectionSamplingTrainer
+
+        trainer = RejectionSamplingTrainer(args, model_args)
+        trainer.setup()
+        trainer.train()
+        trainer.cleanup()
+    except ConfigError as err:
+        print(f"rs_trainer: error: {err}", file=sys.stderr)
+        return 2
+    return 0

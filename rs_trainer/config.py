@@ -1,0 +1,227 @@
+"""Recipe dataclasses. A YAML recipe and command-line overrides are parsed by `trl.TrlParser` into
+`RSConfig` (this file) and TRL's own `ModelConfig` (model, dtype and LoRA keys).
+
+Every field is documented once, in its `help`. Fields marked *per round* take one value or a list with one value
+per round; the last value repeats when there are more rounds than values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+SELECTION_STRATEGIES = ("best_of_n", "top_k_per_prompt", "threshold", "top_k", "top_fraction")
+PER_ROUND_FIELDS = ("temperature", "top_p", "sampling_top_k", "max_new_tokens")
+
+
+class ConfigError(ValueError):
+    """A recipe value that cannot work; the message names the key and what to change."""
+
+
+@dataclass
+class RSConfig:
+    # ---- run ----
+    output_dir: str = field(default="outputs/rs", metadata={"help": "Folder for every round's outputs."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Allow reusing an `output_dir` that holds a run with a different config (it is cleared)."},
+    )
+    seed: int = field(default=42, metadata={"help": "Seed from which every sampling and tie-break seed is derived."})
+    num_rounds: int = field(default=2, metadata={"help": "Rejection-sampling rounds (generate, score, select, SFT)."})
+    dry_run: bool = field(
+        default=False, metadata={"help": "Print the resolved plan and exit without loading a model."}
+    )
+    # ---- data ----
+    dataset_name: str = field(
+        default="builtin:arithmetic",
+        metadata={
+            "help": "Prompts: a local .jsonl/.json/.parquet/.csv file, a datasets hub id, or `builtin:arithmetic` "
+            "(questions generated from `seed`)."
+        },
+    )
+    dataset_split: str = field(default="train", metadata={"help": "Split of `dataset_name` to sample prompts from."})
+    eval_dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Held-out prompts for greedy evaluation; default: the `eval_split` of `dataset_name`."},
+    )
+    eval_split: str | None = field(
+        default="test", metadata={"help": "Split for evaluation; `null` turns held-out evaluation off."}
+    )
+    prompt_column: str = field(
+        default="prompt", metadata={"help": "Column with the prompt: a string or a list of chat messages."}
+    )
+    id_column: str | None = field(
+        default="prompt_id",
+        metadata={"help": "Column with a stable prompt id; if absent, ids are `<split>-<row number>`."},
+    )
+    prompts_per_round: int | None = field(
+        default=None, metadata={"help": "Prompts drawn (with the seed) each round; default: all of them."}
+    )
+    max_eval_prompts: int | None = field(default=None, metadata={"help": "Cap on held-out prompts evaluated."})
+    task_num_train: int = field(default=256, metadata={"help": "builtin:arithmetic: training questions."})
+    task_num_eval: int = field(default=64, metadata={"help": "builtin:arithmetic: held-out questions."})
+    task_min_operand: int = field(default=1, metadata={"help": "builtin:arithmetic: smallest operand."})
+    task_max_operand: int = field(default=20, metadata={"help": "builtin:arithmetic: largest operand."})
+    # ---- generation ----
+    num_samples_per_prompt: int = field(default=8, metadata={"help": "N: completions sampled per prompt."})
+    temperature: list[float] = field(default_factory=lambda: [0.8], metadata={"help": "Sampling temperature (per round)."})
+    top_p: list[float] = field(default_factory=lambda: [1.0], metadata={"help": "Nucleus sampling p (per round)."})
+    sampling_top_k: list[int] = field(
+        default_factory=lambda: [0], metadata={"help": "Sample from the k most likely tokens; 0 = off (per round)."}
+    )
+    max_new_tokens: list[int] = field(
+        default_factory=lambda: [64], metadata={"help": "Completion length cap in tokens (per round)."}
+    )
+    generation_batch_size: int = field(
+        default=0, metadata={"help": "Rows per generation batch; 0 picks by device (64 on CPU, 256 on GPU)."}
+    )
+    # ---- scoring ----
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["numeric_answer"],
+        metadata={
+            "help": "Scorers: built-in names (numeric_answer) or dotted paths to functions with TRL's reward "
+            "signature `fn(prompts, completions, **columns) -> list[float | None]`."
+        },
+    )
+    reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "Weight of each scorer in the total reward; default 1.0 each."}
+    )
+    pass_threshold: float = field(
+        default=1.0, metadata={"help": "A sample with reward >= this counts as a success for pass@k and accuracy."}
+    )
+    # ---- selection ----
+    selection: str = field(
+        default="best_of_n", metadata={"help": f"Selection strategy: one of {', '.join(SELECTION_STRATEGIES)}."}
+    )
+    top_k: int | None = field(default=None, metadata={"help": "`top_k`: samples kept over all prompts."})
+    top_fraction: float | None = field(default=None, metadata={"help": "`top_fraction`: fraction of all samples kept."})
+    k_per_prompt: int = field(
+        default=1, metadata={"help": "`top_k_per_prompt`: samples kept per prompt; `threshold`: cap per prompt."}
+    )
+    reward_threshold: float | None = field(
+        default=None, metadata={"help": "`threshold`: keep samples with reward >= this."}
+    )
+    min_reward: float | None = field(
+        default=None, metadata={"help": "Never select a sample below this reward, whatever the strategy."}
+    )
+    prefer_shorter: bool = field(
+        default=True, metadata={"help": "Among equal rewards prefer the shorter completion (then a seeded draw)."}
+    )
+    # ---- SFT ----
+    sft_epochs: int = field(default=2, metadata={"help": "Epochs over the selected set each round."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of AdamW."})
+    lr_scheduler_type: str = field(default="constant_with_warmup", metadata={"help": "transformers scheduler name."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Fraction of a round's steps spent warming up."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm; 0 = off."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "SFT sequences per device per step."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    max_seq_length: int | None = field(
+        default=None, metadata={"help": "Longest prompt + completion trained on; default: the model's context."}
+    )
+    pool_previous_rounds: bool = field(
+        default=False, metadata={"help": "SFT on the selected samples of this and every earlier round (Llama 2)."}
+    )
+    sft_from: str = field(
+        default="previous",
+        metadata={"help": "`previous`: continue from last round's weights; `base`: restart each round (ReST-EM)."},
+    )
+    # ---- evaluation and saving ----
+    eval_max_new_tokens: int = field(default=48, metadata={"help": "Greedy evaluation's completion length cap."})
+    save_checkpoints: bool = field(default=True, metadata={"help": "Save the model or adapter after every round."})
+
+    def __post_init__(self):
+        for name in PER_ROUND_FIELDS:
+            value = getattr(self, name)
+            values = list(value) if isinstance(value, (list, tuple)) else [value]
+            if not values:
+                raise ConfigError(f"`{name}` is an empty list; give one value or one per round.")
+            setattr(self, name, values)
+        if isinstance(self.reward_funcs, str):
+            self.reward_funcs = [self.reward_funcs]
+        self.validate()
+
+    def validate(self):
+        """Checks that need no model or data; those that need M (prompt count) are in `check_selection_size`."""
+        if self.num_samples_per_prompt < 1:
+            raise ConfigError(f"`num_samples_per_prompt` must be at least 1, got {self.num_samples_per_prompt}.")
+        if self.num_rounds < 1:
+            raise ConfigError(f"`num_rounds` must be at least 1, got {self.num_rounds}.")
+        if self.selection not in SELECTION_STRATEGIES:
+            raise ConfigError(f"`selection` {self.selection!r} is unknown; choose one of {SELECTION_STRATEGIES}.")
+        if self.selection == "top_k" and (self.top_k is None or self.top_k < 1):
+            raise ConfigError("`selection: top_k` needs `top_k` >= 1.")
+        if self.selection == "top_fraction" and not (self.top_fraction and 0 < self.top_fraction <= 1):
+            raise ConfigError("`selection: top_fraction` needs 0 < `top_fraction` <= 1.")
+        if self.selection == "threshold" and self.reward_threshold is None:
+            raise ConfigError("`selection: threshold` needs `reward_threshold`.")
+        if self.k_per_prompt < 1:
+            raise ConfigError(f"`k_per_prompt` must be at least 1, got {self.k_per_prompt}.")
+        if self.sft_from not in ("previous", "base"):
+            raise ConfigError(f"`sft_from` must be `previous` or `base`, got {self.sft_from!r}.")
+        for r, t in enumerate(self.temperature):
+            if t < 0:
+                raise ConfigError(f"`temperature` for round {r} is negative ({t}).")
+            if t == 0 and self.num_samples_per_prompt > 1:
+                raise ConfigError(
+                    f"`temperature` 0 (greedy) in round {r} with `num_samples_per_prompt` "
+                    f"{self.num_samples_per_prompt} would give N identical completions; raise the temperature "
+                    "or set `num_samples_per_prompt: 1`."
+                )
+        if any(m < 1 for m in self.max_new_tokens):
+            raise ConfigError(f"`max_new_tokens` must be >= 1, got {self.max_new_tokens}.")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+            raise ConfigError(
+                f"`reward_weights` has {len(self.reward_weights)} values for {len(self.reward_funcs)} "
+                "`reward_funcs`; give one weight per scorer."
+            )
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "sft_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
+
+    def check_selection_size(self, num_prompts: int):
+        """Refuse a `top_k` larger than what a round generates (M x N)."""
+        total = num_prompts * self.num_samples_per_prompt
+        if self.selection == "top_k" and self.top_k > total:
+            raise ConfigError(
+                f"`top_k` ({self.top_k}) is larger than prompts x samples ({num_prompts} x "
+                f"{self.num_samples_per_prompt} = {total}); lower `top_k` or raise `num_samples_per_prompt`."
+            )
+
+    def for_round(self, name: str, round_index: int):
+        """The value of a per-round field in round `round_index` (0-based); the last value repeats."""
+        values = getattr(self, name)
+        return values[min(round_index, len(values) - 1)]
+
+    def top_k_count(self, total: int) -> int | None:
+        if self.selection == "top_k":
+            return self.top_k
+        if self.selection == "top_fraction":
+            return max(1, math.ceil(self.top_fraction * total))
+        return None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Keys that do not change what a run computes: a run may be continued with other values of these.
+NON_SEMANTIC_KEYS = frozenset({"output_dir", "overwrite_output_dir", "dry_run"})
+
+
+def check_peft_keys(model_args):
+    """Refuse LoRA keys set away from their defaults while `use_peft` is false: the user expects LoRA."""
+    if model_args.use_peft:
+        return
+    from trl import ModelConfig
+
+    defaults = ModelConfig()
+    changed = [
+        f.name
+        for f in dataclasses.fields(model_args)
+        if f.name.startswith("lora_") and getattr(model_args, f.name) != getattr(defaults, f.name)
+    ]
+    if changed:
+        raise ConfigError(
+            f"LoRA keys {changed} are set but `use_peft` is false; set `use_peft: true` or remove them."
+        )

@@ -1,0 +1,103 @@
+"""Load prompts, give each a stable `prompt_id`, draw a round's prompts and shard them across ranks.
+
+A prompt is a dict: `prompt_id` (str), `prompt` (list of chat messages) and any other dataset columns (ground
+truths such as `answer`), which are passed on to the scorers. Nothing is ever keyed by prompt text.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from .config import ConfigError
+
+BUILTIN_PREFIX = "builtin:"
+LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def _check_jsonl(path: Path) -> None:
+    """datasets' own error for a broken line names no line; find it first and name it."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{path}: line {number} is not valid JSON ({err.msg}); fix or remove that line.")
+            if not isinstance(row, dict):
+                raise ConfigError(f"{path}: line {number} is not a JSON object; each line must be one row.")
+
+
+def _load_rows(name: str, split: str) -> list[dict]:
+    path = Path(name)
+    if path.suffix in LOCAL_FORMATS:
+        if not path.exists():
+            raise ConfigError(f"`dataset_name` {name} does not exist.")
+        if path.suffix == ".jsonl":
+            _check_jsonl(path)
+        from datasets import load_dataset
+
+        return load_dataset(LOCAL_FORMATS[path.suffix], data_files={split: str(path)}, split=split).to_list()
+    from datasets import load_dataset
+
+    return load_dataset(name, split=split).to_list()
+
+
+def normalise(rows: list[dict], prompt_column: str, id_column: str | None, split: str, source: str) -> list[dict]:
+    """Check the rows and return prompts with `prompt_id` and chat-message `prompt`.
+
+    A string prompt becomes one user message. Ids come from `id_column` when present, else `<split>-<row>`.
+    """
+    if rows and prompt_column not in rows[0]:
+        raise ConfigError(
+            f"{source}: no prompt column `{prompt_column}` (columns: {sorted(rows[0])}); set `prompt_column`."
+        )
+    prompts, seen = [], set()
+    for i, row in enumerate(rows):
+        pid = str(row[id_column]) if id_column and row.get(id_column) is not None else f"{split}-{i:06d}"
+        if pid in seen:
+            raise ConfigError(f"{source}: prompt_id {pid!r} appears twice (row {i}); ids must be unique.")
+        seen.add(pid)
+        value = row.get(prompt_column)
+        messages = [{"role": "user", "content": value}] if isinstance(value, str) else value
+        if not messages or not isinstance(messages, list) or not any(str(m.get("content", "")).strip() for m in messages):
+            raise ConfigError(f"{source}: prompt {pid!r} (row {i}) is empty; remove it or fill `{prompt_column}`.")
+        extra = {k: v for k, v in row.items() if k not in (prompt_column, id_column, "prompt_id")}
+        prompts.append({**extra, "prompt_id": pid, "prompt": messages})
+    if not prompts:
+        raise ConfigError(f"{source}: no prompts found.")
+    return prompts
+
+
+def load_prompts(args, split: str, name: str | None = None) -> list[dict]:
+    """The prompts of `split` from `name` (default `args.dataset_name`)."""
+    name = name or args.dataset_name
+    if name == BUILTIN_PREFIX + "arithmetic":
+        from .tasks.arithmetic import make_splits
+
+        splits = make_splits(
+            args.task_num_train, args.task_num_eval, args.task_min_operand, args.task_max_operand, args.seed
+        )
+        if split not in splits:
+            raise ConfigError(f"builtin:arithmetic has splits {sorted(splits)}, not {split!r}.")
+        rows = splits[split]
+    elif name.startswith(BUILTIN_PREFIX):
+        raise ConfigError(f"Unknown built-in dataset {name!r}; the built-ins are: builtin:arithmetic.")
+    else:
+        rows = _load_rows(name, split)
+    return normalise(rows, args.prompt_column, args.id_column, split, f"{name} [{split}]")
+
+
+def draw_round_prompts(prompts: list[dict], per_round: int | None, seed: int, round_index: int) -> list[dict]:
+    """All prompts, or `per_round` of them drawn with a seed derived from (seed, round)."""
+    if per_round is None or per_round >= len(prompts):
+        return list(prompts)
+    rng = random.Random(f"prompts:{seed}:{round_index}")
+    return [prompts[i] for i in sorted(rng.sample(range(len(prompts)), per_round))]
+
+
+def shard(items: list, rank: int, world_size: int) -> list:
+    """Strided shard: every item lands on exactly one rank, whatever `len(items) % world_size`."""
+    return items[rank::world_size]

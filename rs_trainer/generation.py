@@ -1,0 +1,216 @@
+"""Batched sampling of N completions per prompt. Pure: takes a model and plain arguments, no Accelerator.
+
+Speed choices, measured on the 2-core CPU (see BENCHMARKS.md):
+- rows are sorted by prompt length so a batch pads little, and the N copies of a prompt sit side by side;
+- large batches (64 rows on CPU) use the cores far better than 8 (80 vs 35 tokens/s for SmolLM2-135M);
+- fp32 on this CPU: bf16 weights or autocast ran 4x slower (no native bf16 matmul here).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.8
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 64
+
+    def generate_kwargs(self) -> dict:
+        if self.temperature == 0:
+            return {"do_sample": False, "max_new_tokens": self.max_new_tokens}
+        return {
+            "do_sample": True,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k or None,
+            "max_new_tokens": self.max_new_tokens,
+        }
+
+
+def render_prompt(tokenizer, messages: list[dict]) -> str:
+    """The text the model sees: the chat template with the generation prompt, or the plain contents."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "\n".join(m["content"] for m in messages)
+
+
+def encode_prompts(tokenizer, prompts: list[dict]) -> list[list[int]]:
+    return [tokenizer(render_prompt(tokenizer, p["prompt"]), add_special_tokens=False)["input_ids"] for p in prompts]
+
+
+def default_batch_size(device: torch.device) -> int:
+    return 256 if device.type == "cuda" else 64
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{batch_index}".encode(), digest_size=4).digest(), "big")
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[dict],
+    num_samples: int,
+    params: SamplingParams,
+    batch_size: int = 0,
+    seed: int = 0,
+    prompt_ids: list[list[int]] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+    engine: str = "auto",
+) -> list[dict]:
+    """Sample `num_samples` completions for every prompt.
+
+    Returns one dict per completion, in (prompt order, sample_index) order: `prompt_id`, `sample_index`,
+    `completion` (text, without the end token), `completion_tokens` (generated tokens, end token included) and
+    `finished` (the end token was produced before `max_new_tokens`). `on_batch(rows_done, tokens_done)` is called
+    after every batch, for progress bars.
+
+    `engine`: `rs` prefills each prompt once, repeats its KV cache N times and drops finished rows from the batch
+    as it decodes; `hf` calls `model.generate` on the N-times repeated prompts; `auto` takes `rs` when the model's
+    cache supports row selection.
+    """
+    device = next(model.parameters()).device
+    batch_size = batch_size or default_batch_size(device)
+    if prompt_ids is None:
+        prompt_ids = encode_prompts(tokenizer, prompts)
+    eos_ids = _eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    # Longest prompts first; a prompt's N rows stay adjacent.
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompt_ids[i]))
+    if engine == "auto":
+        engine = "rs" if supports_rs_engine(model) else "hf"
+    if engine not in _ENGINES:
+        raise ValueError(f"`generation_engine` must be one of auto, {', '.join(_ENGINES)}; got {engine!r}.")
+    # A batch holds whole prompts: its N rows share one prefill (rs engine).
+    prompts_per_batch = max(1, batch_size // num_samples)
+    results: dict[tuple[int, int], dict] = {}
+    was_training = model.training
+    model.eval()
+    for b, start in enumerate(range(0, len(order), prompts_per_batch)):
+        group = order[start : start + prompts_per_batch]
+        batch = [(i, s) for i in group for s in range(num_samples)]
+        seqs = [prompt_ids[i] for i in group]
+        width = max(len(s) for s in seqs)
+        input_ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in seqs], device=device)
+        attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+        gen_rows = _ENGINES[engine](model, input_ids, attention, num_samples, params, eos_ids, pad_id,
+                                    batch_seed(seed, b))
+        new_tokens = 0
+        for (i, s), gen in zip(batch, gen_rows):
+            end = next((j for j, t in enumerate(gen) if t in eos_ids), None)
+            kept = gen if end is None else gen[:end]
+            results[(i, s)] = {
+                "prompt_id": prompts[i]["prompt_id"],
+                "sample_index": s,
+                "completion": tokenizer.decode(kept, skip_special_tokens=True),
+                "completion_tokens": len(kept) + (end is not None),
+                "finished": end is not None,
+            }
+            new_tokens += results[(i, s)]["completion_tokens"]
+        if on_batch:
+            on_batch(len(batch), new_tokens)
+    model.train(was_training)
+    return [results[(i, s)] for i in range(len(prompts)) for s in range(num_samples)]
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = []
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (tokenizer.eos_token_id, gen_eos):
+        for t in value if isinstance(value, (list, tuple)) else [value]:
+            if t is not None and t not in ids:
+                ids.append(int(t))
+    if not ids:
+        raise ValueError("The tokenizer has no end-of-sequence token; set `eos_token` on it.")
+    return ids
+
+
+def supports_rs_engine(model) -> bool:
+    """The rs engine needs a `DynamicCache` (full attention) whose rows can be repeated and selected."""
+    from transformers import DynamicCache
+
+    config = getattr(model, "config", None)
+    if getattr(config, "sliding_window", None) or getattr(config, "is_encoder_decoder", False):
+        return False
+    return hasattr(DynamicCache, "batch_select_indices") and hasattr(DynamicCache, "batch_repeat_interleave")
+
+
+def _hf_generate(model, input_ids, attention, n, params, eos_ids, pad_id, seed) -> list[list[int]]:
+    torch.manual_seed(seed)
+    out = model.generate(
+        input_ids=input_ids.repeat_interleave(n, dim=0),
+        attention_mask=attention.repeat_interleave(n, dim=0),
+        pad_token_id=pad_id,
+        eos_token_id=eos_ids,
+        **params.generate_kwargs(),
+    )
+    return out[:, input_ids.shape[1] :].tolist()
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+    """Next tokens from last-position logits, with temperature, then top-k, then top-p (the order of
+    transformers' own logits processors). Temperature 0 is greedy."""
+    if params.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / params.temperature
+    if params.top_k and params.top_k < logits.size(-1):
+        kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=False, dim=-1)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove = cumulative <= (1 - params.top_p)
+        remove[:, -1] = False  # always keep the most likely token
+        logits = logits.masked_fill(remove.scatter(1, sorted_idx, remove), float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def _rs_generate(model, input_ids, attention, n, params, eos_ids, pad_id, seed) -> list[list[int]]:
+    """Prefill each prompt once, repeat its cache N times, decode, and drop rows as they finish."""
+    from transformers import DynamicCache
+
+    device = input_ids.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(n)
+    attention = attention.repeat_interleave(n, dim=0)
+    next_pos = positions[:, -1:].repeat_interleave(n, dim=0) + 1
+    logits = out.logits[:, -1].repeat_interleave(n, dim=0)
+    rows = input_ids.shape[0] * n
+    generated: list[list[int]] = [[] for _ in range(rows)]
+    alive = torch.arange(rows, device=device)  # original row of each live batch position
+    eos = torch.tensor(eos_ids, device=device)
+    for step in range(params.max_new_tokens):
+        tokens = sample_next(logits, params, generator)
+        for row, tok in zip(alive.tolist(), tokens.tolist()):
+            generated[row].append(tok)
+        done = torch.isin(tokens, eos)
+        if step == params.max_new_tokens - 1:
+            break
+        if done.any():
+            keep = (~done).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            cache.batch_select_indices(keep)
+            alive, tokens, attention, next_pos = alive[keep], tokens[keep], attention[keep], next_pos[keep]
+        attention = torch.cat([attention, attention.new_ones(attention.shape[0], 1)], dim=1)
+        out = model(input_ids=tokens[:, None], attention_mask=attention, position_ids=next_pos,
+                    past_key_values=cache, use_cache=True)
+        cache, logits, next_pos = out.past_key_values, out.logits[:, -1], next_pos + 1
+    return generated
+
+
+_ENGINES = {"rs": _rs_generate, "hf": _hf_generate}

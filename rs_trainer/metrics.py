@@ -1,0 +1,69 @@
+"""Round statistics over scored samples, and the end-of-run table. Pure functions."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+
+
+def _stats(values: list[float], prefix: str) -> dict:
+    if not values:
+        return {f"{prefix}_mean": None, f"{prefix}_max": None, f"{prefix}_std": None}
+    return {
+        f"{prefix}_mean": statistics.fmean(values),
+        f"{prefix}_max": max(values),
+        f"{prefix}_std": statistics.pstdev(values),
+    }
+
+
+def round_metrics(samples: list[dict], selected: set, pass_threshold: float) -> dict:
+    """Reward statistics before and after selection, acceptance rate, pass@1 and pass@N, completion length.
+
+    pass@1 is the mean over prompts of the fraction of its samples with reward >= `pass_threshold`; pass@N is the
+    fraction of prompts with at least one such sample.
+    """
+    rewards = [s["reward"] for s in samples if s["reward"] is not None]
+    chosen = [s["reward"] for s in samples if (s["prompt_id"], s["sample_index"]) in selected]
+    by_prompt = defaultdict(list)
+    for s in samples:
+        by_prompt[s["prompt_id"]].append(s["reward"] is not None and s["reward"] >= pass_threshold)
+    unique = {(s["prompt_id"], " ".join(s["completion"].split()).lower()) for s in samples}
+    out = {
+        "rs/num_prompts": len(by_prompt),
+        "rs/num_samples": len(samples),
+        "rs/num_selected": len(chosen),
+        "rs/acceptance_rate": len(chosen) / len(samples) if samples else 0.0,
+        "rs/pass@1": statistics.fmean(sum(v) / len(v) for v in by_prompt.values()) if by_prompt else 0.0,
+        "rs/pass@n": statistics.fmean(any(v) for v in by_prompt.values()) if by_prompt else 0.0,
+        "rs/completion_len": statistics.fmean(s["completion_tokens"] for s in samples) if samples else 0.0,
+        "rs/truncated_ratio": statistics.fmean(not s["finished"] for s in samples) if samples else 0.0,
+        "rs/unique_ratio": len(unique) / len(samples) if samples else 0.0,
+    }
+    out.update({f"rs/{k}": v for k, v in _stats(rewards, "reward").items()})
+    out.update({f"rs/selected_{k}": v for k, v in _stats(chosen, "reward").items()})
+    return out
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def summary_table(history: list[dict]) -> str:
+    """One row per round: reward, acceptance, pass@1/pass@N and held-out accuracy before and after."""
+    cols = [
+        ("round", "round"),
+        ("reward_mean", "rs/reward_mean"),
+        ("acceptance", "rs/acceptance_rate"),
+        ("pass@1", "rs/pass@1"),
+        ("pass@n", "rs/pass@n"),
+        ("eval_acc_before", "eval/accuracy_before"),
+        ("eval_acc_after", "eval/accuracy"),
+        ("seconds", "timing/round"),
+    ]
+    cells = [[name for name, _ in cols]] + [[_fmt(m.get(key)) for _, key in cols] for m in history]
+    widths = [max(len(row[c]) for row in cells) for c in range(len(cols))]
+    lines = [" | ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)

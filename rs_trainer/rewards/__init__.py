@@ -1,0 +1,75 @@
+"""Scorers. A scorer is any function with TRL's reward-function signature::
+
+    fn(prompts: list, completions: list, **columns) -> list[float | None]
+
+`prompts` and `completions` are conversational (lists of messages), exactly as TRL's GRPOTrainer passes them, and
+`columns` holds every other dataset column, one value per sample. `None` means "no opinion" on that sample.
+So reward functions written for GRPO, such as `trl.rewards.accuracy_reward`, work here unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+
+from .verifiers import numeric_answer
+
+BUILTIN_SCORERS: dict[str, Callable] = {"numeric_answer": numeric_answer}
+
+
+class ScorerError(RuntimeError):
+    """A scorer raised, or returned a value that cannot be used; the message names the scorer and sample."""
+
+
+def resolve_scorer(name: str) -> Callable:
+    """A built-in name, or a dotted path `package.module.function`."""
+    if name in BUILTIN_SCORERS:
+        return BUILTIN_SCORERS[name]
+    module_name, _, attr = name.rpartition(".")
+    if not module_name:
+        raise ValueError(f"Scorer {name!r} is neither built-in ({sorted(BUILTIN_SCORERS)}) nor a dotted path.")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"Scorer {name!r} could not be imported: {err}") from err
+    if not callable(fn):
+        raise ValueError(f"Scorer {name!r} is not callable.")
+    return fn
+
+
+def score(samples: list[dict], scorers: dict[str, Callable], weights: dict[str, float]) -> list[dict]:
+    """Score every sample with every scorer; return per sample `{"reward": total | None, "rewards": {name: r}}`.
+
+    Each sample is a dict with `prompt_id`, `sample_index`, `prompt` (messages), `completion` (text) and the
+    prompt's other dataset columns. The total is the weighted sum over the scorers that gave an opinion; it is
+    `None` when none did.
+    """
+    if not samples:
+        return []
+    prompts = [s["prompt"] for s in samples]
+    completions = [[{"role": "assistant", "content": s["completion"]}] for s in samples]
+    reserved = {"prompt", "completion", "prompt_id", "sample_index", "round", "completion_tokens", "finished"}
+    columns = {k: [s.get(k) for s in samples] for k in samples[0] if k not in reserved}
+    per_scorer = {}
+    for name, fn in scorers.items():
+        try:
+            values = fn(prompts=prompts, completions=completions, **columns)
+        except Exception as err:  # name the scorer, then let the round stop
+            raise ScorerError(f"Scorer {name!r} raised {type(err).__name__}: {err}") from err
+        values = list(values)
+        if len(values) != len(samples):
+            raise ScorerError(f"Scorer {name!r} returned {len(values)} rewards for {len(samples)} samples.")
+        for s, v in zip(samples, values):
+            if v is not None and (not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v)):
+                raise ScorerError(
+                    f"Scorer {name!r} returned {v!r} for prompt_id {s['prompt_id']!r}, sample "
+                    f"{s['sample_index']}; rewards must be finite numbers or None."
+                )
+        per_scorer[name] = values
+    out = []
+    for i in range(len(samples)):
+        rewards = {name: (None if v[i] is None else float(v[i])) for name, v in per_scorer.items()}
+        given = [weights[n] * r for n, r in rewards.items() if r is not None]
+        out.append({"reward": sum(given) if given else None, "rewards": rewards})
+    return out

@@ -1,0 +1,119 @@
+"""Selection: pure, deterministic functions from scored samples to the samples kept for SFT.
+
+A sample here is a dict with at least `prompt_id`, `sample_index`, `reward` (float, or None for "no opinion") and
+`completion_tokens`. Every function returns the chosen `(prompt_id, sample_index)` keys, best first.
+
+Order among samples (`rank_key`): higher reward first; among equal rewards the shorter completion when
+`prefer_shorter`; then a draw seeded by (seed, prompt_id, sample_index), so ties are broken the same way every run
+and no sample position is favoured. Samples with reward None, or below `min_reward`, are never selected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import defaultdict
+
+Key = tuple[str, int]
+
+
+def _tie_draw(seed: int, prompt_id: str, sample_index: int) -> int:
+    digest = hashlib.blake2b(f"{seed}:{prompt_id}:{sample_index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def rank_key(sample: dict, seed: int, prefer_shorter: bool = True) -> tuple:
+    """Sort key: smaller is better."""
+    length = sample.get("completion_tokens", 0) if prefer_shorter else 0
+    return (-sample["reward"], length, _tie_draw(seed, sample["prompt_id"], sample["sample_index"]))
+
+
+def _eligible(samples: list[dict], min_reward: float | None) -> list[dict]:
+    out = []
+    for s in samples:
+        r = s["reward"]
+        if r is None:
+            continue
+        if isinstance(r, float) and math.isnan(r):
+            raise ValueError(f"NaN reward for prompt_id {s['prompt_id']!r}, sample {s['sample_index']}.")
+        if min_reward is None or r >= min_reward:
+            out.append(s)
+    return out
+
+
+def _by_prompt(samples: list[dict]) -> dict[str, list[dict]]:
+    groups = defaultdict(list)
+    for s in samples:
+        groups[s["prompt_id"]].append(s)
+    return groups
+
+
+def _key(s: dict) -> Key:
+    return (s["prompt_id"], s["sample_index"])
+
+
+def top_k_per_prompt(
+    samples: list[dict], k: int, seed: int = 0, prefer_shorter: bool = True, min_reward: float | None = None
+) -> list[Key]:
+    """The `k` best samples of every prompt.
+
+    Example (k=1, prefer_shorter): prompt "a" has rewards [1, 0, 1] with lengths [9, 3, 4] -> ("a", 2): both 1.0
+    samples tie on reward and sample 2 is shorter.
+    """
+    chosen = []
+    for pid, group in _by_prompt(_eligible(samples, min_reward)).items():
+        group.sort(key=lambda s: rank_key(s, seed, prefer_shorter))
+        chosen.extend(_key(s) for s in group[:k])
+    return chosen
+
+
+def best_of_n(samples: list[dict], seed: int = 0, prefer_shorter: bool = True, min_reward: float | None = None):
+    """Per-prompt argmax: `top_k_per_prompt` with k=1.
+
+    Example: rewards {"a": [0.2, 0.9], "b": [0.5, 0.1]} -> [("a", 1), ("b", 0)].
+    """
+    return top_k_per_prompt(samples, 1, seed, prefer_shorter, min_reward)
+
+
+def threshold(
+    samples: list[dict],
+    reward_threshold: float,
+    cap_per_prompt: int | None = None,
+    seed: int = 0,
+    prefer_shorter: bool = True,
+) -> list[Key]:
+    """Every sample with reward >= `reward_threshold`, at most `cap_per_prompt` per prompt (the best ones).
+
+    Example (threshold 0.5, cap 1): {"a": [0.6, 0.7], "b": [0.4]} -> [("a", 1)].
+    """
+    kept = _eligible(samples, reward_threshold)
+    if cap_per_prompt is None:
+        return [_key(s) for s in sorted(kept, key=lambda s: rank_key(s, seed, prefer_shorter))]
+    return top_k_per_prompt(kept, cap_per_prompt, seed, prefer_shorter)
+
+
+def top_k_global(
+    samples: list[dict], k: int, seed: int = 0, prefer_shorter: bool = True, min_reward: float | None = None
+) -> list[Key]:
+    """The `k` best samples over the whole flattened reward matrix.
+
+    Example (k=2): {"a": [0.1, 0.8], "b": [0.9, 0.3]} -> [("b", 0), ("a", 1)].
+    """
+    ranked = sorted(_eligible(samples, min_reward), key=lambda s: rank_key(s, seed, prefer_shorter))
+    return [_key(s) for s in ranked[:k]]
+
+
+def select(samples: list[dict], args, seed: int) -> list[Key]:
+    """Apply the strategy a recipe names (`args` is an `RSConfig`)."""
+    kw = {"seed": seed, "prefer_shorter": args.prefer_shorter}
+    if args.selection == "best_of_n":
+        return best_of_n(samples, min_reward=args.min_reward, **kw)
+    if args.selection == "top_k_per_prompt":
+        return top_k_per_prompt(samples, args.k_per_prompt, min_reward=args.min_reward, **kw)
+    if args.selection == "threshold":
+        floor = args.reward_threshold if args.min_reward is None else max(args.reward_threshold, args.min_reward)
+        cap = args.k_per_prompt if args.k_per_prompt > 1 else None
+        return threshold(samples, floor, cap, **kw)
+    if args.selection in ("top_k", "top_fraction"):
+        return top_k_global(samples, args.top_k_count(len(samples)), min_reward=args.min_reward, **kw)
+    raise ValueError(f"Unknown selection strategy {args.selection!r}.")

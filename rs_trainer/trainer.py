@@ -1,0 +1,341 @@
+"""`RejectionSamplingTrainer`: setup, the round loop, save, cleanup. Orchestration only: generation, scoring,
+selection and the loss live in their own pure modules.
+
+One round (read `train` top to bottom):
+  prompts -> generate N each -> score -> select -> SFT on the selected set -> evaluate -> save
+and the next round samples from the model this round trained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from tqdm.auto import tqdm
+
+from . import data, selection
+from .config import NON_SEMANTIC_KEYS, ConfigError, RSConfig, check_peft_keys
+from .generation import SamplingParams, encode_prompts, generate
+from .io import read_jsonl, write_json, write_jsonl
+from .metrics import round_metrics, summary_table
+from .models import load_policy, load_tokenizer, resolve_model_path
+from .rewards import resolve_scorer, score
+from .sft import build_example, collate, completion_loss, plan_batches, restore_trainable, tokenize_completion
+from .sft import trainable_state
+
+RUN_CONFIG = "run_config.json"
+
+
+class RejectionSamplingTrainer:
+    def __init__(self, args: RSConfig, model_args, accelerator: Accelerator | None = None):
+        self.args = args
+        self.model_args = model_args
+        self.accelerator = accelerator or Accelerator()
+        self.output_dir = Path(args.output_dir)
+        self.history: list[dict] = []
+        self.pool: list[dict] = []  # selected samples of earlier rounds, for `pool_previous_rounds`
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Validate everything that can be validated, then load. Nothing is written before all checks pass."""
+        args, acc = self.args, self.accelerator
+        check_peft_keys(self.model_args)
+        set_seed(args.seed)
+        self.train_prompts = data.load_prompts(args, args.dataset_split)
+        self.eval_prompts = self._load_eval_prompts()
+        m = min(args.prompts_per_round or len(self.train_prompts), len(self.train_prompts))
+        args.check_selection_size(m)
+        self.scorers = {name: resolve_scorer(name) for name in args.reward_funcs}
+        weights = args.reward_weights or [1.0] * len(args.reward_funcs)
+        self.weights = dict(zip(args.reward_funcs, weights))
+
+        self.model_path = resolve_model_path(self.model_args.model_name_or_path)
+        self.tokenizer = load_tokenizer(self.model_path)
+        self.prompt_ids = self._encode_and_check_lengths(self.train_prompts)
+        self.eval_prompt_ids = self._encode_and_check_lengths(self.eval_prompts)
+        self._check_output_dir()
+
+        from trl import get_peft_config
+
+        model, _ = load_policy(self.model_args, get_peft_config(self.model_args))
+        model.config.use_cache = True
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.base_state = trainable_state(self.model) if args.sft_from == "base" else None
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.output_dir / RUN_CONFIG, self._run_config())
+        acc.wait_for_everyone()
+
+    def _load_eval_prompts(self) -> list[dict]:
+        args = self.args
+        if args.eval_split is None:
+            return []
+        prompts = data.load_prompts(args, args.eval_split, args.eval_dataset_name)
+        return prompts[: args.max_eval_prompts] if args.max_eval_prompts else prompts
+
+    def _encode_and_check_lengths(self, prompts: list[dict]) -> dict[str, list[int]]:
+        ids = encode_prompts(self.tokenizer, prompts)
+        from transformers import AutoConfig
+
+        context = getattr(AutoConfig.from_pretrained(self.model_path), "max_position_embeddings", None)
+        longest_new = max(max(self.args.max_new_tokens), self.args.eval_max_new_tokens)
+        for p, seq in zip(prompts, ids):
+            if context and len(seq) + longest_new > context:
+                raise ConfigError(
+                    f"Prompt {p['prompt_id']!r} is {len(seq)} tokens; with max_new_tokens {longest_new} it exceeds "
+                    f"the model's context of {context}. Shorten or drop it, or lower `max_new_tokens`."
+                )
+        self.max_len = self.args.max_seq_length or context or 4096
+        return {p["prompt_id"]: seq for p, seq in zip(prompts, ids)}
+
+    def _run_config(self) -> dict:
+        import dataclasses
+
+        rs = {k: v for k, v in self.args.to_dict().items() if k not in NON_SEMANTIC_KEYS}
+        return {"rs": rs, "model": dataclasses.asdict(self.model_args)}
+
+    def _check_output_dir(self) -> None:
+        path = self.output_dir / RUN_CONFIG
+        if not path.exists():
+            return
+        import json
+
+        old = json.loads(path.read_text())
+        new = json.loads(json.dumps(self._run_config(), default=str))
+        changed = sorted(
+            f"{section}.{k}"
+            for section in ("rs", "model")
+            for k in set(old.get(section, {})) | set(new[section])
+            if old.get(section, {}).get(k) != new[section].get(k)
+        )
+        if not changed:
+            return
+        if not self.args.overwrite_output_dir:
+            raise ConfigError(
+                f"{self.output_dir} holds a run with a different config (changed: {', '.join(changed)}); "
+                "choose another `output_dir` or pass `--overwrite_output_dir`."
+            )
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            for old_round in self.output_dir.glob("round_*"):
+                shutil.rmtree(old_round)
+
+    # ------------------------------------------------------------------ the round loop
+    def train(self) -> list[dict]:
+        args, acc = self.args, self.accelerator
+        accuracy = self.evaluate() if self.eval_prompts else None
+        self.log(f"base model: held-out greedy accuracy {accuracy}")
+        for r in range(args.num_rounds):
+            t_round = time.perf_counter()
+            timings = {}
+            prompts = data.draw_round_prompts(self.train_prompts, args.prompts_per_round, args.seed, r)
+            local = data.shard(prompts, acc.process_index, acc.num_processes)
+
+            with self.timer(timings, "generate"):
+                samples = self.generate_samples(local, r)
+            with self.timer(timings, "score"):
+                samples = self.score_samples(local, samples)
+            samples = sorted(gather_object(samples), key=lambda s: (s["prompt_id"], s["sample_index"]))
+
+            with self.timer(timings, "select"):
+                keys = set(selection.select(samples, args, seed=args.seed * 1000 + r))
+                for s in samples:
+                    s["selected"] = (s["prompt_id"], s["sample_index"]) in keys
+                chosen = [s for s in samples if s["selected"]]
+                self.pool.extend(chosen)
+                train_set = self.pool if args.pool_previous_rounds else chosen
+
+            with self.timer(timings, "sft"):
+                sft_stats = self.sft(train_set, r)
+            before, accuracy = accuracy, (self.evaluate() if self.eval_prompts else None)
+            with self.timer(timings, "save"):
+                metrics = {"round": r, **round_metrics(samples, keys, args.pass_threshold), **sft_stats}
+                metrics.update({"eval/accuracy_before": before, "eval/accuracy": accuracy})
+                metrics.update({f"timing/{k}": v for k, v in timings.items()})
+                metrics["timing/round"] = time.perf_counter() - t_round
+                self.save_round(r, samples, chosen, metrics)
+            self.history.append(metrics)
+            self.log(summary_table(self.history[-1:]))
+        self.log("\n" + summary_table(self.history))
+        if acc.is_main_process:
+            write_json(self.output_dir / "summary.json", self.history)
+        return self.history
+
+    # ------------------------------------------------------------------ phases
+    def generate_samples(self, prompts: list[dict], r: int) -> list[dict]:
+        args = self.args
+        params = SamplingParams(
+            temperature=args.for_round("temperature", r),
+            top_p=args.for_round("top_p", r),
+            top_k=args.for_round("sampling_top_k", r),
+            max_new_tokens=args.for_round("max_new_tokens", r),
+        )
+        total = len(prompts) * args.num_samples_per_prompt
+        with self.progress(total, f"round {r} generate", "samples") as bar:
+            out = generate(
+                self.accelerator.unwrap_model(self.model),
+                self.tokenizer,
+                prompts,
+                args.num_samples_per_prompt,
+                params,
+                batch_size=args.generation_batch_size,
+                seed=args.seed * 1_000_003 + r * 1009 + self.accelerator.process_index,
+                prompt_ids=[self.prompt_ids[p["prompt_id"]] for p in prompts],
+                on_batch=lambda rows, toks: bar.update(rows),
+            )
+        by_id = {p["prompt_id"]: p for p in prompts}
+        return [{**by_id[s["prompt_id"]], "round": r, **s} for s in out]
+
+    def score_samples(self, prompts: list[dict], samples: list[dict]) -> list[dict]:
+        scored = score(samples, self.scorers, self.weights)
+        return [{**s, **sc} for s, sc in zip(samples, scored)]
+
+    def sft(self, train_set: list[dict], r: int) -> dict:
+        """`sft_epochs` over `train_set`; returns loss and step statistics. A round with nothing selected skips."""
+        args, acc = self.args, self.accelerator
+        if self.base_state is not None:
+            restore_trainable(self.model, self.base_state)
+        if not train_set:
+            self.log(f"round {r}: nothing selected; SFT skipped")
+            return {"train/loss": None, "train/steps": 0, "train/tokens": 0}
+        eos = self.tokenizer.eos_token_id
+        examples = []
+        for s in train_set:
+            completion = tokenize_completion(self.tokenizer, s["completion"], s["finished"], eos)
+            ex = build_example(self.prompt_ids[s["prompt_id"]], completion, self.max_len)
+            if ex is not None:
+                examples.append(ex)
+        batches = plan_batches(
+            examples, args.sft_epochs, args.per_device_train_batch_size, acc.process_index, acc.num_processes,
+            seed=args.seed * 1000 + r,
+        )
+        gas = args.gradient_accumulation_steps
+        steps = [batches[i : i + gas] for i in range(0, len(batches), gas)]
+        # Each round is a fresh fine-tuning run: new AdamW moments and a new schedule.
+        self.optimizer.optimizer.state.clear()
+        from transformers import get_scheduler
+
+        scheduler = get_scheduler(
+            args.lr_scheduler_type, self.optimizer, num_warmup_steps=int(args.warmup_ratio * len(steps)),
+            num_training_steps=len(steps),
+        )
+        self.model.train()
+        losses, tokens = [], 0
+        with self.progress(len(steps), f"round {r} sft", "steps") as bar:
+            for group in steps:
+                step_loss = 0.0
+                for j, micro in enumerate(group):
+                    batch = collate(micro, self.tokenizer.pad_token_id, acc.device)
+                    sync = contextlib.nullcontext() if j == len(group) - 1 else acc.no_sync(self.model)
+                    with sync:
+                        loss, count = completion_loss(self.model, batch)
+                        acc.backward(loss / len(group))
+                    step_loss += loss.item() / len(group)
+                    tokens += count
+                if args.max_grad_norm:
+                    acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                self.optimizer.step()
+                scheduler.step()
+                self.optimizer.zero_grad()
+                losses.append(step_loss)
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}")
+        self.model.eval()
+        return {
+            "train/loss": sum(losses) / len(losses),
+            "train/loss_first": losses[0],
+            "train/loss_last": losses[-1],
+            "train/steps": len(steps),
+            "train/examples": len(examples),
+            "train/tokens": tokens,
+            "train/lr": scheduler.get_last_lr()[0],
+        }
+
+    def evaluate(self) -> float:
+        """Held-out greedy accuracy: the fraction of eval prompts whose greedy completion reaches `pass_threshold`."""
+        args, acc = self.args, self.accelerator
+        local = data.shard(self.eval_prompts, acc.process_index, acc.num_processes)
+        out = generate(
+            acc.unwrap_model(self.model),
+            self.tokenizer,
+            local,
+            1,
+            SamplingParams(temperature=0.0, max_new_tokens=args.eval_max_new_tokens),
+            batch_size=args.generation_batch_size,
+            prompt_ids=[self.eval_prompt_ids[p["prompt_id"]] for p in local],
+        )
+        by_id = {p["prompt_id"]: p for p in local}
+        scored = score([{**by_id[s["prompt_id"]], **s} for s in out], self.scorers, self.weights)
+        hits = gather_object([sc["reward"] is not None and sc["reward"] >= args.pass_threshold for sc in scored])
+        return sum(hits) / len(hits)
+
+    # ------------------------------------------------------------------ save
+    def save_round(self, r: int, samples: list[dict], chosen: list[dict], metrics: dict) -> None:
+        """Write the round's generations, SFT set, metrics and checkpoint (main process only, atomically)."""
+        acc = self.accelerator
+        round_dir = self.output_dir / f"round_{r}"
+        if acc.is_main_process:
+            write_jsonl(round_dir / "generations.jsonl", samples)
+            sft_rows = [
+                {
+                    "round": s["round"],
+                    "prompt_id": s["prompt_id"],
+                    "sample_index": s["sample_index"],
+                    "reward": s["reward"],
+                    "prompt": s["prompt"],
+                    "completion": [{"role": "assistant", "content": s["completion"]}],
+                }
+                for s in chosen
+            ]
+            write_jsonl(round_dir / "sft.jsonl", sft_rows)
+        if self.args.save_checkpoints:
+            self.save_checkpoint(round_dir / "checkpoint")
+        if acc.is_main_process:
+            write_json(round_dir / "metrics.json", metrics)  # written last: its presence marks the round done
+        acc.wait_for_everyone()
+
+    def save_checkpoint(self, path: Path) -> None:
+        """Save the adapter (LoRA) or the full model with its tokenizer, loadable without this package."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        state = acc.get_state_dict(self.model)
+        if acc.is_main_process:
+            tmp = path.with_name(path.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            acc.unwrap_model(self.model).save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            shutil.rmtree(path, ignore_errors=True)
+            tmp.rename(path)
+
+    def cleanup(self) -> None:
+        self.accelerator.end_training()
+
+    # ------------------------------------------------------------------ helpers
+    def log(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            tqdm.write(message)
+
+    def progress(self, total: int, desc: str, unit: str):
+        return tqdm(total=total, desc=desc, unit=unit, disable=not self.accelerator.is_main_process,
+                    mininterval=1.0, dynamic_ncols=True)
+
+    @contextlib.contextmanager
+    def timer(self, timings: dict, name: str):
+        start = time.perf_counter()
+        yield
+        timings[name] = time.perf_counter() - start
+
+
+def load_rounds(output_dir: str | Path) -> list[dict]:
+    """The generations of every finished round of a run (those whose metrics.json exists)."""
+    rows = []
+    for metrics in sorted(Path(output_dir).glob("round_*/metrics.json")):
+        rows.extend(read_jsonl(metrics.parent / "generations.jsonl"))
+    return rows
