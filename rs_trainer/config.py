@@ -46,7 +46,7 @@ class RSConfig:
         metadata={"help": "Held-out prompts for greedy evaluation; default: the `eval_split` of `dataset_name`."},
     )
     eval_split: str | None = field(
-        default="test", metadata={"help": "Split for evaluation; `null` turns held-out evaluation off."}
+        default="test", metadata={"help": "Split for evaluation; `null` (or `none`) turns held-out evaluation off."}
     )
     prompt_column: str = field(
         default="prompt", metadata={"help": "Column with the prompt: a string or a list of chat messages."}
@@ -96,8 +96,9 @@ class RSConfig:
     )
     top_k: int | None = field(default=None, metadata={"help": "`top_k`: samples kept over all prompts."})
     top_fraction: float | None = field(default=None, metadata={"help": "`top_fraction`: fraction of all samples kept."})
-    k_per_prompt: int = field(
-        default=1, metadata={"help": "`top_k_per_prompt`: samples kept per prompt; `threshold`: cap per prompt."}
+    k_per_prompt: int = field(default=1, metadata={"help": "`top_k_per_prompt`: samples kept per prompt."})
+    max_per_prompt: int | None = field(
+        default=None, metadata={"help": "`threshold`: keep at most this many (the best) per prompt; default all."}
     )
     reward_threshold: float | None = field(
         default=None, metadata={"help": "`threshold`: keep samples with reward >= this."}
@@ -138,6 +139,9 @@ class RSConfig:
             if not values:
                 raise ConfigError(f"`{name}` is an empty list; give one value or one per round.")
             setattr(self, name, values)
+        for name in ("eval_split", "eval_dataset_name", "id_column"):
+            if isinstance(getattr(self, name), str) and getattr(self, name).lower() in ("", "none", "null"):
+                setattr(self, name, None)  # `--eval_split none` on the command line
         if isinstance(self.reward_funcs, str):
             self.reward_funcs = [self.reward_funcs]
         self.validate()

@@ -112,8 +112,7 @@ def select(samples: list[dict], args, seed: int) -> list[Key]:
         return top_k_per_prompt(samples, args.k_per_prompt, min_reward=args.min_reward, **kw)
     if args.selection == "threshold":
         floor = args.reward_threshold if args.min_reward is None else max(args.reward_threshold, args.min_reward)
-        cap = args.k_per_prompt if args.k_per_prompt > 1 else None
-        return threshold(samples, floor, cap, **kw)
+        return threshold(samples, floor, args.max_per_prompt, **kw)
     if args.selection in ("top_k", "top_fraction"):
         return top_k_global(samples, args.top_k_count(len(samples)), min_reward=args.min_reward, **kw)
     raise ValueError(f"Unknown selection strategy {args.selection!r}.")

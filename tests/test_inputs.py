@@ -1,0 +1,94 @@
+"""Bad input is refused up front with a message that names the fix, and leaves no output behind."""
+
+import pytest
+from conftest import recipe_args, write_jsonl
+
+from rs_trainer.cli import main, parse_args
+from rs_trainer.config import ConfigError, RSConfig
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def assert_refused(argv, capsys, output_dir, *needles):
+    code, err = run_cli(argv, capsys)
+    assert code == 2, err
+    for needle in needles:
+        assert needle in err, err
+    assert not output_dir.exists() or not any(output_dir.glob("round_*")), "a refused run left output behind"
+
+
+def test_unknown_recipe_key_is_named(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model_name_or_path: x\nnum_sampels_per_prompt: 4\n")
+    code, err = run_cli(["--config", str(recipe)], capsys)
+    assert code == 2 and "num_sampels_per_prompt" in err
+
+
+def test_unknown_command_line_key_is_named(tiny_model, tmp_path, capsys):
+    code, err = run_cli(recipe_args(tiny_model, tmp_path / "o") + ["--temprature", "0.5"], capsys)
+    assert code == 2 and "--temprature" in err
+
+
+def test_missing_prompt_column(tiny_model, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"question": "hi", "answer": "1"}])
+    out = tmp_path / "o"
+    argv = recipe_args(tiny_model, out, dataset_name=str(data), eval_split=None, top_k=1)
+    assert_refused(argv, capsys, out, "no prompt column `prompt`", "question", "prompt_column")
+
+
+def test_empty_prompt(tiny_model, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "ok", "answer": "1"}, {"prompt": "  ", "answer": "2"}])
+    out = tmp_path / "o"
+    argv = recipe_args(tiny_model, out, dataset_name=str(data), eval_split=None, top_k=1)
+    assert_refused(argv, capsys, out, "'train-000001' (row 1) is empty")
+
+
+def test_malformed_jsonl_line_gives_its_number(tiny_model, tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer": "2"}\n{"prompt": "c", \n')
+    out = tmp_path / "o"
+    argv = recipe_args(tiny_model, out, dataset_name=str(data), eval_split=None, top_k=1)
+    assert_refused(argv, capsys, out, "line 3 is not valid JSON")
+
+
+def test_top_k_larger_than_m_times_n(tiny_model, tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = recipe_args(tiny_model, out, top_k=13)  # 6 prompts x 2 samples = 12
+    assert_refused(argv, capsys, out, "`top_k` (13) is larger than prompts x samples (6 x 2 = 12)")
+
+
+def test_num_samples_below_one(tiny_model, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert_refused(recipe_args(tiny_model, out, num_samples_per_prompt=0), capsys, out, "num_samples_per_prompt")
+
+
+def test_prompt_longer_than_context(short_context_model, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "word " * 80, "answer": "1"}])
+    out = tmp_path / "o"
+    argv = recipe_args(short_context_model, out, dataset_name=str(data), eval_split=None, top_k=1)
+    assert_refused(argv, capsys, out, "'train-000000'", "exceeds the model's context of 64")
+
+
+def test_greedy_with_several_samples_is_refused():
+    with pytest.raises(ConfigError, match="temperature` 0"):
+        RSConfig(temperature=[0.0], num_samples_per_prompt=4)
+
+
+def test_lora_keys_without_peft_are_refused(tiny_model, tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = recipe_args(tiny_model, out, use_peft=False, lora_r=8)
+    assert_refused(argv, capsys, out, "lora_r", "use_peft")
+
+
+def test_per_round_values_repeat_the_last():
+    args = RSConfig(temperature=[0.9, 0.7], max_new_tokens=32)
+    assert [args.for_round("temperature", r) for r in range(4)] == [0.9, 0.7, 0.7, 0.7]
+    assert args.for_round("max_new_tokens", 3) == 32
+
+
+def test_per_round_list_from_command_line(tiny_model, tmp_path):
+    args, _ = parse_args(recipe_args(tiny_model, tmp_path) + ["--temperature", "1.0", "0.5"])
+    assert args.temperature == [1.0, 0.5]

@@ -1,0 +1,119 @@
+"""The round loop on a tiny random Llama: outputs, weights that change (or not), checkpoints, refusals."""
+
+import json
+
+import pytest
+import torch
+from conftest import recipe_args
+from safetensors.torch import load_file
+
+from rs_trainer.cli import main, parse_args
+from rs_trainer.io import read_jsonl
+from rs_trainer.rewards import ScorerError
+from rs_trainer.trainer import RejectionSamplingTrainer
+
+
+def make_trainer(model_path, output_dir, **overrides):
+    args, model_args = parse_args(recipe_args(model_path, output_dir, **overrides))
+    trainer = RejectionSamplingTrainer(args, model_args)
+    trainer.setup()
+    return trainer
+
+
+def base_weights(model_path) -> dict[str, torch.Tensor]:
+    return load_file(model_path / "model.safetensors")
+
+
+def test_lora_round_changes_only_adapter_weights(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    trainer = make_trainer(
+        tiny_model, out, use_peft=True, lora_target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
+        reward_funcs=["tests.scorers_for_tests.length_reward"], num_rounds=2,
+    )
+    history = trainer.train()
+    assert len(history) == 2 and history[0]["train/steps"] > 0
+    params = dict(trainer.model.named_parameters())
+    lora_b = [p for n, p in params.items() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b), "LoRA B starts at zero and must have been trained"
+    base = base_weights(tiny_model)
+    for name, p in params.items():
+        if "lora_" in name:
+            continue
+        key = name.replace("base_model.model.", "").replace(".base_layer", "")
+        assert torch.equal(p.detach(), base[key]), f"base weight {key} changed under LoRA"
+
+    # Outputs: every (round, prompt_id, sample_index) once; the SFT set loads with datasets.
+    for r in range(2):
+        rows = read_jsonl(out / f"round_{r}" / "generations.jsonl")
+        keys = [(x["round"], x["prompt_id"], x["sample_index"]) for x in rows]
+        assert len(keys) == len(set(keys)) == 6 * 2
+        assert sum(x["selected"] for x in rows) == 4
+        metrics = json.loads((out / f"round_{r}" / "metrics.json").read_text())
+        assert metrics["rs/num_selected"] == 4 and metrics["timing/generate"] > 0
+        assert (out / f"round_{r}" / "checkpoint" / "adapter_config.json").exists()
+    from datasets import load_dataset
+
+    sft = load_dataset("json", data_files=str(out / "round_1" / "sft.jsonl"), split="train")
+    assert len(sft) == 4 and sft[0]["completion"][0]["role"] == "assistant"
+    assert sft[0]["prompt"][0]["role"] == "user"
+
+    # The adapter loads with plain peft, without this package.
+    from peft import AutoPeftModelForCausalLM
+
+    loaded = AutoPeftModelForCausalLM.from_pretrained(out / "round_1" / "checkpoint")
+    trained = {n: p for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    for n, p in loaded.named_parameters():
+        if n in trained:
+            assert torch.allclose(p, trained[n])
+
+
+def test_full_finetuning_changes_base_weights_and_checkpoint_loads_in_transformers(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    trainer = make_trainer(tiny_model, out, use_peft=False, reward_funcs=["tests.scorers_for_tests.length_reward"])
+    trainer.train()
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(out / "round_0" / "checkpoint")
+    base = base_weights(tiny_model)
+    changed = [k for k, v in loaded.state_dict().items() if k in base and not torch.equal(v, base[k])]
+    assert "model.layers.0.self_attn.q_proj.weight" in changed
+    assert torch.equal(loaded.state_dict()["model.layers.0.mlp.up_proj.weight"],
+                       trainer.model.state_dict()["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_sft_from_base_restarts_each_round_and_pooling_grows_the_set(tiny_model, tmp_path):
+    trainer = make_trainer(
+        tiny_model, tmp_path / "run", use_peft=True, lora_target_modules=["q_proj", "k_proj"], lora_dropout=0.0,
+        sft_from="base", pool_previous_rounds=True, num_rounds=2,
+        reward_funcs=["tests.scorers_for_tests.length_reward"],
+    )
+    snapshot = {k: v.clone() for k, v in trainer.base_state.items()}
+    history = trainer.train()
+    assert history[1]["train/examples"] == 8  # 4 selected this round + 4 pooled from round 0
+    # Round 1 restarted from the base: the adapter equals one round's training from zero, not two.
+    assert all(torch.count_nonzero(snapshot[k]) == 0 for k in snapshot if "lora_B" in k)
+
+
+def test_output_dir_with_other_config_is_refused_then_overwritten(tiny_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = recipe_args(tiny_model, out, reward_funcs=["tests.scorers_for_tests.length_reward"], save_checkpoints=False)
+    assert main(argv) == 0
+    before = (out / "round_0" / "generations.jsonl").read_text()
+    code = main(argv + ["--seed", "7"])
+    assert code == 2 and "changed: rs.seed" in capsys.readouterr().err
+    assert (out / "round_0" / "generations.jsonl").read_text() == before, "refused run touched old outputs"
+    assert main(argv + ["--seed", "7", "--overwrite_output_dir", "true"]) == 0
+
+
+def test_nan_reward_stops_the_round_naming_prompt_and_sample(tiny_model, tmp_path):
+    trainer = make_trainer(tiny_model, tmp_path / "run", reward_funcs=["tests.scorers_for_tests.nan_on_second"],
+                           eval_split=None)
+    with pytest.raises(ScorerError, match=r"nan_on_second.*prompt_id '.*', sample 1"):
+        trainer.train()
+
+
+def test_round_with_nothing_selected_is_skipped_not_crashed(tiny_model, tmp_path):
+    trainer = make_trainer(tiny_model, tmp_path / "run", reward_funcs=["tests.scorers_for_tests.no_opinion"],
+                           selection="best_of_n", eval_split=None)
+    history = trainer.train()
+    assert history[0]["rs/num_selected"] == 0 and history[0]["train/steps"] == 0
