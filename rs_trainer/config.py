@@ -65,7 +65,9 @@ class RSConfig:
     task_max_operand: int = field(default=20, metadata={"help": "builtin:arithmetic: largest operand."})
     # ---- generation ----
     num_samples_per_prompt: int = field(default=8, metadata={"help": "N: completions sampled per prompt."})
-    temperature: list[float] = field(default_factory=lambda: [0.8], metadata={"help": "Sampling temperature (per round)."})
+    temperature: list[float] = field(
+        default_factory=lambda: [0.8], metadata={"help": "Sampling temperature (per round)."}
+    )
     top_p: list[float] = field(default_factory=lambda: [1.0], metadata={"help": "Nucleus sampling p (per round)."})
     sampling_top_k: list[int] = field(
         default_factory=lambda: [0], metadata={"help": "Sample from the k most likely tokens; 0 = off (per round)."}
@@ -95,7 +97,9 @@ class RSConfig:
         default="best_of_n", metadata={"help": f"Selection strategy: one of {', '.join(SELECTION_STRATEGIES)}."}
     )
     top_k: int | None = field(default=None, metadata={"help": "`top_k`: samples kept over all prompts."})
-    top_fraction: float | None = field(default=None, metadata={"help": "`top_fraction`: fraction of all samples kept."})
+    top_fraction: float | None = field(
+        default=None, metadata={"help": "`top_fraction`: fraction of all samples kept."}
+    )
     k_per_prompt: int = field(default=1, metadata={"help": "`top_k_per_prompt`: samples kept per prompt."})
     max_per_prompt: int | None = field(
         default=None, metadata={"help": "`threshold`: keep at most this many (the best) per prompt; default all."}
@@ -226,6 +230,4 @@ def check_peft_keys(model_args):
         if f.name.startswith("lora_") and getattr(model_args, f.name) != getattr(defaults, f.name)
     ]
     if changed:
-        raise ConfigError(
-            f"LoRA keys {changed} are set but `use_peft` is false; set `use_peft: true` or remove them."
-        )
+        raise ConfigError(f"LoRA keys {changed} are set but `use_peft` is false; set `use_peft: true` or remove them.")

@@ -25,7 +25,9 @@ def _check_jsonl(path: Path) -> None:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ConfigError(f"{path}: line {number} is not valid JSON ({err.msg}); fix or remove that line.")
+                raise ConfigError(
+                    f"{path}: line {number} is not valid JSON ({err.msg}); fix or remove that line."
+                ) from None
             if not isinstance(row, dict):
                 raise ConfigError(f"{path}: line {number} is not a JSON object; each line must be one row.")
 
@@ -62,7 +64,11 @@ def normalise(rows: list[dict], prompt_column: str, id_column: str | None, split
         seen.add(pid)
         value = row.get(prompt_column)
         messages = [{"role": "user", "content": value}] if isinstance(value, str) else value
-        if not messages or not isinstance(messages, list) or not any(str(m.get("content", "")).strip() for m in messages):
+        if (
+            not messages
+            or not isinstance(messages, list)
+            or not any(str(m.get("content", "")).strip() for m in messages)
+        ):
             raise ConfigError(f"{source}: prompt {pid!r} (row {i}) is empty; remove it or fill `{prompt_column}`.")
         extra = {k: v for k, v in row.items() if k not in (prompt_column, id_column, "prompt_id")}
         prompts.append({**extra, "prompt_id": pid, "prompt": messages})

@@ -101,8 +101,9 @@ def generate(
         width = max(len(s) for s in seqs)
         input_ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in seqs], device=device)
         attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
-        gen_rows = _ENGINES[engine](model, input_ids, attention, num_samples, params, eos_ids, pad_id,
-                                    batch_seed(seed, b))
+        gen_rows = _ENGINES[engine](
+            model, input_ids, attention, num_samples, params, eos_ids, pad_id, batch_seed(seed, b)
+        )
         new_tokens = 0
         for (i, s), gen in zip(batch, gen_rows):
             end = next((j for j, t in enumerate(gen) if t in eos_ids), None)
@@ -182,8 +183,14 @@ def _rs_generate(model, input_ids, attention, n, params, eos_ids, pad_id, seed) 
     generator = torch.Generator(device=device).manual_seed(seed)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
     cache = out.past_key_values
     cache.batch_repeat_interleave(n)
     attention = attention.repeat_interleave(n, dim=0)
@@ -207,8 +214,13 @@ def _rs_generate(model, input_ids, attention, n, params, eos_ids, pad_id, seed) 
             cache.batch_select_indices(keep)
             alive, tokens, attention, next_pos = alive[keep], tokens[keep], attention[keep], next_pos[keep]
         attention = torch.cat([attention, attention.new_ones(attention.shape[0], 1)], dim=1)
-        out = model(input_ids=tokens[:, None], attention_mask=attention, position_ids=next_pos,
-                    past_key_values=cache, use_cache=True)
+        out = model(
+            input_ids=tokens[:, None],
+            attention_mask=attention,
+            position_ids=next_pos,
+            past_key_values=cache,
+            use_cache=True,
+        )
         cache, logits, next_pos = out.past_key_values, out.logits[:, -1], next_pos + 1
     return generated
 

@@ -61,7 +61,7 @@ def top_k_per_prompt(
     samples tie on reward and sample 2 is shorter.
     """
     chosen = []
-    for pid, group in _by_prompt(_eligible(samples, min_reward)).items():
+    for group in _by_prompt(_eligible(samples, min_reward)).values():
         group.sort(key=lambda s: rank_key(s, seed, prefer_shorter))
         chosen.extend(_key(s) for s in group[:k])
     return chosen

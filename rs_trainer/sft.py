@@ -41,7 +41,12 @@ def collate(examples: list[dict], pad_id: int, device) -> dict:
         labels[row, :n] = torch.tensor(e["labels"])
         mask[row, :n] = 1
     weight = torch.tensor([e.get("weight", 1.0) for e in examples])
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device), "weight": weight}
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+        "labels": labels.to(device),
+        "weight": weight,
+    }
 
 
 def completion_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
@@ -49,8 +54,9 @@ def completion_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     targets = batch["labels"][:, 1:]
     logits = logits[:, :-1].float()
-    per_token = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE,
-                                reduction="none").view_as(targets)
+    per_token = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
+    ).view_as(targets)
     token_weight = (targets != IGNORE).float() * batch["weight"].to(per_token.device)[:, None]
     count = int((targets != IGNORE).sum())
     loss = (per_token * token_weight).sum() / token_weight.sum().clamp(min=1.0)

@@ -25,8 +25,15 @@ from .io import read_jsonl, write_json, write_jsonl
 from .metrics import round_metrics, summary_table
 from .models import load_policy, load_tokenizer, resolve_model_path
 from .rewards import resolve_scorer, score
-from .sft import build_example, collate, completion_loss, plan_batches, restore_trainable, tokenize_completion
-from .sft import trainable_state
+from .sft import (
+    build_example,
+    collate,
+    completion_loss,
+    plan_batches,
+    restore_trainable,
+    tokenize_completion,
+    trainable_state,
+)
 
 RUN_CONFIG = "run_config.json"
 
@@ -154,13 +161,17 @@ class RejectionSamplingTrainer:
 
             with self.timer(timings, "sft"):
                 sft_stats = self.sft(train_set, r)
-            before, accuracy = accuracy, (self.evaluate() if self.eval_prompts else None)
+            with self.timer(timings, "eval"):
+                before, accuracy = accuracy, (self.evaluate() if self.eval_prompts else None)
             with self.timer(timings, "save"):
-                metrics = {"round": r, **round_metrics(samples, keys, args.pass_threshold), **sft_stats}
-                metrics.update({"eval/accuracy_before": before, "eval/accuracy": accuracy})
-                metrics.update({f"timing/{k}": v for k, v in timings.items()})
-                metrics["timing/round"] = time.perf_counter() - t_round
-                self.save_round(r, samples, chosen, metrics)
+                self.save_round(r, samples, chosen)
+
+            metrics = {"round": r, **round_metrics(samples, keys, args.pass_threshold), **sft_stats}
+            metrics.update({"eval/accuracy_before": before, "eval/accuracy": accuracy})
+            metrics.update({f"timing/{k}": v for k, v in timings.items()})
+            metrics["timing/round"] = time.perf_counter() - t_round
+            if acc.is_main_process:  # written last: its presence marks the round as finished
+                write_json(self.output_dir / f"round_{r}" / "metrics.json", metrics)
             self.history.append(metrics)
             self.log(summary_table(self.history[-1:]))
         self.log("\n" + summary_table(self.history))
@@ -213,7 +224,11 @@ class RejectionSamplingTrainer:
             if ex is not None:
                 examples.append(ex)
         batches = plan_batches(
-            examples, args.sft_epochs, args.per_device_train_batch_size, acc.process_index, acc.num_processes,
+            examples,
+            args.sft_epochs,
+            args.per_device_train_batch_size,
+            acc.process_index,
+            acc.num_processes,
             seed=args.seed * 1000 + r,
         )
         gas = args.gradient_accumulation_steps
@@ -223,7 +238,9 @@ class RejectionSamplingTrainer:
         from transformers import get_scheduler
 
         scheduler = get_scheduler(
-            args.lr_scheduler_type, self.optimizer, num_warmup_steps=int(args.warmup_ratio * len(steps)),
+            args.lr_scheduler_type,
+            self.optimizer,
+            num_warmup_steps=int(args.warmup_ratio * len(steps)),
             num_training_steps=len(steps),
         )
         self.model.train()
@@ -277,8 +294,8 @@ class RejectionSamplingTrainer:
         return sum(hits) / len(hits)
 
     # ------------------------------------------------------------------ save
-    def save_round(self, r: int, samples: list[dict], chosen: list[dict], metrics: dict) -> None:
-        """Write the round's generations, SFT set, metrics and checkpoint (main process only, atomically)."""
+    def save_round(self, r: int, samples: list[dict], chosen: list[dict]) -> None:
+        """Write the round's generations, SFT set and checkpoint (main process only, each file atomically)."""
         acc = self.accelerator
         round_dir = self.output_dir / f"round_{r}"
         if acc.is_main_process:
@@ -297,8 +314,6 @@ class RejectionSamplingTrainer:
             write_jsonl(round_dir / "sft.jsonl", sft_rows)
         if self.args.save_checkpoints:
             self.save_checkpoint(round_dir / "checkpoint")
-        if acc.is_main_process:
-            write_json(round_dir / "metrics.json", metrics)  # written last: its presence marks the round done
         acc.wait_for_everyone()
 
     def save_checkpoint(self, path: Path) -> None:
@@ -323,8 +338,14 @@ class RejectionSamplingTrainer:
             tqdm.write(message)
 
     def progress(self, total: int, desc: str, unit: str):
-        return tqdm(total=total, desc=desc, unit=unit, disable=not self.accelerator.is_main_process,
-                    mininterval=1.0, dynamic_ncols=True)
+        return tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            disable=not self.accelerator.is_main_process,
+            mininterval=1.0,
+            dynamic_ncols=True,
+        )
 
     @contextlib.contextmanager
     def timer(self, timings: dict, name: str):

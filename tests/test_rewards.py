@@ -7,8 +7,14 @@ from rs_trainer.tasks.arithmetic import make_splits
 
 def samples(completions, answer="7"):
     return [
-        {"prompt_id": "p", "sample_index": i, "prompt": [{"role": "user", "content": "3+4?"}], "completion": c,
-         "answer": answer, "solution": answer}
+        {
+            "prompt_id": "p",
+            "sample_index": i,
+            "prompt": [{"role": "user", "content": "3+4?"}],
+            "completion": c,
+            "answer": answer,
+            "solution": answer,
+        }
         for i, c in enumerate(completions)
     ]
 
@@ -27,8 +33,10 @@ def test_numeric_answer_verifier():
 
 
 def test_weighted_combination_keeps_each_scorer():
-    scorers = {"numeric_answer": resolve_scorer("numeric_answer"),
-               "len": resolve_scorer("tests.scorers_for_tests.length_reward")}
+    scorers = {
+        "numeric_answer": resolve_scorer("numeric_answer"),
+        "len": resolve_scorer("tests.scorers_for_tests.length_reward"),
+    }
     out = score(samples(["7", "8"]), scorers, {"numeric_answer": 2.0, "len": 0.5})
     assert out[0] == {"reward": 2.0 * 1 + 0.5 * 1, "rewards": {"numeric_answer": 1.0, "len": 1.0}}
     assert out[1]["reward"] == 0.5

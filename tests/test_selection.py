@@ -87,7 +87,10 @@ def test_duplicate_prompt_texts_with_different_ids_stay_separate():
         ({"selection": "top_k", "top_k": 2}, [("a", 3), ("a", 1)]),
         ({"selection": "top_fraction", "top_fraction": 0.25}, [("a", 3), ("a", 1), ("c", 2)]),
         ({"selection": "threshold", "reward_threshold": 0.75}, [("a", 3), ("a", 1), ("c", 2)]),
-        ({"selection": "top_k_per_prompt", "k_per_prompt": 2, "min_reward": 0.6}, [("a", 3), ("a", 1), ("c", 2), ("c", 0)]),
+        (
+            {"selection": "top_k_per_prompt", "k_per_prompt": 2, "min_reward": 0.6},
+            [("a", 3), ("a", 1), ("c", 2), ("c", 0)],
+        ),
     ],
 )
 def test_select_dispatches_each_recipe_strategy(overrides, expected):

@@ -27,8 +27,13 @@ def base_weights(model_path) -> dict[str, torch.Tensor]:
 def test_lora_round_changes_only_adapter_weights(tiny_model, tmp_path):
     out = tmp_path / "run"
     trainer = make_trainer(
-        tiny_model, out, use_peft=True, lora_target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
-        reward_funcs=["tests.scorers_for_tests.length_reward"], num_rounds=2,
+        tiny_model,
+        out,
+        use_peft=True,
+        lora_target_modules=["q_proj", "v_proj"],
+        lora_dropout=0.0,
+        reward_funcs=["tests.scorers_for_tests.length_reward"],
+        num_rounds=2,
     )
     history = trainer.train()
     assert len(history) == 2 and history[0]["train/steps"] > 0
@@ -77,14 +82,22 @@ def test_full_finetuning_changes_base_weights_and_checkpoint_loads_in_transforme
     base = base_weights(tiny_model)
     changed = [k for k, v in loaded.state_dict().items() if k in base and not torch.equal(v, base[k])]
     assert "model.layers.0.self_attn.q_proj.weight" in changed
-    assert torch.equal(loaded.state_dict()["model.layers.0.mlp.up_proj.weight"],
-                       trainer.model.state_dict()["model.layers.0.mlp.up_proj.weight"])
+    assert torch.equal(
+        loaded.state_dict()["model.layers.0.mlp.up_proj.weight"],
+        trainer.model.state_dict()["model.layers.0.mlp.up_proj.weight"],
+    )
 
 
 def test_sft_from_base_restarts_each_round_and_pooling_grows_the_set(tiny_model, tmp_path):
     trainer = make_trainer(
-        tiny_model, tmp_path / "run", use_peft=True, lora_target_modules=["q_proj", "k_proj"], lora_dropout=0.0,
-        sft_from="base", pool_previous_rounds=True, num_rounds=2,
+        tiny_model,
+        tmp_path / "run",
+        use_peft=True,
+        lora_target_modules=["q_proj", "k_proj"],
+        lora_dropout=0.0,
+        sft_from="base",
+        pool_previous_rounds=True,
+        num_rounds=2,
         reward_funcs=["tests.scorers_for_tests.length_reward"],
     )
     snapshot = {k: v.clone() for k, v in trainer.base_state.items()}
@@ -106,14 +119,20 @@ def test_output_dir_with_other_config_is_refused_then_overwritten(tiny_model, tm
 
 
 def test_nan_reward_stops_the_round_naming_prompt_and_sample(tiny_model, tmp_path):
-    trainer = make_trainer(tiny_model, tmp_path / "run", reward_funcs=["tests.scorers_for_tests.nan_on_second"],
-                           eval_split=None)
+    trainer = make_trainer(
+        tiny_model, tmp_path / "run", reward_funcs=["tests.scorers_for_tests.nan_on_second"], eval_split=None
+    )
     with pytest.raises(ScorerError, match=r"nan_on_second.*prompt_id '.*', sample 1"):
         trainer.train()
 
 
 def test_round_with_nothing_selected_is_skipped_not_crashed(tiny_model, tmp_path):
-    trainer = make_trainer(tiny_model, tmp_path / "run", reward_funcs=["tests.scorers_for_tests.no_opinion"],
-                           selection="best_of_n", eval_split=None)
+    trainer = make_trainer(
+        tiny_model,
+        tmp_path / "run",
+        reward_funcs=["tests.scorers_for_tests.no_opinion"],
+        selection="best_of_n",
+        eval_split=None,
+    )
     history = trainer.train()
     assert history[0]["rs/num_selected"] == 0 and history[0]["train/steps"] == 0
