@@ -50,19 +50,28 @@ def collate(examples: list[dict], pad_id: int, device) -> dict:
 
 
 def completion_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
-    """Mean next-token cross-entropy over completion tokens (labels != -100); returns (loss, token count)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    targets = batch["labels"][:, 1:]
-    logits = logits[:, :-1].float()
+    """Mean next-token cross-entropy over completion tokens (labels != -100); returns (loss, token count).
+
+    Logits are computed only from the first position that predicts a completion token onwards
+    (`logits_to_keep`): the prompt positions need no vocabulary projection, which is a large share of a small
+    model's compute and of its activation memory.
+    """
+    labels = batch["labels"]
+    has_label = (labels[:, 1:] != IGNORE).any(dim=0)
+    start = int(has_label.nonzero()[0]) if has_label.any() else labels.size(1) - 2
+    keep = torch.arange(start, labels.size(1) - 1, device=labels.device)
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep
+    ).logits.float()
+    targets = labels[:, start + 1 :]
     per_token = F.cross_entropy(
         logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
     ).view_as(targets)
     token_weight = (targets != IGNORE).float() * batch["weight"].to(per_token.device)[:, None]
     count = int((targets != IGNORE).sum())
-    loss = (per_token * token_weight).sum() / token_weight.sum().clamp(min=1.0)
     if token_weight.sum() == 0:
-        loss = per_token.sum() * 0.0  # keeps the graph (and DDP's all-reduce) alive on a filler batch
-    return loss, count
+        return per_token.sum() * 0.0, count  # keeps the graph (and DDP's all-reduce) alive on a filler batch
+    return (per_token * token_weight).sum() / token_weight.sum(), count
 
 
 def plan_batches(
