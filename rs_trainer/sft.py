@@ -6,8 +6,10 @@ end token (when the completion ended on its own), so the model is trained on the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -104,3 +106,39 @@ def restore_trainable(model, state: dict[str, torch.Tensor]) -> None:
     for n, p in model.named_parameters():
         if n in state:
             p.copy_(state[n].to(p.device))
+
+
+def train_steps(
+    accelerator,
+    model,
+    optimizer,
+    scheduler,
+    steps: list[list[list[dict]]],
+    pad_id: int,
+    max_grad_norm: float = 1.0,
+    on_step: Callable[[float], None] | None = None,
+) -> tuple[list[float], int]:
+    """Run optimizer steps; each step is a list of micro-batches (gradient accumulation). Gradients are synced
+    across ranks only on a step's last micro-batch. Returns (loss of each step, completion tokens trained on)."""
+    model.train()
+    losses, tokens = [], 0
+    for group in steps:
+        step_loss = 0.0
+        for j, micro in enumerate(group):
+            batch = collate(micro, pad_id, accelerator.device)
+            sync = contextlib.nullcontext() if j == len(group) - 1 else accelerator.no_sync(model)
+            with sync:
+                loss, count = completion_loss(model, batch)
+                accelerator.backward(loss / len(group))
+            step_loss += loss.item() / len(group)
+            tokens += count
+        if max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        losses.append(step_loss)
+        if on_step:
+            on_step(step_loss)
+    model.eval()
+    return losses, tokens

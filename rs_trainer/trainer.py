@@ -27,11 +27,10 @@ from .models import load_policy, load_tokenizer, resolve_model_path
 from .rewards import resolve_scorer, score
 from .sft import (
     build_example,
-    collate,
-    completion_loss,
     plan_batches,
     restore_trainable,
     tokenize_completion,
+    train_steps,
     trainable_state,
 )
 
@@ -243,28 +242,22 @@ class RejectionSamplingTrainer:
             num_warmup_steps=int(args.warmup_ratio * len(steps)),
             num_training_steps=len(steps),
         )
-        self.model.train()
-        losses, tokens = [], 0
         with self.progress(len(steps), f"round {r} sft", "steps") as bar:
-            for group in steps:
-                step_loss = 0.0
-                for j, micro in enumerate(group):
-                    batch = collate(micro, self.tokenizer.pad_token_id, acc.device)
-                    sync = contextlib.nullcontext() if j == len(group) - 1 else acc.no_sync(self.model)
-                    with sync:
-                        loss, count = completion_loss(self.model, batch)
-                        acc.backward(loss / len(group))
-                    step_loss += loss.item() / len(group)
-                    tokens += count
-                if args.max_grad_norm:
-                    acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
-                self.optimizer.step()
-                scheduler.step()
-                self.optimizer.zero_grad()
-                losses.append(step_loss)
+
+            def on_step(loss: float) -> None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.4f}")
-        self.model.eval()
+                bar.set_postfix(loss=f"{loss:.4f}")
+
+            losses, tokens = train_steps(
+                acc,
+                self.model,
+                self.optimizer,
+                scheduler,
+                steps,
+                self.tokenizer.pad_token_id,
+                args.max_grad_norm,
+                on_step,
+            )
         return {
             "train/loss": sum(losses) / len(losses),
             "train/loss_first": losses[0],
