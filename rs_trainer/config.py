@@ -134,6 +134,10 @@ class RSConfig:
     )
     # ---- evaluation and saving ----
     eval_max_new_tokens: int = field(default=48, metadata={"help": "Greedy evaluation's completion length cap."})
+    report_to: list[str] = field(
+        default_factory=lambda: ["tensorboard"],
+        metadata={"help": "Trackers, as in TRL: tensorboard (offline, under output_dir/runs), wandb, all, or none."},
+    )
     save_checkpoints: bool = field(default=True, metadata={"help": "Save the model or adapter after every round."})
 
     def __post_init__(self):
@@ -146,6 +150,8 @@ class RSConfig:
         for name in ("eval_split", "eval_dataset_name", "id_column"):
             if isinstance(getattr(self, name), str) and getattr(self, name).lower() in ("", "none", "null"):
                 setattr(self, name, None)  # `--eval_split none` on the command line
+        if isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
         if isinstance(self.reward_funcs, str):
             self.reward_funcs = [self.reward_funcs]
         self.validate()
@@ -209,12 +215,19 @@ class RSConfig:
             return max(1, math.ceil(self.top_fraction * total))
         return None
 
+    def trackers(self) -> list[str] | str | None:
+        """`report_to` as Accelerate's `log_with`."""
+        names = [n for n in self.report_to if n.lower() != "none"]
+        if not names:
+            return None
+        return "all" if "all" in names else names
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 # Keys that do not change what a run computes: a run may be continued with other values of these.
-NON_SEMANTIC_KEYS = frozenset({"output_dir", "overwrite_output_dir", "dry_run"})
+NON_SEMANTIC_KEYS = frozenset({"output_dir", "overwrite_output_dir", "dry_run", "report_to"})
 
 
 def check_peft_keys(model_args):

@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 from . import data, selection
 from .config import NON_SEMANTIC_KEYS, ConfigError, RSConfig, check_peft_keys
 from .generation import SamplingParams, encode_prompts, generate
-from .io import read_jsonl, write_json, write_jsonl
+from .io import read_jsonl, write_atomic, write_json, write_jsonl
 from .metrics import round_metrics, summary_table
 from .models import load_policy, load_tokenizer, resolve_model_path
+from .report import markdown_table, plot_report, sample_table
 from .rewards import resolve_scorer, score
 from .sft import (
     build_example,
@@ -41,7 +42,7 @@ class RejectionSamplingTrainer:
     def __init__(self, args: RSConfig, model_args, accelerator: Accelerator | None = None):
         self.args = args
         self.model_args = model_args
-        self.accelerator = accelerator or Accelerator()
+        self.accelerator = accelerator or Accelerator(log_with=args.trackers(), project_dir=args.output_dir)
         self.output_dir = Path(args.output_dir)
         self.history: list[dict] = []
         self.pool: list[dict] = []  # selected samples of earlier rounds, for `pool_previous_rounds`
@@ -78,6 +79,9 @@ class RejectionSamplingTrainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.output_dir / RUN_CONFIG, self._run_config())
         acc.wait_for_everyone()
+        if acc.log_with:
+            flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in args.to_dict().items()}
+            acc.init_trackers("rs_trainer", config=flat)
 
     def _load_eval_prompts(self) -> list[dict]:
         args = self.args
@@ -136,8 +140,10 @@ class RejectionSamplingTrainer:
     # ------------------------------------------------------------------ the round loop
     def train(self) -> list[dict]:
         args, acc = self.args, self.accelerator
-        accuracy = self.evaluate() if self.eval_prompts else None
+        accuracy = self.base_accuracy = self.evaluate() if self.eval_prompts else None
         self.log(f"base model: held-out greedy accuracy {accuracy}")
+        if accuracy is not None:
+            acc.log({"eval/accuracy": accuracy}, step=0)
         for r in range(args.num_rounds):
             t_round = time.perf_counter()
             timings = {}
@@ -169,9 +175,8 @@ class RejectionSamplingTrainer:
             metrics.update({"eval/accuracy_before": before, "eval/accuracy": accuracy})
             metrics.update({f"timing/{k}": v for k, v in timings.items()})
             metrics["timing/round"] = time.perf_counter() - t_round
-            if acc.is_main_process:  # written last: its presence marks the round as finished
-                write_json(self.output_dir / f"round_{r}" / "metrics.json", metrics)
             self.history.append(metrics)
+            self.report(r, samples, metrics)
             self.log(summary_table(self.history[-1:]))
         self.log("\n" + summary_table(self.history))
         if acc.is_main_process:
@@ -286,7 +291,22 @@ class RejectionSamplingTrainer:
         hits = gather_object([sc["reward"] is not None and sc["reward"] >= args.pass_threshold for sc in scored])
         return sum(hits) / len(hits)
 
-    # ------------------------------------------------------------------ save
+    # ------------------------------------------------------------------ report and save
+    def report(self, r: int, samples: list[dict], metrics: dict) -> None:
+        """Trackers, the samples table, report.png, then metrics.json (last: it marks the round as finished)."""
+        acc = self.accelerator
+        acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "round"}, step=r + 1)
+        if not acc.is_main_process:
+            return
+        round_dir = self.output_dir / f"round_{r}"
+        table = sample_table(samples)
+        write_atomic(round_dir / "samples.md", f"# Round {r}: best and worst samples\n\n" + markdown_table(table))
+        for tracker in acc.trackers:
+            if tracker.name == "wandb" and table:
+                tracker.log_table("samples", columns=list(table[0]), data=[list(t.values()) for t in table], step=r)
+        plot_report(self.history, samples, self.base_accuracy, self.output_dir / "report.png")
+        write_json(round_dir / "metrics.json", metrics)
+
     def save_round(self, r: int, samples: list[dict], chosen: list[dict]) -> None:
         """Write the round's generations, SFT set and checkpoint (main process only, each file atomically)."""
         acc = self.accelerator
@@ -323,7 +343,7 @@ class RejectionSamplingTrainer:
             tmp.rename(path)
 
     def cleanup(self) -> None:
-        self.accelerator.end_training()
+        self.accelerator.end_training()  # closes the trackers
 
     # ------------------------------------------------------------------ helpers
     def log(self, message: str) -> None:

@@ -62,6 +62,27 @@ def test_lora_round_changes_only_adapter_weights(tiny_model, tmp_path):
     assert len(sft) == 4 and sft[0]["completion"][0]["role"] == "assistant"
     assert sft[0]["prompt"][0]["role"] == "user"
 
+    # What a person reads: report.png, the samples table, TensorBoard events, stable metric names.
+    assert (out / "report.png").stat().st_size > 10_000
+    assert "| prompt_id | prompt | best |" in (out / "round_1" / "samples.md").read_text()
+    assert list(out.rglob("events.out.tfevents.*"))
+    for name in (
+        "rs/reward_mean",
+        "rs/reward_max",
+        "rs/acceptance_rate",
+        "rs/pass@1",
+        "rs/pass@n",
+        "rs/unique_ratio",
+        "rs/completion_len",
+        "eval/accuracy",
+        "train/loss",
+        "train/lr",
+        "timing/generate",
+        "timing/score",
+        "timing/sft",
+    ):
+        assert name in history[1], name
+
     # The adapter loads with plain peft, without this package.
     from peft import AutoPeftModelForCausalLM
 

@@ -1,0 +1,95 @@
+"""What a person reads after each round: `report.png` and a table of best and worst samples. Pure functions of
+the round history and samples; matplotlib is imported inside, with the Agg backend (no display needed)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+
+def plot_report(history: list[dict], samples: list[dict], base_accuracy: float | None, path: str | Path) -> Path:
+    """Draw reward mean and max, acceptance rate and held-out accuracy per round, and the last round's reward
+    distribution before and after selection, into `path` (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [m["round"] for m in history]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    ax = axes[0][0]
+    ax.plot(rounds, [m.get("rs/reward_mean") for m in history], "o-", label="mean (all samples)")
+    ax.plot(rounds, [m.get("rs/reward_max") for m in history], "s--", label="max")
+    ax.plot(rounds, [m.get("rs/selected_reward_mean") for m in history], "^-", label="mean (selected)")
+    ax.set(title="Reward per round", xlabel="round", ylabel="reward")
+    ax.legend(fontsize=8)
+    ax = axes[0][1]
+    ax.plot(rounds, [m.get("rs/acceptance_rate") for m in history], "o-", label="acceptance rate")
+    ax.plot(rounds, [m.get("rs/pass@1") for m in history], "s--", label="pass@1 (samples)")
+    ax.plot(rounds, [m.get("rs/pass@n") for m in history], "^--", label="pass@N (samples)")
+    ax.set(title="Acceptance and pass rates", xlabel="round", ylim=(0, 1.05))
+    ax.legend(fontsize=8)
+    ax = axes[1][0]
+    acc_x = ([-1] if base_accuracy is not None else []) + rounds
+    acc_y = ([base_accuracy] if base_accuracy is not None else []) + [m.get("eval/accuracy") for m in history]
+    if any(a is not None for a in acc_y):
+        ax.plot(acc_x, acc_y, "o-", color="tab:green")
+        for x, y in zip(acc_x, acc_y):
+            if y is not None:
+                ax.annotate(f"{y:.0%}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.set(title="Held-out greedy accuracy (round -1 = base model)", xlabel="round", ylim=(0, 1.05))
+    ax = axes[1][1]
+    rewards = [s["reward"] for s in samples if s["reward"] is not None]
+    chosen = [s["reward"] for s in samples if s.get("selected") and s["reward"] is not None]
+    if rewards:
+        bins = min(30, max(2, len(set(rewards))))
+        ax.hist(rewards, bins=bins, alpha=0.6, label=f"all ({len(rewards)})")
+        if chosen:
+            ax.hist(chosen, bins=bins, alpha=0.8, label=f"selected ({len(chosen)})")
+        ax.legend(fontsize=8)
+    ax.set(title=f"Reward distribution, round {rounds[-1] if rounds else '-'}", xlabel="reward", ylabel="samples")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def sample_table(samples: list[dict], num_prompts: int = 5) -> list[dict]:
+    """The best and worst completion (by reward, then sample_index) of the first `num_prompts` prompts (sorted by
+    prompt_id), for reading."""
+    groups = defaultdict(list)
+    for s in samples:
+        if s["reward"] is not None:
+            groups[s["prompt_id"]].append(s)
+    rows = []
+    for pid in sorted(groups)[:num_prompts]:
+        ranked = sorted(groups[pid], key=lambda s: (-s["reward"], s["sample_index"]))
+        best, worst = ranked[0], ranked[-1]
+        rows.append(
+            {
+                "prompt_id": pid,
+                "prompt": best["prompt"][-1]["content"],
+                "best": best["completion"],
+                "best_reward": best["reward"],
+                "worst": worst["completion"],
+                "worst_reward": worst["reward"],
+            }
+        )
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    if not rows:
+        return "(no scored samples)\n"
+
+    def cell(v) -> str:
+        text = f"{v:.3f}" if isinstance(v, float) else str(v)
+        return text.replace("|", "\\|").replace("\n", " ⏎ ")[:200]
+
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
