@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test quality format clean
+.PHONY: install demo demo-multi-cpu test quality format clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 demo: install
 	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) -m rs_trainer --config $(RECIPE) $(ARGS)
+
+# Two CPU processes: Accelerate picks up torchrun's environment (see accelerate_configs/multi_cpu.yaml).
+demo-multi-cpu: install
+	ACCELERATE_USE_CPU=1 $(BIN)/torchrun --nproc_per_node 2 -m rs_trainer --config $(RECIPE) $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -264,6 +264,7 @@ class RejectionSamplingTrainer:
                 on_step,
             )
         return {
+            "train/steps_per_rank": gather_object([len(steps)]),
             "train/loss": sum(losses) / len(losses),
             "train/loss_first": losses[0],
             "train/loss_last": losses[-1],
