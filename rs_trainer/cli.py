@@ -7,6 +7,7 @@ neither knows is refused with its name.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from .config import ConfigError, RSConfig
@@ -29,6 +30,21 @@ def parse_args(argv: list[str] | None = None):
     if model_args.model_name_or_path is None:
         raise ConfigError("`model_name_or_path` is not set; name a hub id, a local folder or `embedded:<name>`.")
     return args, model_args
+
+
+def check_launch_matches_devices() -> None:
+    """Refuse an accelerate config that asks for GPUs on a machine without one, instead of failing later or
+    silently running somewhere else."""
+    import torch
+
+    env = os.environ
+    wants_gpu = env.get("ACCELERATE_USE_CPU", "").lower() == "false" and env.get("CUDA_VISIBLE_DEVICES", "") != ""
+    wants_sharding = any(env.get(k, "").lower() == "true" for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
+    if (wants_gpu or wants_sharding) and not torch.cuda.is_available():
+        raise ConfigError(
+            "The accelerate config asks for GPUs (gpu_ids, FSDP or DeepSpeed) but this machine has no CUDA device; "
+            "launch with `--config_file accelerate_configs/cpu.yaml` (or multi_cpu.yaml) instead."
+        )
 
 
 def dry_run(args, model_args) -> str:
@@ -59,6 +75,7 @@ def dry_run(args, model_args) -> str:
 def main(argv: list[str] | None = None) -> int:
     try:
         args, model_args = parse_args(argv)
+        check_launch_matches_devices()
         if args.dry_run:
             print(dry_run(args, model_args))
             return 0

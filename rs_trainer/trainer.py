@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -58,6 +59,7 @@ class RejectionSamplingTrainer:
         m = min(args.prompts_per_round or len(self.train_prompts), len(self.train_prompts))
         args.check_selection_size(m)
         self.scorers = {name: resolve_scorer(name) for name in args.reward_funcs}
+        check_scorer_columns(self.scorers, self.train_prompts + self.eval_prompts, args.dataset_name)
         weights = args.reward_weights or [1.0] * len(args.reward_funcs)
         self.weights = dict(zip(args.reward_funcs, weights))
 
@@ -352,13 +354,18 @@ class RejectionSamplingTrainer:
             tqdm.write(message)
 
     def progress(self, total: int, desc: str, unit: str):
+        """A bar with rate and ETA on the main process. Outside a terminal (CI logs, files) it prints a plain line
+        every 15 s instead of carriage-return redraws."""
+        tty = sys.stderr.isatty()
         return tqdm(
             total=total,
             desc=desc,
             unit=unit,
             disable=not self.accelerator.is_main_process,
-            mininterval=1.0,
-            dynamic_ncols=True,
+            mininterval=1.0 if tty else 15.0,
+            dynamic_ncols=tty,
+            ncols=None if tty else 100,
+            file=sys.stderr if tty else _LineWriter(sys.stderr),
         )
 
     @contextlib.contextmanager
@@ -366,6 +373,48 @@ class RejectionSamplingTrainer:
         start = time.perf_counter()
         yield
         timings[name] = time.perf_counter() - start
+
+
+class _LineWriter:
+    """Turns tqdm's carriage-return redraws into whole lines, for logs that are not terminals."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "\n").replace("\x1b[A", "")
+        lines = [line for line in text.split("\n") if line.strip()]
+        if lines:
+            self.stream.write("\n".join(lines) + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def check_scorer_columns(scorers: dict, prompts: list[dict], source: str) -> None:
+    """A scorer's required keyword arguments (beyond `prompts` and `completions`) are dataset columns, such as a
+    verifier's ground truth; refuse up front when a prompt lacks one, rather than failing mid-round."""
+    import inspect
+
+    for name, fn in scorers.items():
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        needed = [
+            p.name
+            for p in params
+            if p.name not in ("prompts", "completions")
+            and p.default is inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+        for column in needed:
+            missing = [p["prompt_id"] for p in prompts if p.get(column) is None]
+            if missing:
+                raise ConfigError(
+                    f"Scorer {name!r} needs the ground-truth column `{column}`, which {len(missing)} prompt(s) of "
+                    f"{source} lack (first: {missing[0]!r}); add the column or change `reward_funcs`."
+                )
 
 
 def load_rounds(output_dir: str | Path) -> list[dict]:

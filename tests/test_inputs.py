@@ -92,3 +92,71 @@ def test_per_round_values_repeat_the_last():
 def test_per_round_list_from_command_line(tiny_model, tmp_path):
     args, _ = parse_args(recipe_args(tiny_model, tmp_path) + ["--temperature", "1.0", "0.5"])
     assert args.temperature == [1.0, 0.5]
+
+
+def test_verifier_without_its_ground_truth_column_is_refused(tiny_model, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "What is 2 + 2?"}, {"prompt": "What is 3 + 3?"}])
+    out = tmp_path / "o"
+    argv = recipe_args(
+        tiny_model, out, dataset_name=str(data), eval_split=None, top_k=1, reward_funcs=["numeric_answer"]
+    )
+    assert_refused(argv, capsys, out, "needs the ground-truth column `answer`", "reward_funcs")
+
+
+def test_dry_run_prints_the_plan_without_loading_a_model(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "o"
+    argv = [
+        "--model_name_or_path",
+        str(tmp_path / "no-such-model"),
+        "--output_dir",
+        str(out),
+        "--dry_run",
+        "true",
+        "--prompts_per_round",
+        "10",
+        "--num_samples_per_prompt",
+        "4",
+        "--max_new_tokens",
+        "16",
+        "32",
+        "--num_rounds",
+        "2",
+    ]
+    assert main(argv) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["prompts_per_round"] == 10 and plan["generations_per_round"] == 40
+    assert plan["max_new_tokens_per_round"] == [640, 1280]
+    assert plan["world_size"] == 1 and plan["output_dir"] == str(out)
+    assert not out.exists()  # nothing written, and the missing model was never loaded
+
+
+def test_gpu_accelerate_config_on_a_cpu_machine_is_refused(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    from conftest import REPO
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "accelerate_configs/single_gpu.yaml"),
+        "-m",
+        "rs_trainer",
+        "--model_name_or_path",
+        "x",
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--dry_run",
+        "true",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ})
+    assert proc.returncode != 0
+    assert "accelerate_configs/cpu.yaml" in proc.stderr
