@@ -63,15 +63,15 @@ def generate(
     batch_size: int = 0,
     seed: int = 0,
     prompt_ids: list[list[int]] | None = None,
-    on_batch: Callable[[int, int], None] | None = None,
+    on_batch: Callable[[list[dict]], None] | None = None,
     engine: str = "auto",
 ) -> list[dict]:
     """Sample `num_samples` completions for every prompt.
 
     Returns one dict per completion, in (prompt order, sample_index) order: `prompt_id`, `sample_index`,
     `completion` (text, without the end token), `completion_tokens` (generated tokens, end token included) and
-    `finished` (the end token was produced before `max_new_tokens`). `on_batch(rows_done, tokens_done)` is called
-    after every batch, for progress bars.
+    `finished` (the end token was produced before `max_new_tokens`). `on_batch(rows)` is called
+    with each finished batch's rows, for progress bars and for appending them to disk as they finish.
 
     `engine`: `rs` prefills each prompt once, repeats its KV cache N times and drops finished rows from the batch
     as it decodes; `hf` calls `model.generate` on the N-times repeated prompts; `auto` takes `rs` when the model's
@@ -104,7 +104,6 @@ def generate(
         gen_rows = _ENGINES[engine](
             model, input_ids, attention, num_samples, params, eos_ids, pad_id, batch_seed(seed, b)
         )
-        new_tokens = 0
         for (i, s), gen in zip(batch, gen_rows):
             end = next((j for j, t in enumerate(gen) if t in eos_ids), None)
             kept = gen if end is None else gen[:end]
@@ -115,9 +114,8 @@ def generate(
                 "completion_tokens": len(kept) + (end is not None),
                 "finished": end is not None,
             }
-            new_tokens += results[(i, s)]["completion_tokens"]
         if on_batch:
-            on_batch(len(batch), new_tokens)
+            on_batch([results[key] for key in batch])
     model.train(was_training)
     return [results[(i, s)] for i in range(len(prompts)) for s in range(num_samples)]
 

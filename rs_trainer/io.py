@@ -35,3 +35,30 @@ def write_jsonl(path: str | Path, rows) -> None:
 def read_jsonl(path: str | Path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def append_jsonl(path: str | Path, rows) -> None:
+    """Append rows and make them durable (flush + fsync) before returning: a kill loses at most the batch being
+    written, whose torn last line `read_jsonl_prefix` drops."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl_prefix(path: str | Path) -> list[dict]:
+    """The complete rows of an append-only file; a torn last line (a kill mid-write) is ignored."""
+    rows = []
+    if not Path(path).exists():
+        return rows
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows

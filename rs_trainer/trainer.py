@@ -9,6 +9,7 @@ and the next round samples from the model this round trained.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import sys
 import time
@@ -19,10 +20,10 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
-from . import data, selection
+from . import data, resume, selection
 from .config import NON_SEMANTIC_KEYS, ConfigError, RSConfig, check_peft_keys
 from .generation import SamplingParams, encode_prompts, generate
-from .io import read_jsonl, write_atomic, write_json, write_jsonl
+from .io import append_jsonl, read_jsonl, write_atomic, write_json, write_jsonl
 from .metrics import round_metrics, summary_table
 from .models import load_policy, load_tokenizer, resolve_model_path
 from .report import markdown_table, plot_report, sample_table
@@ -117,8 +118,6 @@ class RejectionSamplingTrainer:
         path = self.output_dir / RUN_CONFIG
         if not path.exists():
             return
-        import json
-
         old = json.loads(path.read_text())
         new = json.loads(json.dumps(self._run_config(), default=str))
         changed = sorted(
@@ -127,52 +126,56 @@ class RejectionSamplingTrainer:
             for k in set(old.get(section, {})) | set(new[section])
             if old.get(section, {}).get(k) != new[section].get(k)
         )
-        if not changed:
-            return
-        if not self.args.overwrite_output_dir:
+        if changed and not self.args.overwrite_output_dir:
             raise ConfigError(
-                f"{self.output_dir} holds a run with a different config (changed: {', '.join(changed)}); "
-                "choose another `output_dir` or pass `--overwrite_output_dir`."
+                f"{self.output_dir} holds a run with a different config (changed: {', '.join(changed)}), so it cannot "
+                "be resumed; choose another `output_dir` or pass `--overwrite_output_dir` to start over."
             )
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            for old_round in self.output_dir.glob("round_*"):
-                shutil.rmtree(old_round)
+        if self.args.overwrite_output_dir:
+            self.accelerator.wait_for_everyone()
+            if self.accelerator.is_main_process:
+                for old_round in self.output_dir.glob("round_*"):
+                    shutil.rmtree(old_round)
+                for name in ("summary.json", "base_eval.json", "report.png"):
+                    (self.output_dir / name).unlink(missing_ok=True)
+            self.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------ the round loop
     def train(self) -> list[dict]:
         args, acc = self.args, self.accelerator
-        accuracy = self.base_accuracy = self.evaluate() if self.eval_prompts else None
-        self.log(f"base model: held-out greedy accuracy {accuracy}")
-        if accuracy is not None:
-            acc.log({"eval/accuracy": accuracy}, step=0)
-        for r in range(args.num_rounds):
+        accuracy = self.base_accuracy = self.evaluate_base()
+        start_round = self.resume()
+        if self.history:
+            accuracy = self.history[-1]["eval/accuracy"]
+        for r in range(start_round, args.num_rounds):
             t_round = time.perf_counter()
             timings = {}
-            prompts = data.draw_round_prompts(self.train_prompts, args.prompts_per_round, args.seed, r)
-            local = data.shard(prompts, acc.process_index, acc.num_processes)
-
-            with self.timer(timings, "generate"):
-                samples = self.generate_samples(local, r)
-            with self.timer(timings, "score"):
-                samples = self.score_samples(local, samples)
-            samples = sorted(gather_object(samples), key=lambda s: (s["prompt_id"], s["sample_index"]))
-
-            with self.timer(timings, "select"):
-                keys = set(selection.select(samples, args, seed=args.seed * 1000 + r))
-                for s in samples:
-                    s["selected"] = (s["prompt_id"], s["sample_index"]) in keys
-                chosen = [s for s in samples if s["selected"]]
-                self.pool.extend(chosen)
-                train_set = self.pool if args.pool_previous_rounds else chosen
+            set_seed(args.seed + r)  # dropout and any other global draw: the same path when resumed
+            samples = resume.scored_rows(self.output_dir, r)  # a round interrupted during SFT is not re-sampled
+            if samples is None:
+                prompts = data.draw_round_prompts(self.train_prompts, args.prompts_per_round, args.seed, r)
+                with self.timer(timings, "generate"):
+                    samples = self.generate_samples(prompts, r)
+                with self.timer(timings, "score"):
+                    samples = self.score_samples(samples)
+                samples = sorted(gather_object(samples), key=lambda s: (s["prompt_id"], s["sample_index"]))
+                with self.timer(timings, "select"):
+                    keys = set(selection.select(samples, args, seed=args.seed * 1000 + r))
+                    for s in samples:
+                        s["selected"] = (s["prompt_id"], s["sample_index"]) in keys
+                self.save_generations(r, samples)
+            chosen = [s for s in samples if s["selected"]]
+            self.pool.extend(chosen)
+            train_set = self.pool if args.pool_previous_rounds else chosen
 
             with self.timer(timings, "sft"):
                 sft_stats = self.sft(train_set, r)
             with self.timer(timings, "eval"):
                 before, accuracy = accuracy, (self.evaluate() if self.eval_prompts else None)
             with self.timer(timings, "save"):
-                self.save_round(r, samples, chosen)
+                self.save_checkpoint(resume.round_dir(self.output_dir, r) / "checkpoint")
 
+            keys = {(s["prompt_id"], s["sample_index"]) for s in chosen}
             metrics = {"round": r, **round_metrics(samples, keys, args.pass_threshold), **sft_stats}
             metrics.update({"eval/accuracy_before": before, "eval/accuracy": accuracy})
             metrics.update({f"timing/{k}": v for k, v in timings.items()})
@@ -185,32 +188,78 @@ class RejectionSamplingTrainer:
             write_json(self.output_dir / "summary.json", self.history)
         return self.history
 
+    def resume(self) -> int:
+        """Pick up the finished rounds of an earlier run in `output_dir`; return the first round still to run."""
+        self.history = resume.finished_rounds(self.output_dir)[: self.args.num_rounds]
+        if not self.history:
+            return 0
+        last = len(self.history) - 1
+        checkpoint = resume.round_dir(self.output_dir, last) / "checkpoint"
+        if not checkpoint.exists():
+            raise ConfigError(f"Cannot resume from round {last}: {checkpoint} is missing (`save_checkpoints` false?).")
+        # The next round samples from the model the last round trained (with `sft_from: base` too).
+        resume.load_weights(self.accelerator.unwrap_model(self.model), checkpoint)
+        for r in range(len(self.history)):
+            self.pool.extend(s for s in resume.scored_rows(self.output_dir, r) if s["selected"])
+        self.log(f"resuming {self.output_dir}: rounds 0..{last} are finished")
+        return len(self.history)
+
+    def evaluate_base(self) -> float | None:
+        """Held-out accuracy of the base model, computed once per run and kept in `base_eval.json`."""
+        path = self.output_dir / "base_eval.json"
+        if not self.eval_prompts:
+            return None
+        if path.exists():
+            return json.loads(path.read_text())["eval/accuracy"]
+        accuracy = self.evaluate()
+        self.log(f"base model: held-out greedy accuracy {accuracy}")
+        self.accelerator.log({"eval/accuracy": accuracy}, step=0)
+        if self.accelerator.is_main_process:
+            write_json(path, {"eval/accuracy": accuracy})
+        return accuracy
+
     # ------------------------------------------------------------------ phases
     def generate_samples(self, prompts: list[dict], r: int) -> list[dict]:
-        args = self.args
+        """This rank's share of the round's samples. Rows already on disk (an interrupted run) are reused; new rows
+        are appended to this rank's shard file batch by batch, so a kill loses at most one batch."""
+        args, acc = self.args, self.accelerator
+        done = resume.generated_rows(self.output_dir, r, args.num_samples_per_prompt)
+        acc.wait_for_everyone()  # every rank has read the same `done` before any rank appends new rows
+        todo = data.shard([p for p in prompts if p["prompt_id"] not in done], acc.process_index, acc.num_processes)
+        reused = data.shard([p for p in prompts if p["prompt_id"] in done], acc.process_index, acc.num_processes)
+        if done:
+            self.log(f"round {r}: reusing {len(done)} prompts' generations from disk")
         params = SamplingParams(
             temperature=args.for_round("temperature", r),
             top_p=args.for_round("top_p", r),
             top_k=args.for_round("sampling_top_k", r),
             max_new_tokens=args.for_round("max_new_tokens", r),
         )
-        total = len(prompts) * args.num_samples_per_prompt
-        with self.progress(total, f"round {r} generate", "samples") as bar:
-            out = generate(
-                self.accelerator.unwrap_model(self.model),
+        by_id = {p["prompt_id"]: p for p in prompts}
+        shard_file = resume.shard_path(self.output_dir, r, acc.process_index)
+
+        def on_batch(rows: list[dict]) -> None:
+            now = time.time()
+            append_jsonl(shard_file, [{**row, "round": r, "generated_at": now} for row in rows])
+            bar.update(len(rows))
+
+        with self.progress(len(todo) * args.num_samples_per_prompt, f"round {r} generate", "samples") as bar:
+            generate(
+                acc.unwrap_model(self.model),
                 self.tokenizer,
-                prompts,
+                todo,
                 args.num_samples_per_prompt,
                 params,
                 batch_size=args.generation_batch_size,
-                seed=args.seed * 1_000_003 + r * 1009 + self.accelerator.process_index,
-                prompt_ids=[self.prompt_ids[p["prompt_id"]] for p in prompts],
-                on_batch=lambda rows, toks: bar.update(rows),
+                seed=args.seed * 1_000_003 + r * 1009 + acc.process_index,
+                prompt_ids=[self.prompt_ids[p["prompt_id"]] for p in todo],
+                on_batch=on_batch,
             )
-        by_id = {p["prompt_id"]: p for p in prompts}
-        return [{**by_id[s["prompt_id"]], "round": r, **s} for s in out]
+        acc.wait_for_everyone()
+        on_disk = resume.generated_rows(self.output_dir, r, args.num_samples_per_prompt)
+        return [{**by_id[p["prompt_id"]], **row} for p in todo + reused for row in on_disk[p["prompt_id"]]]
 
-    def score_samples(self, prompts: list[dict], samples: list[dict]) -> list[dict]:
+    def score_samples(self, samples: list[dict]) -> list[dict]:
         scored = score(samples, self.scorers, self.weights)
         return [{**s, **sc} for s, sc in zip(samples, scored)]
 
@@ -310,12 +359,12 @@ class RejectionSamplingTrainer:
         plot_report(self.history, samples, self.base_accuracy, self.output_dir / "report.png")
         write_json(round_dir / "metrics.json", metrics)
 
-    def save_round(self, r: int, samples: list[dict], chosen: list[dict]) -> None:
-        """Write the round's generations, SFT set and checkpoint (main process only, each file atomically)."""
+    def save_generations(self, r: int, samples: list[dict]) -> None:
+        """The round's scored rows and its selected SFT set, each written atomically; then the shards go."""
         acc = self.accelerator
-        round_dir = self.output_dir / f"round_{r}"
+        rdir = resume.round_dir(self.output_dir, r)
         if acc.is_main_process:
-            write_jsonl(round_dir / "generations.jsonl", samples)
+            write_jsonl(rdir / "generations.jsonl", samples)
             sft_rows = [
                 {
                     "round": s["round"],
@@ -325,16 +374,18 @@ class RejectionSamplingTrainer:
                     "prompt": s["prompt"],
                     "completion": [{"role": "assistant", "content": s["completion"]}],
                 }
-                for s in chosen
+                for s in samples
+                if s["selected"]
             ]
-            write_jsonl(round_dir / "sft.jsonl", sft_rows)
-        if self.args.save_checkpoints:
-            self.save_checkpoint(round_dir / "checkpoint")
+            write_jsonl(rdir / "sft.jsonl", sft_rows)
+            shutil.rmtree(rdir / "shards", ignore_errors=True)
         acc.wait_for_everyone()
 
     def save_checkpoint(self, path: Path) -> None:
         """Save the adapter (LoRA) or the full model with its tokenizer, loadable without this package."""
         acc = self.accelerator
+        if not self.args.save_checkpoints:
+            return
         acc.wait_for_everyone()
         state = acc.get_state_dict(self.model)
         if acc.is_main_process:

@@ -1,0 +1,76 @@
+"""Resuming a run in the same `output_dir`: what is finished on disk, and loading it back.
+
+A round's phases leave these marks, each written atomically or appended durably:
+- `round_<r>/shards/generations.rank<k>.jsonl`: generated rows appended per batch as they finish;
+- `round_<r>/generations.jsonl`: every row scored and marked `selected` (generation, scoring, selection done);
+- `round_<r>/checkpoint/` then `round_<r>/metrics.json`: SFT done, the round finished.
+A rerun skips finished rounds, loads the last finished round's model or adapter, reuses the scored rows of a
+round whose SFT was interrupted, and generates only the prompts whose rows are not yet on disk. Each round's SFT
+starts a fresh optimizer and schedule, and every random draw is seeded from (seed, round, ...), so a resumed run
+follows the same path as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .io import read_jsonl, read_jsonl_prefix
+
+
+def round_dir(output_dir: Path, r: int) -> Path:
+    return Path(output_dir) / f"round_{r}"
+
+
+def finished_rounds(output_dir: Path) -> list[dict]:
+    """Metrics of rounds 0, 1, ... that finished, stopping at the first that did not."""
+    history = []
+    r = 0
+    while (round_dir(output_dir, r) / "metrics.json").exists():
+        history.append(json.loads((round_dir(output_dir, r) / "metrics.json").read_text()))
+        r += 1
+    return history
+
+
+def scored_rows(output_dir: Path, r: int) -> list[dict] | None:
+    """The round's scored and selected rows, if that phase finished."""
+    path = round_dir(output_dir, r) / "generations.jsonl"
+    return read_jsonl(path) if path.exists() else None
+
+
+def shard_path(output_dir: Path, r: int, rank: int) -> Path:
+    return round_dir(output_dir, r) / "shards" / f"generations.rank{rank}.jsonl"
+
+
+def generated_rows(output_dir: Path, r: int, num_samples: int) -> dict[str, list[dict]]:
+    """Rows already generated in round `r` by any rank, grouped by prompt; only prompts with all N samples."""
+    by_prompt: dict[str, dict[int, dict]] = {}
+    for path in sorted((round_dir(output_dir, r) / "shards").glob("generations.rank*.jsonl")):
+        for row in read_jsonl_prefix(path):
+            by_prompt.setdefault(row["prompt_id"], {})[row["sample_index"]] = row
+    return {
+        pid: [rows[s] for s in range(num_samples)]
+        for pid, rows in by_prompt.items()
+        if all(s in rows for s in range(num_samples))
+    }
+
+
+def load_weights(model, checkpoint: Path) -> None:
+    """Load a round's saved adapter (LoRA) or full weights into `model` (unwrapped, possibly a PeftModel)."""
+    from safetensors.torch import load_file
+
+    if (checkpoint / "adapter_model.safetensors").exists():
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
+        if getattr(result, "unexpected_keys", None):
+            raise RuntimeError(f"{checkpoint}: adapter keys do not match the model: {result.unexpected_keys[:3]}")
+        return
+    state = load_file(checkpoint / "model.safetensors")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(
+            f"{checkpoint} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
