@@ -37,6 +37,10 @@ class PeakRSS:
     def extra_mib(self) -> float:
         return (self.peak - self.start) / 2**20
 
+    @property
+    def peak_mib(self) -> float:
+        return self.peak / 2**20
+
 
 def table(rows: list[dict]) -> str:
     cols = list(rows[0])
