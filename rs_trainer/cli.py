@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from .config import ConfigError, RSConfig
+from .config import ConfigError, RSConfig, check_peft_keys
 
 
 def parse_args(argv: list[str] | None = None):
@@ -27,6 +27,9 @@ def parse_args(argv: list[str] | None = None):
                 "ModelConfig; check the spelling of the keys named above."
             ) from None
         raise
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cli_keys = {a[2:].split("=")[0] for a in argv if a.startswith("--") and a != "--config"}
+    check_peft_keys(model_args, cli_keys=cli_keys)
     if model_args.model_name_or_path is None:
         raise ConfigError("`model_name_or_path` is not set; name a hub id, a local folder or `embedded:<name>`.")
     return args, model_args

@@ -230,17 +230,24 @@ class RSConfig:
 NON_SEMANTIC_KEYS = frozenset({"output_dir", "overwrite_output_dir", "dry_run", "report_to"})
 
 
-def check_peft_keys(model_args):
-    """Refuse LoRA keys set away from their defaults while `use_peft` is false: the user expects LoRA."""
-    if model_args.use_peft:
-        return
+def changed_lora_keys(model_args) -> list[str]:
+    """LoRA keys set away from TRL's defaults."""
     from trl import ModelConfig
 
     defaults = ModelConfig()
-    changed = [
+    return [
         f.name
         for f in dataclasses.fields(model_args)
         if f.name.startswith("lora_") and getattr(model_args, f.name) != getattr(defaults, f.name)
     ]
-    if changed:
+
+
+def check_peft_keys(model_args, recipe_keys: set[str] = frozenset(), cli_keys: set[str] = frozenset()):
+    """Refuse LoRA keys with `use_peft` false: the user expects LoRA. One exception keeps "LoRA on or off with one
+    key": a recipe's LoRA keys are ignored when `--use_peft false` is given on the command line."""
+    if model_args.use_peft:
+        return
+    changed = changed_lora_keys(model_args)
+    flipped_on_cli = "use_peft" in cli_keys and not any(k in cli_keys for k in changed)
+    if changed and not flipped_on_cli:
         raise ConfigError(f"LoRA keys {changed} are set but `use_peft` is false; set `use_peft: true` or remove them.")

@@ -21,7 +21,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
 from . import data, resume, selection
-from .config import NON_SEMANTIC_KEYS, ConfigError, RSConfig, check_peft_keys
+from .config import NON_SEMANTIC_KEYS, ConfigError, RSConfig
 from .generation import SamplingParams, encode_prompts, generate
 from .io import append_jsonl, read_jsonl, write_atomic, write_json, write_jsonl
 from .metrics import round_metrics, summary_table
@@ -53,7 +53,6 @@ class RejectionSamplingTrainer:
     def setup(self) -> None:
         """Validate everything that can be validated, then load. Nothing is written before all checks pass."""
         args, acc = self.args, self.accelerator
-        check_peft_keys(self.model_args)
         set_seed(args.seed)
         self.train_prompts = data.load_prompts(args, args.dataset_split)
         self.eval_prompts = self._load_eval_prompts()

@@ -160,3 +160,15 @@ def test_gpu_accelerate_config_on_a_cpu_machine_is_refused(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ})
     assert proc.returncode != 0
     assert "accelerate_configs/cpu.yaml" in proc.stderr
+
+
+def test_use_peft_flips_on_the_command_line_but_a_contradictory_recipe_is_refused(tmp_path):
+    from conftest import REPO
+
+    lora_recipe = str(REPO / "recipes/smollm2/arithmetic_lora.yaml")
+    _, model_args = parse_args(["--config", lora_recipe, "--use_peft", "false"])
+    assert model_args.use_peft is False  # LoRA off with one key
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model_name_or_path: x\nuse_peft: false\nlora_r: 8\n")
+    with pytest.raises(ConfigError, match=r"\['lora_r'\] are set but `use_peft` is false"):
+        parse_args(["--config", str(bad)])
