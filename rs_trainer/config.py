@@ -78,6 +78,13 @@ class RSConfig:
     generation_batch_size: int = field(
         default=0, metadata={"help": "Rows per generation batch; 0 picks by device (64 on CPU, 256 on GPU)."}
     )
+    generation_engine: str = field(
+        default="auto",
+        metadata={
+            "help": "`rs`: one prefill per prompt shared by its N rows, finished rows dropped; `hf`: model.generate "
+            "on N-times repeated prompts; `auto`: rs when the model's KV cache allows it."
+        },
+    )
     # ---- scoring ----
     reward_funcs: list[str] = field(
         default_factory=lambda: ["numeric_answer"],
@@ -185,6 +192,8 @@ class RSConfig:
                 )
         if any(m < 1 for m in self.max_new_tokens):
             raise ConfigError(f"`max_new_tokens` must be >= 1, got {self.max_new_tokens}.")
+        if self.generation_engine not in ("auto", "rs", "hf"):
+            raise ConfigError(f"`generation_engine` must be auto, rs or hf, got {self.generation_engine!r}.")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise ConfigError(
                 f"`reward_weights` has {len(self.reward_weights)} values for {len(self.reward_funcs)} "

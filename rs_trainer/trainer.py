@@ -253,6 +253,7 @@ class RejectionSamplingTrainer:
                 seed=args.seed * 1_000_003 + r * 1009 + acc.process_index,
                 prompt_ids=[self.prompt_ids[p["prompt_id"]] for p in todo],
                 on_batch=on_batch,
+                engine=args.generation_engine,
             )
         acc.wait_for_everyone()
         on_disk = resume.generated_rows(self.output_dir, r, args.num_samples_per_prompt)
@@ -336,6 +337,7 @@ class RejectionSamplingTrainer:
             SamplingParams(temperature=0.0, max_new_tokens=args.eval_max_new_tokens),
             batch_size=args.generation_batch_size,
             prompt_ids=[self.eval_prompt_ids[p["prompt_id"]] for p in local],
+            engine=args.generation_engine,
         )
         by_id = {p["prompt_id"]: p for p in local}
         scored = score([{**by_id[s["prompt_id"]], **s} for s in out], self.scorers, self.weights)
