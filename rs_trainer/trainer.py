@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -23,11 +22,13 @@ from tqdm.auto import tqdm
 from . import data, resume, selection
 from .config import NON_SEMANTIC_KEYS, ConfigError, RSConfig
 from .generation import SamplingParams, encode_prompts, generate
-from .io import append_jsonl, read_jsonl, write_atomic, write_json, write_jsonl
+from .io import append_jsonl, write_atomic, write_json, write_jsonl
 from .metrics import round_metrics, summary_table
 from .models import load_policy, load_tokenizer, resolve_model_path
+from .progress import progress_bar
 from .report import markdown_table, plot_report, sample_table
 from .rewards import resolve_scorer, score
+from .rewards.columns import check_scorer_columns
 from .sft import (
     build_example,
     plan_batches,
@@ -406,72 +407,10 @@ class RejectionSamplingTrainer:
             tqdm.write(message)
 
     def progress(self, total: int, desc: str, unit: str):
-        """A bar with rate and ETA on the main process. Outside a terminal (CI logs, files) it prints a plain line
-        every 15 s instead of carriage-return redraws."""
-        tty = sys.stderr.isatty()
-        return tqdm(
-            total=total,
-            desc=desc,
-            unit=unit,
-            disable=not self.accelerator.is_main_process,
-            mininterval=1.0 if tty else 15.0,
-            dynamic_ncols=tty,
-            ncols=None if tty else 100,
-            file=sys.stderr if tty else _LineWriter(sys.stderr),
-        )
+        return progress_bar(total, desc, unit, enabled=self.accelerator.is_main_process)
 
     @contextlib.contextmanager
     def timer(self, timings: dict, name: str):
         start = time.perf_counter()
         yield
         timings[name] = time.perf_counter() - start
-
-
-class _LineWriter:
-    """Turns tqdm's carriage-return redraws into whole lines, for logs that are not terminals."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def write(self, text: str) -> None:
-        text = text.replace("\r", "\n").replace("\x1b[A", "")
-        lines = [line for line in text.split("\n") if line.strip()]
-        if lines:
-            self.stream.write("\n".join(lines) + "\n")
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-def check_scorer_columns(scorers: dict, prompts: list[dict], source: str) -> None:
-    """A scorer's required keyword arguments (beyond `prompts` and `completions`) are dataset columns, such as a
-    verifier's ground truth; refuse up front when a prompt lacks one, rather than failing mid-round."""
-    import inspect
-
-    for name, fn in scorers.items():
-        try:
-            params = inspect.signature(fn).parameters.values()
-        except (TypeError, ValueError):
-            continue
-        needed = [
-            p.name
-            for p in params
-            if p.name not in ("prompts", "completions")
-            and p.default is inspect.Parameter.empty
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        ]
-        for column in needed:
-            missing = [p["prompt_id"] for p in prompts if p.get(column) is None]
-            if missing:
-                raise ConfigError(
-                    f"Scorer {name!r} needs the ground-truth column `{column}`, which {len(missing)} prompt(s) of "
-                    f"{source} lack (first: {missing[0]!r}); add the column or change `reward_funcs`."
-                )
-
-
-def load_rounds(output_dir: str | Path) -> list[dict]:
-    """The generations of every finished round of a run (those whose metrics.json exists)."""
-    rows = []
-    for metrics in sorted(Path(output_dir).glob("round_*/metrics.json")):
-        rows.extend(read_jsonl(metrics.parent / "generations.jsonl"))
-    return rows

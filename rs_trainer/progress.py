@@ -1,0 +1,39 @@
+"""Progress bars: rate and ETA on the main process; plain lines when the output is not a terminal."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm.auto import tqdm
+
+
+def progress_bar(total: int, desc: str, unit: str, enabled: bool = True) -> tqdm:
+    """A tqdm bar. Outside a terminal (CI logs, files) it prints a whole line every 15 s instead of
+    carriage-return redraws."""
+    tty = sys.stderr.isatty()
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=not enabled,
+        mininterval=1.0 if tty else 15.0,
+        dynamic_ncols=tty,
+        ncols=None if tty else 100,
+        file=sys.stderr if tty else _LineWriter(sys.stderr),
+    )
+
+
+class _LineWriter:
+    """Turns tqdm's carriage-return redraws into whole lines, for logs that are not terminals."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "\n").replace("\x1b[A", "")
+        lines = [line for line in text.split("\n") if line.strip()]
+        if lines:
+            self.stream.write("\n".join(lines) + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
