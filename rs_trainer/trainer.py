@@ -59,7 +59,10 @@ class RejectionSamplingTrainer:
         self.eval_prompts = self._load_eval_prompts()
         m = min(args.prompts_per_round or len(self.train_prompts), len(self.train_prompts))
         args.check_selection_size(m)
-        self.scorers = {name: resolve_scorer(name) for name in args.reward_funcs}
+        try:
+            self.scorers = {name: resolve_scorer(name) for name in args.reward_funcs}
+        except ValueError as err:
+            raise ConfigError(f"`reward_funcs`: {err}") from None
         check_scorer_columns(self.scorers, self.train_prompts + self.eval_prompts, args.dataset_name)
         weights = args.reward_weights or [1.0] * len(args.reward_funcs)
         self.weights = dict(zip(args.reward_funcs, weights))
