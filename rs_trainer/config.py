@@ -11,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-SELECTION_STRATEGIES = ("best_of_n", "top_k_per_prompt", "threshold", "top_k", "top_fraction")
+SELECTION_STRATEGIES = ("best_of_n", "top_k_per_prompt", "threshold", "percentile", "top_k", "top_fraction")
 PER_ROUND_FIELDS = ("temperature", "top_p", "sampling_top_k", "max_new_tokens")
 
 
@@ -89,12 +89,20 @@ class RSConfig:
     reward_funcs: list[str] = field(
         default_factory=lambda: ["numeric_answer"],
         metadata={
-            "help": "Scorers: built-in names (numeric_answer) or dotted paths to functions with TRL's reward "
-            "signature `fn(prompts, completions, **columns) -> list[float | None]`."
+            "help": "Scorers: built-in names (numeric_answer, math_answer, code_tests), `reward_model:<hub id, "
+            "folder or embedded:name>`, or dotted paths to functions with TRL's reward signature "
+            "`fn(prompts, completions, **columns) -> list[float | None]`."
         },
     )
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "Weight of each scorer in the total reward; default 1.0 each."}
+    )
+    eval_reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Scorers that judge held-out accuracy and pass@k (weights 1.0); default `reward_funcs`. With a "
+            "reward model in `reward_funcs`, name the verifier here, so success is measured by ground truth."
+        },
     )
     pass_threshold: float = field(
         default=1.0, metadata={"help": "A sample with reward >= this counts as a success for pass@k and accuracy."}
@@ -109,7 +117,15 @@ class RSConfig:
     )
     k_per_prompt: int = field(default=1, metadata={"help": "`top_k_per_prompt`: samples kept per prompt."})
     max_per_prompt: int | None = field(
-        default=None, metadata={"help": "`threshold`: keep at most this many (the best) per prompt; default all."}
+        default=None,
+        metadata={"help": "`threshold` and `percentile`: keep at most this many (the best) per prompt; default all."},
+    )
+    reward_percentile: list[float] = field(
+        default_factory=lambda: [50.0],
+        metadata={
+            "help": "`percentile`: keep samples at or above their own prompt's q-th reward percentile (0..100), best "
+            "first; a list rises per round (ReST's Improve steps), the last value repeats."
+        },
     )
     reward_threshold: float | None = field(
         default=None, metadata={"help": "`threshold`: keep samples with reward >= this."}
@@ -117,8 +133,32 @@ class RSConfig:
     min_reward: float | None = field(
         default=None, metadata={"help": "Never select a sample below this reward, whatever the strategy."}
     )
+    drop_truncated: bool = field(
+        default=False, metadata={"help": "Never select a truncated (no end token) or empty completion."}
+    )
+    dedupe: str | None = field(
+        default=None,
+        metadata={
+            "help": "`exact` or `normalised` (whitespace and case ignored): keep one copy, the lowest sample_index, "
+            "of each repeated completion of a prompt before selecting; default off."
+        },
+    )
+    drop_constant_prompts: bool = field(
+        default=False,
+        metadata={"help": "Skip prompts whose samples all have the same reward: nothing to learn from them."},
+    )
+    min_reward_margin: float | None = field(
+        default=None, metadata={"help": "Skip prompts whose best reward beats their median reward by less than this."}
+    )
     prefer_shorter: bool = field(
         default=True, metadata={"help": "Among equal rewards prefer the shorter completion (then a seeded draw)."}
+    )
+    candidate_models: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "best_of_n only: more models (hub ids, local folders or `embedded:<name>`) that each sample N "
+            "completions per prompt and compete with `model_name_or_path`; ignored by training."
+        },
     )
     # ---- SFT ----
     sft_epochs: int = field(default=2, metadata={"help": "Epochs over the selected set each round."})
@@ -161,6 +201,8 @@ class RSConfig:
             self.report_to = [self.report_to]
         if isinstance(self.reward_funcs, str):
             self.reward_funcs = [self.reward_funcs]
+        if isinstance(self.eval_reward_funcs, str):
+            self.eval_reward_funcs = [self.eval_reward_funcs]
         self.validate()
 
     def validate(self):
@@ -177,6 +219,18 @@ class RSConfig:
             raise ConfigError("`selection: top_fraction` needs 0 < `top_fraction` <= 1.")
         if self.selection == "threshold" and self.reward_threshold is None:
             raise ConfigError("`selection: threshold` needs `reward_threshold`.")
+        if isinstance(self.reward_percentile, (int, float)):
+            self.reward_percentile = [float(self.reward_percentile)]
+        if any(not 0 <= q <= 100 for q in self.reward_percentile):
+            raise ConfigError(f"`reward_percentile` values must lie in 0..100, got {self.reward_percentile}.")
+        if any(b < a for a, b in zip(self.reward_percentile, self.reward_percentile[1:])):
+            raise ConfigError(f"`reward_percentile` must not fall from round to round, got {self.reward_percentile}.")
+        if isinstance(self.dedupe, str) and self.dedupe.lower() in ("", "none", "null"):
+            self.dedupe = None
+        if self.dedupe not in (None, "exact", "normalised"):
+            raise ConfigError(f"`dedupe` must be exact, normalised or null, got {self.dedupe!r}.")
+        if self.min_reward_margin is not None and self.min_reward_margin < 0:
+            raise ConfigError(f"`min_reward_margin` must be >= 0, got {self.min_reward_margin}.")
         if self.k_per_prompt < 1:
             raise ConfigError(f"`k_per_prompt` must be at least 1, got {self.k_per_prompt}.")
         if self.sft_from not in ("previous", "base"):

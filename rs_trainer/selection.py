@@ -1,7 +1,8 @@
 """Selection: pure, deterministic functions from scored samples to the samples kept for SFT.
 
 A sample here is a dict with at least `prompt_id`, `sample_index`, `reward` (float, or None for "no opinion") and
-`completion_tokens`. Every function returns the chosen `(prompt_id, sample_index)` keys, best first.
+`completion_tokens`. Every strategy returns the chosen `(prompt_id, sample_index)` keys, best first; the filters
+that may run before it (duplicates, truncated samples, uninformative prompts) are in `rs_trainer.filters`.
 
 Order among samples (`rank_key`): higher reward first; among equal rewards the shorter completion when
 `prefer_shorter`; then a draw seeded by (seed, prompt_id, sample_index), so ties are broken the same way every run
@@ -103,8 +104,86 @@ def top_k_global(
     return [_key(s) for s in ranked[:k]]
 
 
-def select(samples: list[dict], args, seed: int) -> list[Key]:
-    """Apply the strategy a recipe names (`args` is an `RSConfig`)."""
+def percentile_value(rewards: list[float], q: float) -> float:
+    """The `q`-th percentile (0..100) of `rewards`, interpolated linearly between order statistics (numpy's default
+    `linear` method): position `q / 100 * (n - 1)` in the sorted list.
+
+    Example: [0.0, 1.0, 2.0, 3.0] at q=50 -> 1.5; at q=100 -> 3.0; [4.0] at any q -> 4.0.
+    """
+    if not 0 <= q <= 100:
+        raise ValueError(f"Percentile must be in [0, 100], got {q}.")
+    if not rewards:
+        raise ValueError("No rewards to take a percentile of.")
+    ordered = sorted(rewards)
+    position = q * (len(ordered) - 1) / 100
+    lo = math.floor(position)
+    if lo == len(ordered) - 1:
+        return ordered[lo]
+    # `lo + frac` and equal neighbours give exactly `ordered[lo]`, so ties at the cut are all kept.
+    return ordered[lo] + (position - lo) * (ordered[lo + 1] - ordered[lo])
+
+
+def percentile_per_prompt(
+    samples: list[dict],
+    q: float,
+    cap_per_prompt: int | None = None,
+    seed: int = 0,
+    prefer_shorter: bool = True,
+    min_reward: float | None = None,
+) -> list[Key]:
+    """Samples at or above their own prompt's `q`-th reward percentile (`percentile_value` over the prompt's scored
+    samples), best first within each prompt, at most `cap_per_prompt` per prompt. A relative bar: every prompt
+    keeps its best samples however hard it is, which an absolute `threshold` cannot do.
+
+    Example (q=50): {"a": [0.0, 1.0, 2.0, 3.0], "b": [5.0, 5.0]} -> [("a", 3), ("a", 2), ("b", 0), ("b", 1)] (in
+    "b" the order of the tied samples is the seeded draw): "a"'s median is 1.5, and every sample of "b" equals its
+    median.
+    """
+    chosen = []
+    for group in _by_prompt(_eligible(samples, None)).values():
+        cut = percentile_value([s["reward"] for s in group], q)
+        if min_reward is not None:
+            cut = max(cut, min_reward)
+        kept = sorted((s for s in group if s["reward"] >= cut), key=lambda s: rank_key(s, seed, prefer_shorter))
+        chosen.extend(_key(s) for s in kept[:cap_per_prompt])
+    return chosen
+
+
+def rising_schedule(start: float, stop: float, num_rounds: int) -> list[float]:
+    """Evenly spaced values from `start` to `stop` over `num_rounds` rounds: ReST's Improve steps, where each round
+    keeps a stricter share of samples (Gulcehre et al. 2023).
+
+    Example: rising_schedule(50, 90, 3) -> [50.0, 70.0, 90.0]; with 1 round -> [50.0].
+    """
+    if num_rounds < 1:
+        raise ValueError(f"`num_rounds` must be at least 1, got {num_rounds}.")
+    if stop < start:
+        raise ValueError(f"A rising schedule needs stop ({stop}) >= start ({start}).")
+    if num_rounds == 1:
+        return [float(start)]
+    step = (stop - start) / (num_rounds - 1)
+    return [float(start + r * step) for r in range(num_rounds - 1)] + [float(stop)]
+
+
+def schedule_value(schedule: list[float], round_index: int) -> float:
+    """The value of a per-round schedule in round `round_index` (0-based); the last value repeats. The schedule
+    must not fall: a later round never keeps a looser share than an earlier one.
+
+    Example: schedule_value([50, 75, 90], 1) -> 75; schedule_value([50, 75, 90], 5) -> 90.
+    """
+    if not schedule:
+        raise ValueError("The schedule is empty; give one value or one per round.")
+    for r in range(1, len(schedule)):
+        if schedule[r] < schedule[r - 1]:
+            raise ValueError(
+                f"The schedule {list(schedule)} falls at round {r} ({schedule[r - 1]} -> {schedule[r]}); "
+                "give non-decreasing values."
+            )
+    return schedule[min(round_index, len(schedule) - 1)]
+
+
+def select(samples: list[dict], args, seed: int, round_index: int = 0) -> list[Key]:
+    """Apply the strategy a recipe names (`args` is an `RSConfig`); `round_index` picks a per-round percentile."""
     kw = {"seed": seed, "prefer_shorter": args.prefer_shorter}
     if args.selection == "best_of_n":
         return best_of_n(samples, min_reward=args.min_reward, **kw)
@@ -115,4 +194,7 @@ def select(samples: list[dict], args, seed: int) -> list[Key]:
         return threshold(samples, floor, args.max_per_prompt, **kw)
     if args.selection in ("top_k", "top_fraction"):
         return top_k_global(samples, args.top_k_count(len(samples)), min_reward=args.min_reward, **kw)
+    if args.selection == "percentile":
+        q = schedule_value(args.reward_percentile, round_index)
+        return percentile_per_prompt(samples, q, args.max_per_prompt, min_reward=args.min_reward, **kw)
     raise ValueError(f"Unknown selection strategy {args.selection!r}.")

@@ -19,8 +19,9 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
-from . import data, resume, selection
+from . import data, filters, resume, selection
 from .config import NON_SEMANTIC_KEYS, ConfigError, RSConfig
+from .export import sft_rows
 from .generation import SamplingParams, encode_prompts, generate
 from .io import append_jsonl, write_atomic, write_json, write_jsonl
 from .metrics import round_metrics, summary_table
@@ -59,13 +60,17 @@ class RejectionSamplingTrainer:
         self.eval_prompts = self._load_eval_prompts()
         m = min(args.prompts_per_round or len(self.train_prompts), len(self.train_prompts))
         args.check_selection_size(m)
-        try:
-            self.scorers = {name: resolve_scorer(name) for name in args.reward_funcs}
-        except ValueError as err:
-            raise ConfigError(f"`reward_funcs`: {err}") from None
+        self.scorers = self._resolve_scorers("reward_funcs", args.reward_funcs)
         check_scorer_columns(self.scorers, self.train_prompts + self.eval_prompts, args.dataset_name)
         weights = args.reward_weights or [1.0] * len(args.reward_funcs)
         self.weights = dict(zip(args.reward_funcs, weights))
+        # Success (held-out accuracy, pass@k) is judged by `eval_reward_funcs` where given: a reward model trains,
+        # the verifier measures.
+        self.eval_scorers, self.eval_weights = self.scorers, self.weights
+        if args.eval_reward_funcs:
+            self.eval_scorers = self._resolve_scorers("eval_reward_funcs", args.eval_reward_funcs)
+            check_scorer_columns(self.eval_scorers, self.train_prompts + self.eval_prompts, args.dataset_name)
+            self.eval_weights = dict.fromkeys(args.eval_reward_funcs, 1.0)
 
         self.model_path = resolve_model_path(self.model_args.model_name_or_path)
         self.tokenizer = load_tokenizer(self.model_path)
@@ -88,6 +93,13 @@ class RejectionSamplingTrainer:
         if acc.log_with:
             flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in args.to_dict().items()}
             acc.init_trackers("rs_trainer", config=flat)
+
+    @staticmethod
+    def _resolve_scorers(key: str, names: list[str]) -> dict:
+        try:
+            return {name: resolve_scorer(name) for name in names}
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"`{key}`: {err}") from None
 
     def _load_eval_prompts(self) -> list[dict]:
         args = self.args
@@ -155,6 +167,7 @@ class RejectionSamplingTrainer:
             timings = {}
             set_seed(args.seed + r)  # dropout and any other global draw: the same path when resumed
             samples = resume.scored_rows(self.output_dir, r)  # a round interrupted during SFT is not re-sampled
+            filtered_out = None
             if samples is None:
                 prompts = data.draw_round_prompts(self.train_prompts, args.prompts_per_round, args.seed, r)
                 with self.timer(timings, "generate"):
@@ -163,7 +176,9 @@ class RejectionSamplingTrainer:
                     samples = self.score_samples(samples)
                 samples = sorted(gather_object(samples), key=lambda s: (s["prompt_id"], s["sample_index"]))
                 with self.timer(timings, "select"):
-                    keys = set(selection.select(samples, args, seed=args.seed * 1000 + r))
+                    candidates = filters.apply_recipe_filters(samples, args)
+                    filtered_out = len(samples) - len(candidates)
+                    keys = set(selection.select(candidates, args, seed=args.seed * 1000 + r, round_index=r))
                     for s in samples:
                         s["selected"] = (s["prompt_id"], s["sample_index"]) in keys
                 self.save_generations(r, samples)
@@ -180,6 +195,7 @@ class RejectionSamplingTrainer:
 
             keys = {(s["prompt_id"], s["sample_index"]) for s in chosen}
             metrics = {"round": r, **round_metrics(samples, keys, args.pass_threshold), **sft_stats}
+            metrics["rs/filtered_out"] = filtered_out
             metrics.update({"eval/accuracy_before": before, "eval/accuracy": accuracy})
             metrics.update({f"timing/{k}": v for k, v in timings.items()})
             metrics["timing/round"] = time.perf_counter() - t_round
@@ -264,8 +280,12 @@ class RejectionSamplingTrainer:
         return [{**by_id[p["prompt_id"]], **row} for p in todo + reused for row in on_disk[p["prompt_id"]]]
 
     def score_samples(self, samples: list[dict]) -> list[dict]:
-        scored = score(samples, self.scorers, self.weights)
-        return [{**s, **sc} for s, sc in zip(samples, scored)]
+        """Rewards from `reward_funcs`; with `eval_reward_funcs` also `verified_reward`, which pass@k counts."""
+        scored = [{**s, **sc} for s, sc in zip(samples, score(samples, self.scorers, self.weights))]
+        if self.eval_scorers is not self.scorers:
+            verified = score(samples, self.eval_scorers, self.eval_weights)
+            scored = [{**s, "verified_reward": v["reward"]} for s, v in zip(scored, verified)]
+        return scored
 
     def sft(self, train_set: list[dict], r: int) -> dict:
         """`sft_epochs` over `train_set`; returns loss and step statistics. A round with nothing selected skips."""
@@ -344,7 +364,7 @@ class RejectionSamplingTrainer:
             engine=args.generation_engine,
         )
         by_id = {p["prompt_id"]: p for p in local}
-        scored = score([{**by_id[s["prompt_id"]], **s} for s in out], self.scorers, self.weights)
+        scored = score([{**by_id[s["prompt_id"]], **s} for s in out], self.eval_scorers, self.eval_weights)
         hits = gather_object([sc["reward"] is not None and sc["reward"] >= args.pass_threshold for sc in scored])
         return sum(hits) / len(hits)
 
@@ -370,19 +390,7 @@ class RejectionSamplingTrainer:
         rdir = resume.round_dir(self.output_dir, r)
         if acc.is_main_process:
             write_jsonl(rdir / "generations.jsonl", samples)
-            sft_rows = [
-                {
-                    "round": s["round"],
-                    "prompt_id": s["prompt_id"],
-                    "sample_index": s["sample_index"],
-                    "reward": s["reward"],
-                    "prompt": s["prompt"],
-                    "completion": [{"role": "assistant", "content": s["completion"]}],
-                }
-                for s in samples
-                if s["selected"]
-            ]
-            write_jsonl(rdir / "sft.jsonl", sft_rows)
+            write_jsonl(rdir / "sft.jsonl", sft_rows(samples))
             shutil.rmtree(rdir / "shards", ignore_errors=True)
         acc.wait_for_everyone()
 

@@ -18,9 +18,16 @@ def test_there_are_recipes_and_configs():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO)))
 def test_recipe_parses(recipe: Path, tmp_path):
-    args, model_args = parse_args(["--config", str(recipe), "--output_dir", str(tmp_path)])
+    argv = ["--config", str(recipe), "--output_dir", str(tmp_path)]
+    if "generations_from" in yaml.safe_load(recipe.read_text()):  # a reward-model training recipe
+        from rs_trainer.reward_training import parse_args as parse_reward_args
+
+        data_args, training_args, model_args = parse_reward_args(argv)
+        assert data_args.generations_from and training_args.output_dir == str(tmp_path)
+    else:
+        args, model_args = parse_args(argv)
+        assert args.num_rounds >= 1
     assert model_args.model_name_or_path
-    assert args.num_rounds >= 1
 
 
 @pytest.mark.parametrize("config", ACCELERATE_CONFIGS, ids=lambda p: str(p.relative_to(REPO)))

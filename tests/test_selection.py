@@ -96,3 +96,74 @@ def test_duplicate_prompt_texts_with_different_ids_stay_separate():
 def test_select_dispatches_each_recipe_strategy(overrides, expected):
     args = RSConfig(**overrides)
     assert selection.select(matrix(REWARDS, LENGTHS), args, seed=0) == expected
+
+
+# ---- per-prompt percentile and rising schedules (ReST)
+
+
+def test_percentile_docstring_examples():
+    assert selection.percentile_value([0.0, 1.0, 2.0, 3.0], 50) == 1.5
+    assert selection.percentile_value([0.0, 1.0, 2.0, 3.0], 100) == 3.0
+    assert selection.percentile_value([4.0], 37) == 4.0
+    got = selection.percentile_per_prompt(matrix({"a": [0.0, 1.0, 2.0, 3.0], "b": [5.0, 5.0]}), 50)
+    assert got[:2] == [("a", 3), ("a", 2)] and sorted(got[2:]) == [("b", 0), ("b", 1)]
+    assert selection.rising_schedule(50, 90, 3) == [50.0, 70.0, 90.0]
+    assert selection.rising_schedule(50, 90, 1) == [50.0]
+    assert selection.schedule_value([50, 75, 90], 1) == 75
+    assert selection.schedule_value([50, 75, 90], 5) == 90
+
+
+@pytest.mark.parametrize(
+    "q, expected",
+    [
+        # a sorted [0.1, 0.5, 0.9, 0.9]; c sorted [0.2, 0.3, 0.7, 0.8]; b all 0.0 (ties: all kept, shortest first)
+        (
+            0,
+            [("a", 3), ("a", 1), ("a", 2), ("a", 0), ("b", 2), ("b", 1), ("b", 0), ("b", 3)]
+            + [("c", 2), ("c", 0), ("c", 3), ("c", 1)],
+        ),
+        (50, [("a", 3), ("a", 1), ("b", 2), ("b", 1), ("b", 0), ("b", 3), ("c", 2), ("c", 0)]),  # cuts 0.7, 0, 0.5
+        (100, [("a", 3), ("a", 1), ("b", 2), ("b", 1), ("b", 0), ("b", 3), ("c", 2)]),  # the maxima, ties kept
+    ],
+)
+def test_percentile_per_prompt_on_the_hand_computed_matrix(q, expected):
+    assert selection.percentile_per_prompt(matrix(REWARDS, LENGTHS), q, seed=0) == expected
+
+
+def test_percentile_per_prompt_cap_min_reward_and_edge_shapes():
+    samples = matrix(REWARDS, LENGTHS)
+    assert selection.percentile_per_prompt(samples, 50, cap_per_prompt=1) == [("a", 3), ("b", 2), ("c", 2)]
+    assert selection.percentile_per_prompt(samples, 0, min_reward=0.6) == [("a", 3), ("a", 1), ("c", 2), ("c", 0)]
+    # N=1: a prompt's single sample is its own percentile, at any q.
+    assert selection.percentile_per_prompt(matrix({"a": [0.2], "b": [0.7]}), 90) == [("a", 0), ("b", 0)]
+    # M=1, and None rewards take no part in the percentile.
+    assert selection.percentile_per_prompt(matrix({"a": [None, 0.4, 0.8]}), 50) == [("a", 2)]
+    # Empty selections.
+    assert selection.percentile_per_prompt(matrix({"a": [None, None]}), 50) == []
+    assert selection.percentile_per_prompt([], 50) == []
+    assert selection.percentile_per_prompt(samples, 100, min_reward=2.0) == []
+    with pytest.raises(ValueError, match="prompt_id 'a', sample 1"):
+        selection.percentile_per_prompt(matrix({"a": [0.1, math.nan]}), 50)
+    with pytest.raises(ValueError, match=r"\[0, 100\]"):
+        selection.percentile_per_prompt(samples, 101)
+
+
+def test_schedules_refuse_falling_or_empty_values():
+    with pytest.raises(ValueError, match="falls at round 2"):
+        selection.schedule_value([50, 80, 70], 0)
+    with pytest.raises(ValueError, match="empty"):
+        selection.schedule_value([], 0)
+    with pytest.raises(ValueError, match="stop"):
+        selection.rising_schedule(90, 50, 3)
+    assert selection.rising_schedule(0, 100, 5) == [0.0, 25.0, 50.0, 75.0, 100.0]
+
+
+def test_select_percentile_follows_the_schedule_per_round():
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(
+        selection="percentile", reward_percentile=[0, 100], max_per_prompt=None, min_reward=None, prefer_shorter=True
+    )
+    samples = matrix(REWARDS, LENGTHS)
+    assert len(selection.select(samples, args, seed=0, round_index=0)) == 12  # q=0 keeps everything
+    assert selection.select(samples, args, seed=0, round_index=3) == selection.percentile_per_prompt(samples, 100)

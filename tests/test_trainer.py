@@ -157,3 +157,19 @@ def test_round_with_nothing_selected_is_skipped_not_crashed(tiny_model, tmp_path
     )
     history = trainer.train()
     assert history[0]["rs/num_selected"] == 0 and history[0]["train/steps"] == 0
+
+
+def test_recipe_filters_run_before_selection(tiny_model, tmp_path):
+    # A random tiny model never emits the end token in 4 tokens: every sample is truncated, so nothing is left.
+    trainer = make_trainer(
+        tiny_model,
+        tmp_path / "run",
+        reward_funcs=["tests.scorers_for_tests.length_reward"],
+        eval_split=None,
+        selection="percentile",
+        reward_percentile=[50.0],
+        drop_truncated=True,
+        top_k=None,
+    )
+    history = trainer.train()
+    assert history[0]["rs/filtered_out"] == 12 and history[0]["rs/num_selected"] == 0

@@ -13,9 +13,16 @@ import importlib
 import math
 from collections.abc import Callable
 
-from .verifiers import numeric_answer
+from .sandbox import code_tests
+from .verifiers import math_answer, numeric_answer
 
-BUILTIN_SCORERS: dict[str, Callable] = {"numeric_answer": numeric_answer}
+BUILTIN_SCORERS: dict[str, Callable] = {
+    "numeric_answer": numeric_answer,
+    "math_answer": math_answer,
+    "code_tests": code_tests,
+}
+REWARD_MODEL_PREFIX = "reward_model:"
+_REWARD_MODELS: dict[str, Callable] = {}  # one loaded reward model per path, however many scorers name it
 
 
 class ScorerError(RuntimeError):
@@ -23,12 +30,24 @@ class ScorerError(RuntimeError):
 
 
 def resolve_scorer(name: str) -> Callable:
-    """A built-in name, or a dotted path `package.module.function`."""
+    """A built-in name, `reward_model:<hub id or local path>`, or a dotted path `package.module.function`."""
     if name in BUILTIN_SCORERS:
         return BUILTIN_SCORERS[name]
+    if name.startswith(REWARD_MODEL_PREFIX):
+        path = name[len(REWARD_MODEL_PREFIX) :]
+        if not path:
+            raise ValueError(f"Scorer {name!r} names no reward model; write `reward_model:<hub id or local path>`.")
+        if path not in _REWARD_MODELS:
+            from .reward_model import RewardModelScorer
+
+            _REWARD_MODELS[path] = RewardModelScorer(path)
+        return _REWARD_MODELS[path]
     module_name, _, attr = name.rpartition(".")
     if not module_name:
-        raise ValueError(f"Scorer {name!r} is neither built-in ({sorted(BUILTIN_SCORERS)}) nor a dotted path.")
+        raise ValueError(
+            f"Scorer {name!r} is neither built-in ({sorted(BUILTIN_SCORERS)}), nor `reward_model:<path>`, nor a "
+            "dotted path `package.module.function`."
+        )
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:

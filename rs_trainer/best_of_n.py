@@ -1,0 +1,276 @@
+"""Best-of-N inference: sample N completions per prompt, score them, keep the best, and measure what N buys.
+
+    python -m rs_trainer.best_of_n --config recipes/<model>/<recipe>.yaml [--key value ...]
+
+The same recipe keys as training (prompts, sampling of round 0, scorers, `prefer_shorter`, `seed`). Writes to
+`output_dir`:
+- `best_of_n.jsonl`: per prompt, the best completion and every candidate with its reward and the `model` that
+  wrote it;
+- `best_of_n_metrics.json`: the expected best-of-n reward for n = 1..N (`expected_best_of_n`, unbiased, from the
+  same N samples), the analytic KL bound `log n - (n - 1) / n` of the best-of-n policy from the base policy
+  (Beirami et al. 2024), and per-model statistics;
+- `best_of_n.png`: reward against n, and reward against the KL bound.
+
+Several models can compete (`candidate_models`): each samples N per prompt, and the best is chosen over all of
+them alike. Their sample indices are offset (model m writes m*N .. m*N + N-1) so keys stay unique per prompt.
+One process: do not launch it with several.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import math
+import statistics
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+from . import data, selection
+from .config import ConfigError
+from .io import write_json, write_jsonl
+
+# ---------------------------------------------------------------- estimators (pure)
+
+
+def _exact_sorted(rewards: list[float]) -> tuple[list[int], int]:
+    """Rewards sorted ascending as integers over one common denominator, for exact sums."""
+    for r in rewards:
+        if r is None or not math.isfinite(r):
+            raise ValueError(f"Rewards must be finite numbers, got {r!r}.")
+    fractions = [Fraction(r) for r in sorted(rewards)]
+    denominator = max(f.denominator for f in fractions)  # float denominators are powers of 2: the max is the lcm
+    return [f.numerator * (denominator // f.denominator) for f in fractions], denominator
+
+
+def expected_best_of_n(rewards: list[float], n: int) -> float:
+    """Unbiased estimate of E[max reward of n samples] from N >= n samples of one prompt: the mean of the maximum
+    over all C(N, n) subsets of size n, in closed form. With rewards sorted ascending r_(1) <= ... <= r_(N), the
+    i-th smallest is the maximum of C(i-1, n-1) subsets, so the mean is sum_i C(i-1, n-1) / C(N, n) * r_(i).
+
+    Computed exactly (integers) and rounded once, so the estimate never falls as n grows, even by rounding.
+
+    Example: rewards [2.0, 0.0, 1.0], n=2: subsets {0,1}, {0,2}, {1,2} have maxima 1, 2, 2 -> 5/3 = 1.667;
+    n=1 -> the mean, 1.0; n=3 -> the maximum, 2.0.
+    """
+    count = len(rewards)
+    if not 1 <= n <= count:
+        raise ValueError(f"n must be in 1..{count} (the number of samples), got {n}.")
+    ints, denominator = _exact_sorted(rewards)
+    total = sum(math.comb(i - 1, n - 1) * ints[i - 1] for i in range(n, count + 1))
+    return total / (math.comb(count, n) * denominator)  # int / int is correctly rounded
+
+
+def best_of_n_curve(rewards_by_prompt: list[list[float]]) -> list[float]:
+    """`expected_best_of_n` for n = 1..N averaged over prompts; every prompt must have the same N.
+
+    Example: [[0.0, 1.0], [1.0, 1.0]] -> [0.75, 1.0]: n=1 averages the means 0.5 and 1.0; n=2 the maxima.
+    """
+    sizes = {len(r) for r in rewards_by_prompt}
+    if len(sizes) != 1:
+        raise ValueError(f"Every prompt needs the same number of rewards; got sizes {sorted(sizes)}.")
+    count = sizes.pop()
+    return [
+        math.fsum(expected_best_of_n(r, n) for r in rewards_by_prompt) / len(rewards_by_prompt)
+        for n in range(1, count + 1)
+    ]
+
+
+def kl_bound(n: int) -> float:
+    """The analytic KL(best-of-n policy || base policy) bound, `log n - (n - 1) / n` nats.
+
+    Example: n=1 -> 0.0; n=4 -> log 4 - 0.75 = 0.636.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}.")
+    return math.log(n) - (n - 1) / n
+
+
+# ---------------------------------------------------------------- sampling and scoring
+
+
+def _sample_model(name: str, index: int, prompts: list[dict], args, model_args) -> list[dict]:
+    """N completions per prompt from model `name` (the `index`-th competitor), with round 0's sampling settings.
+    The model is loaded, used and released, so competitors never share memory."""
+    import torch
+    from accelerate import PartialState
+
+    from .generation import SamplingParams, encode_prompts, generate
+    from .models import load_policy, load_tokenizer, resolve_model_path
+
+    n = args.num_samples_per_prompt
+    tokenizer = load_tokenizer(resolve_model_path(name))
+    model, _ = load_policy(dataclasses.replace(model_args, model_name_or_path=name))
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):  # quantised models are placed by their device_map
+        model.to(PartialState().device)
+    prompt_ids = encode_prompts(tokenizer, prompts)
+    context = getattr(model.config, "max_position_embeddings", None)
+    max_new = args.for_round("max_new_tokens", 0)
+    for p, seq in zip(prompts, prompt_ids):
+        if context and len(seq) + max_new > context:
+            raise ConfigError(
+                f"Prompt {p['prompt_id']!r} is {len(seq)} tokens; with max_new_tokens {max_new} it exceeds the "
+                f"context of {name} ({context}). Shorten or drop it, or lower `max_new_tokens`."
+            )
+    params = SamplingParams(
+        temperature=args.for_round("temperature", 0),
+        top_p=args.for_round("top_p", 0),
+        top_k=args.for_round("sampling_top_k", 0),
+        max_new_tokens=max_new,
+    )
+    rows = generate(
+        model,
+        tokenizer,
+        prompts,
+        n,
+        params,
+        batch_size=args.generation_batch_size,
+        seed=args.seed * 1_000_003 + index,
+        prompt_ids=prompt_ids,
+        engine=args.generation_engine,
+    )
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return [{**row, "sample_index": index * n + row["sample_index"], "model": name} for row in rows]
+
+
+def prompt_rows(prompts: list[dict], samples: list[dict], seed: int, prefer_shorter: bool) -> list[dict]:
+    """One row per prompt: `best` (the `selection.best_of_n` pick over every model's samples, or None when no
+    sample has a reward) and `candidates` (every sample, in sample_index order).
+
+    Example: prompt "a" with samples (model "x", index 0, reward 0.2) and (model "y", index 1, reward 0.9) -> one
+    row whose `best` is y's sample 1 and whose `candidates` list both.
+    """
+    best = set(selection.best_of_n(samples, seed=seed, prefer_shorter=prefer_shorter))
+    fields = ("model", "sample_index", "completion", "reward", "rewards", "completion_tokens", "finished")
+    by_prompt = {p["prompt_id"]: [] for p in prompts}
+    for s in samples:
+        by_prompt[s["prompt_id"]].append(s)
+    rows = []
+    for p in prompts:
+        group = sorted(by_prompt[p["prompt_id"]], key=lambda s: s["sample_index"])
+        candidates = [{k: s.get(k) for k in fields} for s in group]
+        winner = next((c for c, s in zip(candidates, group) if (s["prompt_id"], s["sample_index"]) in best), None)
+        rows.append({"prompt_id": p["prompt_id"], "prompt": p["prompt"], "best": winner, "candidates": candidates})
+    return rows
+
+
+def summarise(rows: list[dict], models: list[str], samples_per_model: int, pass_threshold: float) -> dict:
+    """The best-of-n curve and KL bound over prompts whose every candidate has a reward, and per model its mean
+    reward and the share of prompts whose best it wrote.
+
+    Example: one prompt whose candidates are x: 0.0 and y: 1.0, best y -> `expected_reward` [0.5, 1.0],
+    `kl_bound` [0.0, 0.193], per_model y `best_share` 1.0 and x 0.0.
+    """
+    complete = [[c["reward"] for c in r["candidates"]] for r in rows]
+    complete = [r for r in complete if r and all(x is not None for x in r)]
+    curve = best_of_n_curve(complete) if complete else []
+    ns = list(range(1, len(curve) + 1))
+    bests = [r["best"] for r in rows if r["best"] is not None]
+    per_model = {}
+    for m in models:
+        rewards = [c["reward"] for r in rows for c in r["candidates"] if c["model"] == m and c["reward"] is not None]
+        per_model[m] = {
+            "reward_mean": statistics.fmean(rewards) if rewards else None,
+            "best_share": sum(b["model"] == m for b in bests) / len(bests) if bests else None,
+        }
+    return {
+        "n": ns,
+        "expected_reward": curve,
+        "kl_bound": [kl_bound(n) for n in ns],
+        "num_prompts": len(rows),
+        "num_prompts_in_curve": len(complete),
+        "candidates_per_prompt": len(models) * samples_per_model,
+        "samples_per_model": samples_per_model,
+        "models": models,
+        "per_model": per_model,
+        "best_reward_mean": statistics.fmean(b["reward"] for b in bests) if bests else None,
+        "best_pass_rate": sum(b["reward"] >= pass_threshold for b in bests) / len(rows) if rows else None,
+    }
+
+
+def _plot_curve(metrics: dict, path: str | Path) -> Path:
+    """Expected best-of-n reward against n and against the KL bound, into `path` (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(metrics["n"], metrics["expected_reward"], "o-")
+    left.set(title="Expected best-of-n reward", xlabel="n (samples per prompt)", ylabel="reward")
+    if len(metrics["n"]) > 8:
+        left.set_xscale("log", base=2)
+    right.plot(metrics["kl_bound"], metrics["expected_reward"], "o-", color="tab:orange")
+    right.set(title="Reward against KL bound", xlabel="log n - (n-1)/n  (nats)", ylabel="reward")
+    fig.suptitle(f"{metrics['num_prompts_in_curve']} prompts, {len(metrics['models'])} model(s)", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def run(args, model_args, candidate_models: list[str] | None = None) -> dict:
+    """Sample, score and pick the best for round 0's prompts with the policy and each of `candidate_models`;
+    write the three outputs to `args.output_dir` and return the metrics."""
+    from accelerate import PartialState
+
+    from .rewards import resolve_scorer, score
+    from .rewards.columns import check_scorer_columns
+
+    if PartialState().num_processes > 1:
+        raise ConfigError("best_of_n runs in one process; start it with `python -m rs_trainer.best_of_n`.")
+    models = [model_args.model_name_or_path, *(candidate_models or [])]
+    if len(set(models)) != len(models):
+        raise ConfigError(f"A model is named twice among the candidates {models}; name each once.")
+    prompts = data.load_prompts(args, args.dataset_split)
+    prompts = data.draw_round_prompts(prompts, args.prompts_per_round, args.seed, 0)
+    scorers = {name: resolve_scorer(name) for name in args.reward_funcs}
+    check_scorer_columns(scorers, prompts, args.dataset_name)
+    weights = dict(zip(args.reward_funcs, args.reward_weights or [1.0] * len(args.reward_funcs)))
+
+    timings = {}
+    start = time.perf_counter()
+    samples = [row for m, name in enumerate(models) for row in _sample_model(name, m, prompts, args, model_args)]
+    timings["timing/generate"] = time.perf_counter() - start
+    start = time.perf_counter()
+    by_id = {p["prompt_id"]: p for p in prompts}
+    samples = [{**by_id[s["prompt_id"]], **s} for s in samples]
+    samples = [{**s, **sc} for s, sc in zip(samples, score(samples, scorers, weights))]
+    timings["timing/score"] = time.perf_counter() - start
+
+    rows = prompt_rows(prompts, samples, args.seed, args.prefer_shorter)
+    metrics = {**summarise(rows, models, args.num_samples_per_prompt, args.pass_threshold), **timings}
+    out = Path(args.output_dir)
+    write_jsonl(out / "best_of_n.jsonl", rows)
+    write_json(out / "best_of_n_metrics.json", metrics)
+    if metrics["n"]:
+        _plot_curve(metrics, out / "best_of_n.png")
+    return metrics
+
+
+def main(argv: list[str] | None = None, candidate_models: list[str] | None = None) -> int:
+    from .cli import parse_args
+
+    try:
+        args, model_args = parse_args(argv)
+        if candidate_models is None:
+            candidate_models = args.candidate_models
+        metrics = run(args, model_args, candidate_models)
+    except ConfigError as err:
+        print(f"rs_trainer.best_of_n: error: {err}", file=sys.stderr)
+        return 2
+    curve = ", ".join(f"n={n}: {r:.3f}" for n, r in zip(metrics["n"], metrics["expected_reward"]))
+    print(f"expected best-of-n reward over {metrics['num_prompts_in_curve']} prompts: {curve}")
+    print(f"wrote the best completions, metrics and plot to {args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Filters applied before selection: pure functions from a sample list to the samples that may still be selected.
+
+A sample is a dict with `prompt_id`, `sample_index`, `reward` (float, or None for "no opinion"), `completion`,
+`completion_tokens` and `finished`, as `rs_trainer.generation.generate` and the scorers produce it. Every filter
+keeps the input order and never changes a sample; a filter that reads rewards refuses NaN, naming the sample.
+Rewards of None count as "no opinion": they never make a prompt informative.
+
+`apply_filters` chains them in a fixed order: unfinished, duplicates, constant prompts, margin, so that a duplicate
+of a truncated completion cannot shadow a finished one, and margins are measured on what is left.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+
+DEDUPE_MODES = ("exact", "normalised")
+# Margins are differences of floats: 0.6 - 0.5 is 0.0999...98. A gap this close to the bar counts as reaching it.
+MARGIN_TOLERANCE = 1e-9
+
+
+def normalise_completion(text: str) -> str:
+    """Whitespace runs collapse to one space, ends are stripped, and case is folded.
+
+    Example: `"  The Answer\\n is 4 "` -> `"the answer is 4"`.
+    """
+    return " ".join(text.split()).casefold()
+
+
+def _rewards(group: list[dict]) -> list[float]:
+    """The non-None rewards of a group; NaN is refused with the sample named."""
+    out = []
+    for s in group:
+        r = s["reward"]
+        if r is None:
+            continue
+        if isinstance(r, float) and math.isnan(r):
+            raise ValueError(f"NaN reward for prompt_id {s['prompt_id']!r}, sample {s['sample_index']}.")
+        out.append(r)
+    return out
+
+
+def _by_prompt(samples: list[dict]) -> dict[str, list[dict]]:
+    groups = defaultdict(list)
+    for s in samples:
+        groups[s["prompt_id"]].append(s)
+    return groups
+
+
+def _keep_prompts(samples: list[dict], keep) -> list[dict]:
+    kept = {pid for pid, group in _by_prompt(samples).items() if keep(group)}
+    return [s for s in samples if s["prompt_id"] in kept]
+
+
+def drop_duplicates(samples: list[dict], mode: str = "normalised") -> list[dict]:
+    """Keep one sample of each distinct completion of a prompt: the one with the smallest `sample_index`.
+
+    `mode`: `exact` compares the text as is; `normalised` compares `normalise_completion(text)` (whitespace and
+    case ignored). Identical texts of different prompts are kept: duplicates are only looked for within a prompt.
+
+    Example (normalised): prompt "a" with completions ["4", " 4", "Four", "four"] at sample_index [0, 1, 2, 3]
+    -> samples ("a", 0) and ("a", 2).
+    """
+    if mode not in DEDUPE_MODES:
+        raise ValueError(f"Duplicate mode {mode!r} is unknown; choose one of {DEDUPE_MODES}.")
+    key = normalise_completion if mode == "normalised" else (lambda text: text)
+    first: dict[tuple[str, str], int] = {}
+    for s in samples:
+        k = (s["prompt_id"], key(s["completion"]))
+        if k not in first or s["sample_index"] < first[k]:
+            first[k] = s["sample_index"]
+    return [s for s in samples if first[(s["prompt_id"], key(s["completion"]))] == s["sample_index"]]
+
+
+def drop_unfinished(samples: list[dict]) -> list[dict]:
+    """Drop truncated completions (`finished` false: no end token before `max_new_tokens`) and empty ones (only
+    whitespace). A truncated sample teaches the model to stop mid-answer; an empty one teaches it to say nothing.
+
+    Example: completions [("4", finished), ("4 +", truncated), ("  ", finished)] -> only the first.
+    """
+    return [s for s in samples if s["finished"] and s["completion"].strip()]
+
+
+def drop_constant_prompts(samples: list[dict]) -> list[dict]:
+    """Drop every sample of a prompt whose scored samples all have the same reward (or that has fewer than two
+    scored samples): such a prompt says nothing about which completion is better. With N=1 every prompt goes.
+
+    Example: {"a": [1, 1, 1], "b": [0, 1, 0], "c": [0.5, None]} -> only prompt "b"'s samples stay.
+    """
+    return _keep_prompts(samples, lambda group: len(set(_rewards(group))) > 1)
+
+
+def reward_margin(rewards: list[float]) -> float:
+    """Best reward minus the median reward (the mean of the two middle values when the count is even).
+
+    Example: [0.0, 0.2, 0.4, 1.0] -> 1.0 - 0.3 = 0.7; [0.5] -> 0.0.
+    """
+    return max(rewards) - statistics.median(rewards)
+
+
+def drop_small_margin(samples: list[dict], min_margin: float) -> list[dict]:
+    """Drop every sample of a prompt whose best reward beats its median reward by less than `min_margin`
+    (`reward_margin`, within `MARGIN_TOLERANCE`). Prompts with no scored sample go too.
+
+    Example (min_margin 0.5): {"a": [0.0, 0.2, 0.4, 1.0], "b": [0.6, 0.7, 0.9]} -> "a" stays (margin 0.7), "b"
+    goes (margin 0.2).
+    """
+    if min_margin < 0:
+        raise ValueError(f"`min_margin` must be >= 0, got {min_margin}.")
+
+    def keep(group: list[dict]) -> bool:
+        rewards = _rewards(group)
+        return bool(rewards) and reward_margin(rewards) >= min_margin - MARGIN_TOLERANCE
+
+    return _keep_prompts(samples, keep)
+
+
+def apply_filters(
+    samples: list[dict],
+    drop_truncated: bool = False,
+    dedupe: str | None = None,
+    drop_constant: bool = False,
+    min_margin: float | None = None,
+) -> list[dict]:
+    """Apply the filters that are switched on, in the order unfinished, duplicates, constant, margin.
+
+    Args:
+        samples (`list[dict]`): scored samples.
+        drop_truncated (`bool`, *optional*, defaults to `False`): `drop_unfinished`.
+        dedupe (`str` or `None`, *optional*): `exact` or `normalised` for `drop_duplicates`; None keeps them.
+        drop_constant (`bool`, *optional*, defaults to `False`): `drop_constant_prompts`.
+        min_margin (`float` or `None`, *optional*): `drop_small_margin` with this margin; None is off.
+
+    Example: prompt "a" with completions ["7", "7 ", "8"], rewards [1, 1, 0], all finished; with
+    `dedupe="normalised", drop_constant=True` -> ("a", 0) and ("a", 2): sample 1 duplicates sample 0, and the prompt
+    keeps two distinct rewards.
+    """
+    if drop_truncated:
+        samples = drop_unfinished(samples)
+    if dedupe is not None:
+        samples = drop_duplicates(samples, dedupe)
+    if drop_constant:
+        samples = drop_constant_prompts(samples)
+    if min_margin is not None:
+        samples = drop_small_margin(samples, min_margin)
+    return samples
+
+
+def apply_recipe_filters(samples: list[dict], args) -> list[dict]:
+    """`apply_filters` with a recipe's keys (`args` is an `RSConfig`): `drop_truncated`, `dedupe`,
+    `drop_constant_prompts` and `min_reward_margin`.
+
+    Example: `dedupe: normalised`, the other keys off; one prompt's completions ["7", "7 "] -> the first only.
+    """
+    return apply_filters(
+        samples,
+        drop_truncated=args.drop_truncated,
+        dedupe=args.dedupe,
+        drop_constant=args.drop_constant_prompts,
+        min_margin=args.min_reward_margin,
+    )

