@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-multi-cpu test quality format clean
+.PHONY: install demo demo-multi-cpu reward-model demo-reward-model best-of-n test quality format clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,26 @@ demo: install
 # Two CPU processes: Accelerate picks up torchrun's environment (see accelerate_configs/multi_cpu.yaml).
 demo-multi-cpu: install
 	ACCELERATE_USE_CPU=1 $(BIN)/torchrun --nproc_per_node 2 -m rs_trainer --config $(RECIPE) $(ARGS)
+
+# Issue 3's pipeline: a MiniLM reward model trained on the default run's generations, then rejection sampling
+# with it in place of the verifier. Each step runs the one before it when its output is missing.
+DEMO_RUN := outputs/smollm2-arithmetic-lora/summary.json
+REWARD_MODEL := outputs/smollm2-reward-model/model/config.json
+
+$(DEMO_RUN):
+	$(MAKE) demo ARGS=
+
+reward-model: install $(DEMO_RUN)
+	$(BIN)/python -m rs_trainer.reward_training --config recipes/smollm2/reward_model_minilm.yaml $(ARGS)
+
+demo-reward-model: install
+	test -f $(REWARD_MODEL) || $(MAKE) reward-model ARGS=
+	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) -m rs_trainer \
+		--config recipes/smollm2/arithmetic_reward_model.yaml $(ARGS)
+
+# Best-of-N at inference time, no training: 32 questions x 16 samples; writes outputs/smollm2-best-of-n/best_of_n.png.
+best-of-n: install
+	$(BIN)/python -m rs_trainer.best_of_n --config recipes/smollm2/best_of_n.yaml $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -231,7 +231,7 @@ def run(args, model_args, candidate_models: list[str] | None = None) -> dict:
         raise ConfigError(f"A model is named twice among the candidates {models}; name each once.")
     prompts = data.load_prompts(args, args.dataset_split)
     prompts = data.draw_round_prompts(prompts, args.prompts_per_round, args.seed, 0)
-    scorers = {name: resolve_scorer(name) for name in args.reward_funcs}
+    scorers = {name: resolve_scorer(name, args.reward_model_device) for name in args.reward_funcs}
     check_scorer_columns(scorers, prompts, args.dataset_name)
     weights = dict(zip(args.reward_funcs, args.reward_weights or [1.0] * len(args.reward_funcs)))
 

@@ -97,6 +97,13 @@ class RSConfig:
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "Weight of each scorer in the total reward; default 1.0 each."}
     )
+    reward_model_device: str | None = field(
+        default=None,
+        metadata={
+            "help": "Device of `reward_model:` scorers, e.g. `cuda:1` to keep the reward model off the policy's "
+            "GPU; default this process's GPU, else the CPU. Reward models score in bf16 on GPU."
+        },
+    )
     eval_reward_funcs: list[str] | None = field(
         default=None,
         metadata={

@@ -94,10 +94,9 @@ class RejectionSamplingTrainer:
             flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in args.to_dict().items()}
             acc.init_trackers("rs_trainer", config=flat)
 
-    @staticmethod
-    def _resolve_scorers(key: str, names: list[str]) -> dict:
+    def _resolve_scorers(self, key: str, names: list[str]) -> dict:
         try:
-            return {name: resolve_scorer(name) for name in names}
+            return {name: resolve_scorer(name, self.args.reward_model_device) for name in names}
         except (ValueError, OSError) as err:
             raise ConfigError(f"`{key}`: {err}") from None
 
@@ -189,14 +188,15 @@ class RejectionSamplingTrainer:
             with self.timer(timings, "sft"):
                 sft_stats = self.sft(train_set, r)
             with self.timer(timings, "eval"):
-                before, accuracy = accuracy, (self.evaluate() if self.eval_prompts else None)
+                evaluation = self.evaluate() if self.eval_prompts else {"eval/accuracy": None, "eval/reward": None}
+                before, accuracy = accuracy, evaluation["eval/accuracy"]
             with self.timer(timings, "save"):
                 self.save_checkpoint(resume.round_dir(self.output_dir, r) / "checkpoint")
 
             keys = {(s["prompt_id"], s["sample_index"]) for s in chosen}
             metrics = {"round": r, **round_metrics(samples, keys, args.pass_threshold), **sft_stats}
             metrics["rs/filtered_out"] = filtered_out
-            metrics.update({"eval/accuracy_before": before, "eval/accuracy": accuracy})
+            metrics.update({"eval/accuracy_before": before, **evaluation})
             metrics.update({f"timing/{k}": v for k, v in timings.items()})
             metrics["timing/round"] = time.perf_counter() - t_round
             self.history.append(metrics)
@@ -230,12 +230,12 @@ class RejectionSamplingTrainer:
             return None
         if path.exists():
             return json.loads(path.read_text())["eval/accuracy"]
-        accuracy = self.evaluate()
-        self.log(f"base model: held-out greedy accuracy {accuracy}")
-        self.accelerator.log({"eval/accuracy": accuracy}, step=0)
+        evaluation = self.evaluate()
+        self.log(f"base model: held-out greedy accuracy {evaluation['eval/accuracy']}")
+        self.accelerator.log(evaluation, step=0)
         if self.accelerator.is_main_process:
-            write_json(path, {"eval/accuracy": accuracy})
-        return accuracy
+            write_json(path, evaluation)
+        return evaluation["eval/accuracy"]
 
     # ------------------------------------------------------------------ phases
     def generate_samples(self, prompts: list[dict], r: int) -> list[dict]:
@@ -349,8 +349,9 @@ class RejectionSamplingTrainer:
             "train/lr": scheduler.get_last_lr()[0],
         }
 
-    def evaluate(self) -> float:
-        """Held-out greedy accuracy: the fraction of eval prompts whose greedy completion reaches `pass_threshold`."""
+    def evaluate(self) -> dict:
+        """Held-out greedy decoding, judged by the eval scorers: `eval/accuracy`, the fraction of eval prompts whose
+        completion reaches `pass_threshold`, and `eval/reward`, the mean reward of those that got one."""
         args, acc = self.args, self.accelerator
         local = data.shard(self.eval_prompts, acc.process_index, acc.num_processes)
         out = generate(
@@ -365,8 +366,12 @@ class RejectionSamplingTrainer:
         )
         by_id = {p["prompt_id"]: p for p in local}
         scored = score([{**by_id[s["prompt_id"]], **s} for s in out], self.eval_scorers, self.eval_weights)
-        hits = gather_object([sc["reward"] is not None and sc["reward"] >= args.pass_threshold for sc in scored])
-        return sum(hits) / len(hits)
+        rewards = gather_object([sc["reward"] for sc in scored])
+        given = [x for x in rewards if x is not None]
+        return {
+            "eval/accuracy": sum(x is not None and x >= args.pass_threshold for x in rewards) / len(rewards),
+            "eval/reward": sum(given) / len(given) if given else None,
+        }
 
     # ------------------------------------------------------------------ report and save
     def report(self, r: int, samples: list[dict], metrics: dict) -> None:

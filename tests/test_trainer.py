@@ -75,6 +75,7 @@ def test_lora_round_changes_only_adapter_weights(tiny_model, tmp_path):
         "rs/unique_ratio",
         "rs/completion_len",
         "eval/accuracy",
+        "eval/reward",
         "train/loss",
         "train/lr",
         "timing/generate",
@@ -173,3 +174,31 @@ def test_recipe_filters_run_before_selection(tiny_model, tmp_path):
     )
     history = trainer.train()
     assert history[0]["rs/filtered_out"] == 12 and history[0]["rs/num_selected"] == 0
+
+
+def test_reward_model_trains_while_the_verifier_judges(tiny_model, embedded_path, tmp_path):
+    from test_scorers import build_tiny_reward_model
+
+    from rs_trainer.rewards import resolve_scorer
+
+    rm = build_tiny_reward_model(tmp_path / "rm", embedded_path)
+    name = f"reward_model:{rm}"
+    assert resolve_scorer(name, "cpu") is resolve_scorer(name, "cpu")  # loaded once per (path, device)
+    assert resolve_scorer(name, "cpu").device.type == "cpu"
+    trainer = make_trainer(
+        tiny_model,
+        tmp_path / "run",
+        reward_funcs=[name],
+        eval_reward_funcs=["numeric_answer"],
+        reward_model_device="cpu",
+        selection="best_of_n",
+        top_k=None,
+    )
+    history = trainer.train()
+    rows = read_jsonl(tmp_path / "run" / "round_0" / "generations.jsonl")
+    # The reward model's scores select; the verifier's 0/1 verdicts are kept beside them and drive pass@k.
+    assert any(0 < abs(r["reward"]) and r["reward"] not in (0.0, 1.0) for r in rows)
+    assert all(r["verified_reward"] in (0.0, 1.0) for r in rows)
+    assert history[0]["rs/pass@1"] == sum(r["verified_reward"] for r in rows) / len(rows)
+    assert "rs/selected_pass_rate" in history[0] and history[0]["eval/reward"] in (None, *[i / 4 for i in range(5)])
+    assert history[0]["eval/accuracy"] == history[0]["eval/reward"]  # the verifier's 0/1 judged evaluation

@@ -22,26 +22,29 @@ BUILTIN_SCORERS: dict[str, Callable] = {
     "code_tests": code_tests,
 }
 REWARD_MODEL_PREFIX = "reward_model:"
-_REWARD_MODELS: dict[str, Callable] = {}  # one loaded reward model per path, however many scorers name it
+_REWARD_MODELS: dict[tuple, Callable] = {}  # one loaded reward model per (path, device), however often named
 
 
 class ScorerError(RuntimeError):
     """A scorer raised, or returned a value that cannot be used; the message names the scorer and sample."""
 
 
-def resolve_scorer(name: str) -> Callable:
-    """A built-in name, `reward_model:<hub id or local path>`, or a dotted path `package.module.function`."""
+def resolve_scorer(name: str, reward_model_device: str | None = None) -> Callable:
+    """A built-in name, `reward_model:<hub id or local path>`, or a dotted path `package.module.function`.
+
+    A reward model is loaded once per (path, device) on `reward_model_device` (default: this process's GPU, else the
+    CPU), so it can live on another GPU than the policy."""
     if name in BUILTIN_SCORERS:
         return BUILTIN_SCORERS[name]
     if name.startswith(REWARD_MODEL_PREFIX):
         path = name[len(REWARD_MODEL_PREFIX) :]
         if not path:
             raise ValueError(f"Scorer {name!r} names no reward model; write `reward_model:<hub id or local path>`.")
-        if path not in _REWARD_MODELS:
+        if (path, reward_model_device) not in _REWARD_MODELS:
             from .reward_model import RewardModelScorer
 
-            _REWARD_MODELS[path] = RewardModelScorer(path)
-        return _REWARD_MODELS[path]
+            _REWARD_MODELS[path, reward_model_device] = RewardModelScorer(path, device=reward_model_device)
+        return _REWARD_MODELS[path, reward_model_device]
     module_name, _, attr = name.rpartition(".")
     if not module_name:
         raise ValueError(
