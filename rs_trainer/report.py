@@ -42,12 +42,19 @@ def plot_report(history: list[dict], samples: list[dict], base_accuracy: float |
     rewards = [s["reward"] for s in samples if s["reward"] is not None]
     chosen = [s["reward"] for s in samples if s.get("selected") and s["reward"] is not None]
     if rewards:
-        bins = min(30, max(2, len(set(rewards))))
+        import numpy as np
+
+        # One set of bin edges for both histograms, so the selected bars sit inside the bars of all samples.
+        bins = np.histogram_bin_edges(rewards, bins=min(30, max(2, len(set(rewards)))))
         ax.hist(rewards, bins=bins, alpha=0.6, label=f"all ({len(rewards)})")
         if chosen:
             ax.hist(chosen, bins=bins, alpha=0.8, label=f"selected ({len(chosen)})")
         ax.legend(fontsize=8)
     ax.set(title=f"Reward distribution, round {rounds[-1] if rounds else '-'}", xlabel="reward", ylabel="samples")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (axes[0][0], axes[0][1], axes[1][0]):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.png")
