@@ -16,6 +16,7 @@ import math
 from collections import defaultdict
 
 Key = tuple[str, int]
+FIELDS = ("prompt_id", "sample_index", "reward", "completion_tokens")  # all that a strategy reads of a sample
 
 
 def _tie_draw(seed: int, prompt_id: str, sample_index: int) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from . import data, filters, resume, selection
@@ -40,6 +40,23 @@ from .sft import (
 )
 
 RUN_CONFIG = "run_config.json"
+
+
+def by_key(rows: list[dict]) -> list[dict]:
+    """Rows in (prompt_id, sample_index) order, whichever rank they came from."""
+    return sorted(rows, key=lambda s: (s["prompt_id"], s["sample_index"]))
+
+
+def gather_to_main(rows: list, accelerator: Accelerator) -> list | None:
+    """Every rank's `rows` concatenated on the main process (None elsewhere): unlike `gather_object`, the other
+    ranks never hold the whole round's text."""
+    if accelerator.num_processes == 1:
+        return list(rows)
+    import torch.distributed as dist
+
+    parts = [None] * accelerator.num_processes if accelerator.is_main_process else None
+    dist.gather_object(rows, parts, dst=0)
+    return [row for part in parts for row in part] if accelerator.is_main_process else None
 
 
 class RejectionSamplingTrainer:
@@ -165,23 +182,22 @@ class RejectionSamplingTrainer:
             t_round = time.perf_counter()
             timings = {}
             set_seed(args.seed + r)  # dropout and any other global draw: the same path when resumed
+            # `samples`: every row of the round where it is needed (the main process; all of them when resumed);
+            # `chosen`: the selected rows, on every rank, for SFT.
             samples = resume.scored_rows(self.output_dir, r)  # a round interrupted during SFT is not re-sampled
             filtered_out = None
             if samples is None:
                 prompts = data.draw_round_prompts(self.train_prompts, args.prompts_per_round, args.seed, r)
                 with self.timer(timings, "generate"):
-                    samples = self.generate_samples(prompts, r)
+                    local = self.generate_samples(prompts, r)
                 with self.timer(timings, "score"):
-                    samples = self.score_samples(samples)
-                samples = sorted(gather_object(samples), key=lambda s: (s["prompt_id"], s["sample_index"]))
+                    local = self.score_samples(local)
                 with self.timer(timings, "select"):
-                    candidates = filters.apply_recipe_filters(samples, args)
-                    filtered_out = len(samples) - len(candidates)
-                    keys = set(selection.select(candidates, args, seed=args.seed * 1000 + r, round_index=r))
-                    for s in samples:
-                        s["selected"] = (s["prompt_id"], s["sample_index"]) in keys
-                self.save_generations(r, samples)
-            chosen = [s for s in samples if s["selected"]]
+                    filtered_out = self.select_samples(local, r)
+                samples = self.save_generations(r, local)
+                chosen = by_key(gather_object([s for s in local if s["selected"]]))
+            else:
+                chosen = [s for s in samples if s["selected"]]
             self.pool.extend(chosen)
             train_set = self.pool if args.pool_previous_rounds else chosen
 
@@ -193,12 +209,15 @@ class RejectionSamplingTrainer:
             with self.timer(timings, "save"):
                 self.save_checkpoint(resume.round_dir(self.output_dir, r) / "checkpoint")
 
-            keys = {(s["prompt_id"], s["sample_index"]) for s in chosen}
-            metrics = {"round": r, **round_metrics(samples, keys, args.pass_threshold), **sft_stats}
-            metrics["rs/filtered_out"] = filtered_out
-            metrics.update({"eval/accuracy_before": before, **evaluation})
-            metrics.update({f"timing/{k}": v for k, v in timings.items()})
-            metrics["timing/round"] = time.perf_counter() - t_round
+            metrics = None
+            if acc.is_main_process:
+                keys = {(s["prompt_id"], s["sample_index"]) for s in chosen}
+                metrics = {"round": r, **round_metrics(samples, keys, args.pass_threshold), **sft_stats}
+                metrics["rs/filtered_out"] = filtered_out
+                metrics.update({"eval/accuracy_before": before, **evaluation})
+                metrics.update({f"timing/{k}": v for k, v in timings.items()})
+                metrics["timing/round"] = time.perf_counter() - t_round
+            metrics = broadcast_object_list([metrics])[0]  # every rank keeps the main process's history
             self.history.append(metrics)
             self.report(r, samples, metrics)
             self.log(summary_table(self.history[-1:]))
@@ -278,6 +297,20 @@ class RejectionSamplingTrainer:
         acc.wait_for_everyone()
         on_disk = resume.generated_rows(self.output_dir, r, args.num_samples_per_prompt)
         return [{**by_id[p["prompt_id"]], **row} for p in todo + reused for row in on_disk[p["prompt_id"]]]
+
+    def select_samples(self, local: list[dict], r: int) -> int | None:
+        """Mark this rank's rows `selected`; return how many rows the recipe's filters took out, over all ranks.
+
+        The filters work within a prompt, and all N samples of a prompt are on the rank that generated them, so
+        they run locally. The strategy then sees only the (prompt_id, sample_index, reward, completion_tokens) of
+        every rank's candidates, gathered, never their text, and every rank reaches the same decision."""
+        args = self.args
+        candidates = filters.apply_recipe_filters(local, args)
+        view = by_key(gather_object([{k: s[k] for k in selection.FIELDS} for s in candidates]))
+        keys = set(selection.select(view, args, seed=args.seed * 1000 + r, round_index=r))
+        for s in local:
+            s["selected"] = (s["prompt_id"], s["sample_index"]) in keys
+        return sum(gather_object([len(local) - len(candidates)]))
 
     def score_samples(self, samples: list[dict]) -> list[dict]:
         """Rewards from `reward_funcs`; with `eval_reward_funcs` also `verified_reward`, which pass@k counts."""
@@ -389,15 +422,19 @@ class RejectionSamplingTrainer:
         plot_report(self.history, samples, self.base_accuracy, self.output_dir / "report.png")
         write_json(round_dir / "metrics.json", metrics)
 
-    def save_generations(self, r: int, samples: list[dict]) -> None:
-        """The round's scored rows and its selected SFT set, each written atomically; then the shards go."""
+    def save_generations(self, r: int, local: list[dict]) -> list[dict] | None:
+        """Gather every rank's scored rows on the main process, which writes the round's rows and its selected SFT
+        set, each atomically, then removes the shards. Returns all rows there, None on the other ranks."""
         acc = self.accelerator
         rdir = resume.round_dir(self.output_dir, r)
+        samples = gather_to_main(local, acc)
         if acc.is_main_process:
+            samples = by_key(samples)
             write_jsonl(rdir / "generations.jsonl", samples)
             write_jsonl(rdir / "sft.jsonl", sft_rows(samples))
             shutil.rmtree(rdir / "shards", ignore_errors=True)
         acc.wait_for_everyone()
+        return samples
 
     def save_checkpoint(self, path: Path) -> None:
         """Save the adapter (LoRA) or the full model with its tokenizer, loadable without this package."""

@@ -202,3 +202,19 @@ def test_reward_model_trains_while_the_verifier_judges(tiny_model, embedded_path
     assert history[0]["rs/pass@1"] == sum(r["verified_reward"] for r in rows) / len(rows)
     assert "rs/selected_pass_rate" in history[0] and history[0]["eval/reward"] in (None, *[i / 4 for i in range(5)])
     assert history[0]["eval/accuracy"] == history[0]["eval/reward"]  # the verifier's 0/1 judged evaluation
+
+
+def test_selection_gathers_ids_and_rewards_never_the_text_of_every_sample(tiny_model, tmp_path, monkeypatch):
+    import rs_trainer.trainer as trainer_module
+    from rs_trainer import selection
+
+    gathered = []
+    real = trainer_module.gather_object
+    monkeypatch.setattr(trainer_module, "gather_object", lambda obj: gathered.append(obj) or real(obj))
+    trainer = make_trainer(tiny_model, tmp_path / "run", reward_funcs=["tests.scorers_for_tests.length_reward"])
+    trainer.train()
+    rows = [x for obj in gathered for x in obj if isinstance(x, dict)]
+    views = [x for x in rows if "completion" not in x]
+    texts = [x for x in rows if "completion" in x]
+    assert len(views) == 6 * 2 and all(set(x) == set(selection.FIELDS) for x in views)
+    assert len(texts) == 4 and all(x["selected"] for x in texts)  # only the selected set travels, for SFT
