@@ -98,6 +98,7 @@ def _sample_model(name: str, index: int, prompts: list[dict], args, model_args) 
 
     from .generation import SamplingParams, encode_prompts, generate
     from .models import load_policy, load_tokenizer, resolve_model_path
+    from .progress import progress_bar
 
     n = args.num_samples_per_prompt
     tokenizer = load_tokenizer(resolve_model_path(name))
@@ -119,17 +120,19 @@ def _sample_model(name: str, index: int, prompts: list[dict], args, model_args) 
         top_k=args.for_round("sampling_top_k", 0),
         max_new_tokens=max_new,
     )
-    rows = generate(
-        model,
-        tokenizer,
-        prompts,
-        n,
-        params,
-        batch_size=args.generation_batch_size,
-        seed=args.seed * 1_000_003 + index,
-        prompt_ids=prompt_ids,
-        engine=args.generation_engine,
-    )
+    with progress_bar(len(prompts) * n, f"best-of-n sample {name}", "samples") as bar:
+        rows = generate(
+            model,
+            tokenizer,
+            prompts,
+            n,
+            params,
+            batch_size=args.generation_batch_size,
+            seed=args.seed * 1_000_003 + index,
+            prompt_ids=prompt_ids,
+            on_batch=lambda batch: bar.update(len(batch)),
+            engine=args.generation_engine,
+        )
     del model
     gc.collect()
     if torch.cuda.is_available():
@@ -208,12 +211,9 @@ def _plot_curve(metrics: dict, path: str | Path) -> Path:
     right.set(title="Reward against KL bound", xlabel="log n - (n-1)/n  (nats)", ylabel="reward")
     fig.suptitle(f"{metrics['num_prompts_in_curve']} prompts, {len(metrics['models'])} model(s)", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    from .report import save_figure
+
+    return save_figure(fig, path)
 
 
 def run(args, model_args, candidate_models: list[str] | None = None) -> dict:

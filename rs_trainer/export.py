@@ -12,7 +12,6 @@ atomically. Each row keeps `round`, `prompt_id` and the sample indices it came f
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import re
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from .filters import MARGIN_TOLERANCE
 from .io import read_jsonl, write_jsonl
-from .selection import rank_key
+from .selection import rank_key, scored
 
 PAIR_RULES = ("best_vs_worst", "best_vs_random", "best_vs_each_lower")
 
@@ -41,12 +40,7 @@ def _assistant(text: str) -> list[dict]:
 def _scored_groups(samples: list[dict]) -> dict[tuple, list[dict]]:
     """Samples with a reward, grouped by (round, prompt_id); NaN is refused with the sample named."""
     groups = defaultdict(list)
-    for s in samples:
-        r = s["reward"]
-        if r is None:
-            continue
-        if isinstance(r, float) and math.isnan(r):
-            raise ValueError(f"NaN reward for prompt_id {s['prompt_id']!r}, sample {s['sample_index']}.")
+    for s in scored(samples):
         groups[(s.get("round"), s["prompt_id"])].append(s)
     return groups
 

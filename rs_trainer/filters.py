@@ -11,9 +11,9 @@ of a truncated completion cannot shadow a finished one, and margins are measured
 
 from __future__ import annotations
 
-import math
 import statistics
-from collections import defaultdict
+
+from .selection import group_by_prompt, scored
 
 DEDUPE_MODES = ("exact", "normalised")
 # Margins are differences of floats: 0.6 - 0.5 is 0.0999...98. A gap this close to the bar counts as reaching it.
@@ -30,26 +30,11 @@ def normalise_completion(text: str) -> str:
 
 def _rewards(group: list[dict]) -> list[float]:
     """The non-None rewards of a group; NaN is refused with the sample named."""
-    out = []
-    for s in group:
-        r = s["reward"]
-        if r is None:
-            continue
-        if isinstance(r, float) and math.isnan(r):
-            raise ValueError(f"NaN reward for prompt_id {s['prompt_id']!r}, sample {s['sample_index']}.")
-        out.append(r)
-    return out
-
-
-def _by_prompt(samples: list[dict]) -> dict[str, list[dict]]:
-    groups = defaultdict(list)
-    for s in samples:
-        groups[s["prompt_id"]].append(s)
-    return groups
+    return [s["reward"] for s in scored(group)]
 
 
 def _keep_prompts(samples: list[dict], keep) -> list[dict]:
-    kept = {pid for pid, group in _by_prompt(samples).items() if keep(group)}
+    kept = {pid for pid, group in group_by_prompt(samples).items() if keep(group)}
     return [s for s in samples if s["prompt_id"] in kept]
 
 

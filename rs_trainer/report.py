@@ -56,6 +56,13 @@ def plot_report(history: list[dict], samples: list[dict], base_accuracy: float |
     for ax in (axes[0][0], axes[0][1], axes[1][0]):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure to `path` atomically (temporary file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=90)

@@ -30,7 +30,8 @@ def rank_key(sample: dict, seed: int, prefer_shorter: bool = True) -> tuple:
     return (-sample["reward"], length, _tie_draw(seed, sample["prompt_id"], sample["sample_index"]))
 
 
-def _eligible(samples: list[dict], min_reward: float | None) -> list[dict]:
+def scored(samples: list[dict]) -> list[dict]:
+    """The samples that have a reward (not None); a NaN reward is refused with the sample named."""
     out = []
     for s in samples:
         r = s["reward"]
@@ -38,12 +39,16 @@ def _eligible(samples: list[dict], min_reward: float | None) -> list[dict]:
             continue
         if isinstance(r, float) and math.isnan(r):
             raise ValueError(f"NaN reward for prompt_id {s['prompt_id']!r}, sample {s['sample_index']}.")
-        if min_reward is None or r >= min_reward:
-            out.append(s)
+        out.append(s)
     return out
 
 
-def _by_prompt(samples: list[dict]) -> dict[str, list[dict]]:
+def _eligible(samples: list[dict], min_reward: float | None) -> list[dict]:
+    return [s for s in scored(samples) if min_reward is None or s["reward"] >= min_reward]
+
+
+def group_by_prompt(samples: list[dict]) -> dict[str, list[dict]]:
+    """Samples grouped by `prompt_id`, in order of first appearance."""
     groups = defaultdict(list)
     for s in samples:
         groups[s["prompt_id"]].append(s)
@@ -63,7 +68,7 @@ def top_k_per_prompt(
     samples tie on reward and sample 2 is shorter.
     """
     chosen = []
-    for group in _by_prompt(_eligible(samples, min_reward)).values():
+    for group in group_by_prompt(_eligible(samples, min_reward)).values():
         group.sort(key=lambda s: rank_key(s, seed, prefer_shorter))
         chosen.extend(_key(s) for s in group[:k])
     return chosen
@@ -141,7 +146,7 @@ def percentile_per_prompt(
     median.
     """
     chosen = []
-    for group in _by_prompt(_eligible(samples, None)).values():
+    for group in group_by_prompt(_eligible(samples, None)).values():
         cut = percentile_value([s["reward"] for s in group], q)
         if min_reward is not None:
             cut = max(cut, min_reward)
