@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .config import ConfigError
 from .export import PAIR_RULES, dpo_pairs, load_generations
-from .filters import drop_duplicates
+from .filters import normalise_completion
 from .io import write_json, write_jsonl
 
 # For tokenizers without a chat template (BERT-style encoders): [CLS] role: text [SEP] ... , read at [CLS].
@@ -80,9 +80,16 @@ def build_pairs(data_args: RewardDataArguments, seed: int) -> list[dict]:
             rows = load_generations(run, data_args.rounds)
         except FileNotFoundError as err:
             raise ConfigError(f"`generations_from`: {err}") from None
-        samples.extend({**s, "round": None, "run": run} for s in rows)  # pool a prompt's samples over rounds
-    samples = drop_duplicates(samples, "normalised")
-    return dpo_pairs(samples, rule=data_args.pair_rule, min_margin=data_args.min_margin, seed=seed)
+        samples.extend({**s, "round": None} for s in rows)  # pool a prompt's samples over runs and rounds
+    # The first copy of each completion of a prompt stays (`drop_duplicates` keys by sample_index, which repeats
+    # across rounds).
+    seen, unique = set(), []
+    for s in samples:
+        key = (s["prompt_id"], normalise_completion(s["completion"]))
+        if key not in seen:
+            seen.add(key)
+            unique.append(s)
+    return dpo_pairs(unique, rule=data_args.pair_rule, min_margin=data_args.min_margin, seed=seed)
 
 
 def pairwise_accuracy(scorer, pairs: list[dict]) -> float | None:

@@ -58,6 +58,11 @@ def test_pairs_pool_rounds_drop_repeats_and_pair_right_against_wrong(tmp_path):
     for p in pairs:
         assert p["chosen"][0]["content"].startswith("yes") and p["rejected"][0]["content"] == "no"
         assert p["margin"] == 1.0 and p["prompt"][0]["role"] == "user"
+    # A second round with the same texts adds no pair: repeats are dropped across rounds too.
+    rows = read_jsonl(run / "round_0" / "generations.jsonl")
+    (run / "round_1").mkdir()
+    write_jsonl(run / "round_1" / "generations.jsonl", [{**r, "round": 1} for r in rows])
+    assert len(build_pairs(RewardDataArguments(generations_from=[str(run)], min_margin=0.5), seed=0)) == 3
     with pytest.raises(ValueError, match="round"):
         build_pairs(RewardDataArguments(generations_from=[str(tmp_path / "missing")]), seed=0)
 
