@@ -251,7 +251,7 @@ class RejectionSamplingTrainer:
             return json.loads(path.read_text())["eval/accuracy"]
         evaluation = self.evaluate()
         self.log(f"base model: held-out greedy accuracy {evaluation['eval/accuracy']}")
-        self.accelerator.log(evaluation, step=0)
+        self.accelerator.log({k: v for k, v in evaluation.items() if v is not None}, step=0)
         if self.accelerator.is_main_process:
             write_json(path, evaluation)
         return evaluation["eval/accuracy"]
@@ -298,7 +298,7 @@ class RejectionSamplingTrainer:
         on_disk = resume.generated_rows(self.output_dir, r, args.num_samples_per_prompt)
         return [{**by_id[p["prompt_id"]], **row} for p in todo + reused for row in on_disk[p["prompt_id"]]]
 
-    def select_samples(self, local: list[dict], r: int) -> int | None:
+    def select_samples(self, local: list[dict], r: int) -> int:
         """Mark this rank's rows `selected`; return how many rows the recipe's filters took out, over all ranks.
 
         The filters work within a prompt, and all N samples of a prompt are on the rank that generated them, so
