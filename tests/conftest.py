@@ -24,12 +24,11 @@ def embedded_path() -> Path:
     return convert_embedded("SmolLM2-135M-Instruct")
 
 
-def build_tiny_model(path: Path, tokenizer_dir: Path, max_positions: int = 256, seed: int = 0) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def tiny_llama_config(tokenizer, max_positions: int = 256, **extra):
+    """A 2-layer, 32-wide Llama config on `tokenizer`'s vocabulary and special tokens."""
+    from transformers import LlamaConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
@@ -37,11 +36,19 @@ def build_tiny_model(path: Path, tokenizer_dir: Path, max_positions: int = 256, 
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=max_positions,
-        tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
+
+
+def build_tiny_model(path: Path, tokenizer_dir: Path, max_positions: int = 256, seed: int = 0) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = tiny_llama_config(tokenizer, max_positions, tie_word_embeddings=True)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.save_pretrained(path)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_llama_config
 
 from rs_trainer.rewards import resolve_scorer, score
 from rs_trainer.rewards.reward_model import RewardModelScorer
@@ -25,26 +26,14 @@ OTHER_TEMPLATE = "{% for m in messages %}<<{{ m.role }}>> {{ m.content }}\n{% en
 
 def build_tiny_reward_model(path: Path, tokenizer_dir: Path, chat_template: str | None = "keep", pad: bool = True):
     """A tiny random Llama reward model on the embedded SmolLM2 tokenizer (as `build_tiny_model` in conftest)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+    from transformers import AutoTokenizer, LlamaForSequenceClassification
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     if chat_template != "keep":
         tokenizer.chat_template = chat_template
     if not pad:
         tokenizer.pad_token = None
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        num_labels=1,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = tiny_llama_config(tokenizer, 512, num_labels=1)
     torch.manual_seed(0)
     model = LlamaForSequenceClassification(config)
     with torch.no_grad():  # scores of order 1, so that a wrong position or a leak from padding shows
