@@ -11,6 +11,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from .filters import DEDUPE_MODES
+
 SELECTION_STRATEGIES = ("best_of_n", "top_k_per_prompt", "threshold", "percentile", "top_k", "top_fraction")
 PER_ROUND_FIELDS = ("temperature", "top_p", "sampling_top_k", "max_new_tokens")
 
@@ -234,8 +236,8 @@ class RSConfig:
             raise ConfigError(f"`reward_percentile` must not fall from round to round, got {self.reward_percentile}.")
         if isinstance(self.dedupe, str) and self.dedupe.lower() in ("", "none", "null"):
             self.dedupe = None
-        if self.dedupe not in (None, "exact", "normalised"):
-            raise ConfigError(f"`dedupe` must be exact, normalised or null, got {self.dedupe!r}.")
+        if self.dedupe is not None and self.dedupe not in DEDUPE_MODES:
+            raise ConfigError(f"`dedupe` must be one of {DEDUPE_MODES} or null, got {self.dedupe!r}.")
         if self.min_reward_margin is not None and self.min_reward_margin < 0:
             raise ConfigError(f"`min_reward_margin` must be >= 0, got {self.min_reward_margin}.")
         if self.k_per_prompt < 1:

@@ -24,7 +24,8 @@ def round_metrics(samples: list[dict], selected: set, pass_threshold: float) -> 
     (the `eval_reward_funcs` verdict, when a reward model gives `reward`).
     """
     rewards = [s["reward"] for s in samples if s["reward"] is not None]
-    chosen = [s["reward"] for s in samples if (s["prompt_id"], s["sample_index"]) in selected]
+    picked = [s for s in samples if (s["prompt_id"], s["sample_index"]) in selected]
+    chosen = [s["reward"] for s in picked]
     by_prompt = defaultdict(list)
     for s in samples:
         verdict = s.get("verified_reward", s["reward"])
@@ -41,7 +42,6 @@ def round_metrics(samples: list[dict], selected: set, pass_threshold: float) -> 
         "rs/truncated_ratio": statistics.fmean(not s["finished"] for s in samples) if samples else 0.0,
         "rs/unique_ratio": len(unique) / len(samples) if samples else 0.0,
     }
-    picked = [s for s in samples if (s["prompt_id"], s["sample_index"]) in selected]
     if picked and any("verified_reward" in s for s in picked):  # how often a reward model picked a right answer
         verdicts = [s.get("verified_reward") for s in picked]
         out["rs/selected_pass_rate"] = statistics.fmean(v is not None and v >= pass_threshold for v in verdicts)

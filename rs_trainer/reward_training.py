@@ -216,10 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"rs_trainer.reward_training: error: {err}", file=sys.stderr)
         return 2
+
+    def fmt(x):
+        return "-" if x is None else f"{x:.3f}"  # no held-out pairs with `eval_fraction: 0`
+
     print(
         f"reward model: {metrics['num_train_pairs']} train / {metrics['num_eval_pairs']} held-out pairs; held-out "
-        f"pairwise accuracy {metrics['eval/pairwise_accuracy_before']:.3f} untrained -> "
-        f"{metrics['eval/pairwise_accuracy']:.3f} trained"
+        f"pairwise accuracy {fmt(metrics['eval/pairwise_accuracy_before'])} untrained -> "
+        f"{fmt(metrics['eval/pairwise_accuracy'])} trained"
     )
     return 0
 

@@ -172,3 +172,11 @@ def test_use_peft_flips_on_the_command_line_but_a_contradictory_recipe_is_refuse
     bad.write_text("model_name_or_path: x\nuse_peft: false\nlora_r: 8\n")
     with pytest.raises(ConfigError, match=r"\['lora_r'\] are set but `use_peft` is false"):
         parse_args(["--config", str(bad)])
+
+
+def test_unknown_dedupe_mode_is_refused_and_null_turns_it_off():
+    from rs_trainer.config import ConfigError, RSConfig
+
+    with pytest.raises(ConfigError, match=r"`dedupe` must be one of \('exact', 'normalised'\)"):
+        RSConfig(dedupe="fuzzy")
+    assert RSConfig(dedupe="none").dedupe is None

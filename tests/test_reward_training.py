@@ -109,3 +109,14 @@ def test_reward_training_refuses_runs_without_pairs(tmp_path, capsys):
     assert main([*argv, "--bf16", "false"]) == 2
     assert "0 pair(s)" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_reward_training_without_held_out_pairs(tmp_path, capsys):
+    start = build_tiny_bert_reward_model(tmp_path / "tiny-bert")
+    run = fake_run(tmp_path / "run", num_prompts=4)
+    argv = ["--model_name_or_path", str(start), "--generations_from", str(run), "--output_dir", str(tmp_path / "rm")]
+    argv += ["--eval_fraction", "0", "--num_train_epochs", "1", "--bf16", "false", "--report_to", "none"]
+    assert main([*argv, "--save_strategy", "no", "--per_device_train_batch_size", "2"]) == 0
+    metrics = json.loads((tmp_path / "rm" / "reward_model_metrics.json").read_text())
+    assert metrics["num_eval_pairs"] == 0 and metrics["eval/pairwise_accuracy"] is None
+    assert "pairwise accuracy - untrained -> - trained" in capsys.readouterr().out
