@@ -175,8 +175,6 @@ def test_use_peft_flips_on_the_command_line_but_a_contradictory_recipe_is_refuse
 
 
 def test_unknown_dedupe_mode_is_refused_and_null_turns_it_off():
-    from rs_trainer.config import ConfigError, RSConfig
-
     with pytest.raises(ConfigError, match=r"`dedupe` must be one of \('exact', 'normalised'\)"):
         RSConfig(dedupe="fuzzy")
     assert RSConfig(dedupe="none").dedupe is None
