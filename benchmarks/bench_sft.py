@@ -53,7 +53,7 @@ def lora_model(path, seed: int = 0):
     return get_peft_model(model, config)
 
 
-def run_ours(path, tokenizer, examples, steps: int, batch_size: int, lr: float) -> dict:
+def run_ours(path, tokenizer, examples, steps: int, batch_size: int, lr: float, grad_accum: int = 1) -> dict:
     import torch
     from accelerate import Accelerator
     from transformers import get_scheduler
@@ -65,14 +65,18 @@ def run_ours(path, tokenizer, examples, steps: int, batch_size: int, lr: float) 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     model, opt = acc.prepare(model, opt)
     sched = get_scheduler("constant", opt)
-    plan = [[examples[i * batch_size : (i + 1) * batch_size]] for i in range(steps)]
+    # Sequential, as TRL's side: step i takes the next `grad_accum` micro-batches of `batch_size` examples.
+    micro = [examples[i * batch_size : (i + 1) * batch_size] for i in range(steps * grad_accum)]
+    plan = [micro[i * grad_accum : (i + 1) * grad_accum] for i in range(steps)]
     start = time.perf_counter()
     losses, tokens = train_steps(acc, model, opt, sched, plan, tokenizer.pad_token_id, 1.0)
     seconds = time.perf_counter() - start
     return {"side": "ours", "tokens": tokens, "seconds": seconds, "losses": losses}
 
 
-def run_trl(path, tokenizer, examples, steps: int, batch_size: int, lr: float, out_dir: str) -> dict:
+def run_trl(
+    path, tokenizer, examples, steps: int, batch_size: int, lr: float, out_dir: str, grad_accum: int = 1
+) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -81,6 +85,7 @@ def run_trl(path, tokenizer, examples, steps: int, batch_size: int, lr: float, o
     config = SFTConfig(
         output_dir=out_dir,
         per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
         max_steps=steps,
         learning_rate=lr,
         lr_scheduler_type="constant",
@@ -111,7 +116,7 @@ def run_trl(path, tokenizer, examples, steps: int, batch_size: int, lr: float, o
     trainer.add_callback(timer)
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    tokens = sum(sum(1 for t in e["labels"][1:] if t != -100) for e in examples[: steps * batch_size])
+    tokens = sum(sum(1 for t in e["labels"][1:] if t != -100) for e in examples[: steps * batch_size * grad_accum])
     return {"side": "trl.SFTTrainer", "tokens": tokens, "seconds": timer.seconds, "losses": losses}
 
 

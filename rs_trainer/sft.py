@@ -51,8 +51,17 @@ def collate(examples: list[dict], pad_id: int, device) -> dict:
     }
 
 
+def count_targets(example: dict) -> int:
+    """Completion tokens the loss is taken over: labels after the first position (which nothing predicts), zero
+    for a weight-0 filler."""
+    if example.get("weight", 1.0) == 0:
+        return 0
+    return sum(1 for t in example["labels"][1:] if t != IGNORE)
+
+
 def completion_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
-    """Mean next-token cross-entropy over completion tokens (labels != -100); returns (loss, token count).
+    """Summed next-token cross-entropy over completion tokens (labels != -100), weighted per example; returns
+    (loss sum, weighted token count). The caller divides by the tokens of the whole optimizer step.
 
     Logits are computed only from the first position that predicts a completion token onwards
     (`logits_to_keep`): the prompt positions need no vocabulary projection, which is a large share of a small
@@ -70,30 +79,36 @@ def completion_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
         logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
     ).view_as(targets)
     token_weight = (targets != IGNORE).float() * batch["weight"].to(per_token.device)[:, None]
-    count = int((targets != IGNORE).sum())
-    if token_weight.sum() == 0:
-        return per_token.sum() * 0.0, count  # keeps the graph (and DDP's all-reduce) alive on a filler batch
-    return (per_token * token_weight).sum() / token_weight.sum(), count
+    # A filler batch (weight 0) still returns a loss on the graph, so DDP's all-reduce runs on every rank.
+    return (per_token * token_weight).sum(), int(token_weight.sum())
 
 
-def plan_batches(
-    examples: list[dict], epochs: int, batch_size: int, rank: int, world_size: int, seed: int
-) -> list[list[dict]]:
-    """This rank's micro-batches for all epochs. Every rank gets the same number of batches: a rank that runs out
-    trains on weight-0 fillers, so no rank waits on another's all-reduce forever (even with nothing selected
-    on it)."""
-    per_rank_batches = math.ceil(len(examples) / (batch_size * world_size))
-    batches = []
+def plan_steps(
+    examples: list[dict], epochs: int, batch_size: int, grad_accum: int, rank: int, world_size: int, seed: int
+) -> list[list[list[dict]]]:
+    """This rank's optimizer steps for all epochs, each a list of micro-batches.
+
+    Each epoch's seeded order is cut into steps of `batch_size * grad_accum * world_size` examples (the last one
+    may be shorter), and a step's examples are dealt to the ranks in turn. So which examples share a step depends
+    only on the effective batch, never on how it is split into micro-batches and processes. Every rank gets the
+    same number of steps and of micro-batches per step: a rank that runs out trains on weight-0 fillers, so no
+    rank waits on another's all-reduce forever (even with nothing selected on it).
+
+    Example: 10 examples, batch 2, accumulation 2, 2 ranks: steps of 8 and 2 examples; in the second step each
+    rank has one real example in its first micro-batch and a filler as its second.
+    """
+    per_step = batch_size * grad_accum * world_size
+    steps = []
     for epoch in range(epochs):
         order = list(range(len(examples)))
         random.Random(f"sft:{seed}:{epoch}").shuffle(order)
-        mine = [examples[i] for i in order[rank::world_size]]
-        for b in range(per_rank_batches):
-            chunk = mine[b * batch_size : (b + 1) * batch_size]
-            if not chunk:
-                chunk = [{**examples[0], "weight": 0.0}]
-            batches.append(chunk)
-    return batches
+        for start in range(0, len(order), per_step):
+            chunk = order[start : start + per_step]
+            mine = [examples[i] for i in chunk[rank::world_size]]
+            micro_count = math.ceil(math.ceil(len(chunk) / world_size) / batch_size)
+            micro = [mine[m * batch_size : (m + 1) * batch_size] for m in range(micro_count)]
+            steps.append([m or [{**examples[0], "weight": 0.0}] for m in micro])
+    return steps
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -108,6 +123,15 @@ def restore_trainable(model, state: dict[str, torch.Tensor]) -> None:
             p.copy_(state[n].to(p.device))
 
 
+def reset_optimizer(optimizer) -> None:
+    """Forget the optimizer's moments and step counts: each round is a fresh fine-tuning run.
+
+    `state` is the attribute Accelerate's optimizer wrapper forwards for every backend: a torch optimizer (also
+    under DDP and FSDP) and DeepSpeed's ZeRO optimizers, whose `state` is their inner optimizer's. Each of them
+    builds its state again lazily at the next step."""
+    optimizer.state.clear()
+
+
 def train_steps(
     accelerator,
     model,
@@ -118,25 +142,36 @@ def train_steps(
     max_grad_norm: float = 1.0,
     on_step: Callable[[float], None] | None = None,
 ) -> tuple[list[float], int]:
-    """Run optimizer steps; each step is a list of micro-batches (gradient accumulation). Gradients are synced
-    across ranks only on a step's last micro-batch. Returns (loss of each step, completion tokens trained on)."""
+    """Run optimizer steps; each step is a list of micro-batches (gradient accumulation). Returns (loss of each
+    step, completion tokens trained on by this rank).
+
+    The loss of a step is the sum of per-token losses over all its micro-batches on all ranks, divided by the
+    completion tokens of the whole step, counted across ranks before any backward pass (as transformers' Trainer
+    does with `num_items_in_batch`). So every token weighs the same whatever the micro-batch size, accumulation
+    and number of processes; only the effective batch matters. DDP and FSDP average gradients over the ranks,
+    so each rank's share is scaled by the number of processes. Gradients are synced only on a step's last
+    micro-batch."""
     model.train()
+    world = accelerator.num_processes
     losses, tokens = [], 0
     for group in steps:
-        step_loss = 0.0
+        local = sum(count_targets(e) for micro in group for e in micro)
+        step_tokens = int(accelerator.reduce(torch.tensor(local, device=accelerator.device), reduction="sum"))
+        loss_sum = torch.zeros((), device=accelerator.device)
         for j, micro in enumerate(group):
             batch = collate(micro, pad_id, accelerator.device)
             sync = contextlib.nullcontext() if j == len(group) - 1 else accelerator.no_sync(model)
             with sync:
                 loss, count = completion_loss(model, batch)
-                accelerator.backward(loss / len(group))
-            step_loss += loss.item() / len(group)
+                accelerator.backward(loss * world / max(step_tokens, 1))
+            loss_sum += loss.detach()
             tokens += count
         if max_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
+        step_loss = float(accelerator.reduce(loss_sum, reduction="sum")) / max(step_tokens, 1)
         losses.append(step_loss)
         if on_step:
             on_step(step_loss)

@@ -32,7 +32,8 @@ from .rewards import resolve_scorer, score
 from .rewards.columns import check_scorer_columns
 from .sft import (
     build_example,
-    plan_batches,
+    plan_steps,
+    reset_optimizer,
     restore_trainable,
     tokenize_completion,
     train_steps,
@@ -137,7 +138,15 @@ class RejectionSamplingTrainer:
                     f"the model's context of {context}. Shorten or drop it, or lower `max_new_tokens`."
                 )
         self.max_len = self.args.max_seq_length or context or 4096
-        return {p["prompt_id"]: seq for p, seq in zip(prompts, ids)}
+        if prompts:
+            longest = max(range(len(ids)), key=lambda i: len(ids[i]))
+            if len(ids[longest]) >= self.max_len:
+                raise ConfigError(
+                    f"`max_seq_length` ({self.max_len}) leaves no room for a completion after prompt "
+                    f"{prompts[longest]['prompt_id']!r} ({len(ids[longest])} tokens); raise it above the longest "
+                    "prompt plus `max_new_tokens`, or leave it unset to use the model's context."
+                )
+        return {p["prompt_id"]: seq for p, seq in zip(prompts, ids, strict=True)}
 
     def _run_config(self) -> dict:
         import dataclasses
@@ -335,18 +344,19 @@ class RejectionSamplingTrainer:
             ex = build_example(self.prompt_ids[s["prompt_id"]], completion, self.max_len)
             if ex is not None:
                 examples.append(ex)
-        batches = plan_batches(
+        if not examples:  # setup refuses a `max_seq_length` that leaves no room; this guards the arithmetic
+            self.log(f"round {r}: no example fits `max_seq_length`; SFT skipped")
+            return {"train/loss": None, "train/steps": 0, "train/tokens": 0}
+        steps = plan_steps(
             examples,
             args.sft_epochs,
             args.per_device_train_batch_size,
+            args.gradient_accumulation_steps,
             acc.process_index,
             acc.num_processes,
             seed=args.seed * 1000 + r,
         )
-        gas = args.gradient_accumulation_steps
-        steps = [batches[i : i + gas] for i in range(0, len(batches), gas)]
-        # Each round is a fresh fine-tuning run: new AdamW moments and a new schedule.
-        self.optimizer.optimizer.state.clear()
+        reset_optimizer(self.optimizer)  # each round is a fresh fine-tuning run: new AdamW moments, new schedule
         from transformers import get_scheduler
 
         scheduler = get_scheduler(
@@ -358,8 +368,8 @@ class RejectionSamplingTrainer:
         with self.progress(len(steps), f"round {r} sft", "steps") as bar:
 
             def on_step(loss: float) -> None:
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # drawn by the update, not on a line of its own
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
 
             losses, tokens = train_steps(
                 acc,
@@ -378,7 +388,7 @@ class RejectionSamplingTrainer:
             "train/loss_last": losses[-1],
             "train/steps": len(steps),
             "train/examples": len(examples),
-            "train/tokens": tokens,
+            "train/tokens": sum(gather_object([tokens])),
             "train/lr": scheduler.get_last_lr()[0],
         }
 

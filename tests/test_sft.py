@@ -1,7 +1,7 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from rs_trainer.sft import IGNORE, build_example, collate, completion_loss, plan_batches
+from rs_trainer.sft import IGNORE, build_example, collate, completion_loss, count_targets, plan_steps, reset_optimizer
 
 
 def test_labels_mask_the_prompt():
@@ -11,29 +11,73 @@ def test_labels_mask_the_prompt():
     assert build_example([1, 2, 3], [7], max_len=3) is None  # nothing left to learn
 
 
-def test_loss_covers_completion_tokens_only(tiny_model):
-    """Changing prompt tokens' targets cannot move the loss; changing a completion token must."""
+def test_loss_sums_completion_tokens_only(tiny_model):
+    """Changing prompt tokens' targets cannot move the loss; changing a completion token must. The loss is a sum
+    over tokens, so two batches' sums add up, whatever their lengths."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     ex = build_example([10, 11, 12, 13], [20, 21, 22], max_len=100)
     batch = collate([ex], pad_id=0, device="cpu")
     loss, count = completion_loss(model, batch)
-    assert count == 3
+    assert count == 3 == count_targets(ex)
     logits = model(input_ids=batch["input_ids"]).logits[0, :-1]
-    expected = torch.nn.functional.cross_entropy(logits[3:], torch.tensor([20, 21, 22]))
+    expected = torch.nn.functional.cross_entropy(logits[3:], torch.tensor([20, 21, 22]), reduction="sum")
     assert torch.allclose(loss, expected, atol=1e-5)
-    # Padding rows and padded positions change nothing.
+    # Padding rows and padded positions change nothing; a filler (weight 0) adds neither loss nor tokens.
     other = build_example([10, 11], [30, 31, 32, 33, 34, 35], max_len=100)
     both, count2 = completion_loss(model, collate([ex, other], pad_id=0, device="cpu"))
     assert count2 == 3 + 6
     loss_other, _ = completion_loss(model, collate([other], pad_id=0, device="cpu"))
-    assert torch.allclose(both, (loss * 3 + loss_other * 6) / 9, atol=1e-5)
+    assert torch.allclose(both, loss + loss_other, atol=1e-5)
+    filler = {**other, "weight": 0.0}
+    with_filler, count3 = completion_loss(model, collate([ex, filler], pad_id=0, device="cpu"))
+    assert count3 == 3 == count_targets(ex) + count_targets(filler)
+    assert torch.allclose(with_filler, loss, atol=1e-5)
 
 
-def test_filler_batches_keep_ranks_in_step():
+def real_ids(steps):
+    return [sorted(e["input_ids"][0] for m in step for e in m if e.get("weight", 1.0) > 0) for step in steps]
+
+
+def test_a_step_holds_the_same_examples_whatever_the_layout():
+    """Batch 8; batch 4 x accumulation 2; 2 ranks x batch 4; 2 ranks x batch 2 x accumulation 2: every optimizer
+    step trains on the same examples, and ranks take equal numbers of steps and micro-batches."""
+    examples = [{"input_ids": [i, i], "labels": [IGNORE, i]} for i in range(21)]  # 21: a short last step
+
+    def layout(batch, accum, world):
+        per_rank = [plan_steps(examples, 2, batch, accum, rank, world, seed=3) for rank in range(world)]
+        assert len({len(p) for p in per_rank}) == 1
+        for s in range(len(per_rank[0])):
+            assert len({len(p[s]) for p in per_rank}) == 1, "ranks disagree on micro-batches in a step"
+            assert all(len(m) <= batch for p in per_rank for m in p[s])
+        merged = [[m for p in per_rank for m in p[s]] for s in range(len(per_rank[0]))]
+        return real_ids(merged)
+
+    reference = layout(8, 1, 1)
+    assert len(reference) == 6 and sorted(sum(reference[:3], [])) == list(range(21))  # each example once an epoch
+    assert layout(4, 2, 1) == layout(4, 1, 2) == layout(2, 2, 2) == layout(1, 8, 1) == reference
+
+
+def test_a_rank_with_nothing_left_trains_on_fillers():
     examples = [{"input_ids": [i, i], "labels": [IGNORE, i]} for i in range(5)]
-    r0 = plan_batches(examples, epochs=2, batch_size=2, rank=0, world_size=2, seed=0)
-    r1 = plan_batches(examples, epochs=2, batch_size=2, rank=1, world_size=2, seed=0)
-    assert len(r0) == len(r1) == 4  # ceil(5 / (2*2)) = 2 per epoch
-    real = [e["input_ids"][0] for b in r0[:2] + r1[:2] for e in b if e.get("weight", 1.0) > 0]
-    assert sorted(real) == list(range(5))  # one epoch: every example once over both ranks
-    assert any(e.get("weight") == 0.0 for b in r1 for e in b)
+    r0 = plan_steps(examples, epochs=1, batch_size=2, grad_accum=1, rank=0, world_size=2, seed=0)
+    r1 = plan_steps(examples, epochs=1, batch_size=2, grad_accum=1, rank=1, world_size=2, seed=0)
+    assert len(r0) == len(r1) == 2  # ceil(5 / (2*2))
+    assert sorted(sum(real_ids(r0) + real_ids(r1), [])) == list(range(5))
+    assert [e.get("weight") for e in r1[1][0]] == [0.0]  # the fifth example went to rank 0; rank 1 has a filler
+    assert count_targets(r1[1][0][0]) == 0
+
+
+def test_reset_optimizer_forgets_the_moments(tiny_model):
+    from accelerate import Accelerator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    acc = Accelerator(cpu=True)
+    model, opt = acc.prepare(model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+    model(input_ids=torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss.backward()
+    opt.step()
+    assert len(opt.state) > 0 and all(int(s["step"]) == 1 for s in opt.state.values())
+    reset_optimizer(opt)
+    assert len(opt.state) == 0
+    model(input_ids=torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss.backward()
+    opt.step()  # the state is built again, from step 1
+    assert all(int(s["step"]) == 1 for s in opt.state.values())
