@@ -11,6 +11,7 @@ import os
 import sys
 
 from .config import ConfigError, RSConfig, check_peft_keys
+from .io import is_disk_full
 
 
 def parse_args(argv: list[str] | None = None):
@@ -91,4 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"rs_trainer: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        print(
+            f"rs_trainer: error: a write failed for lack of disk space ({detail}); the files written before are "
+            "intact: free some space, then rerun the same command to resume.",
+            file=sys.stderr,
+        )
+        return 1
     return 0

@@ -2,12 +2,14 @@
 
 A round's phases leave these marks, each written atomically or appended durably:
 - `round_<r>/shards/generations.rank<k>.jsonl`: generated rows appended per batch as they finish;
-- `round_<r>/generations.jsonl`: every row scored and marked `selected` (generation, scoring, selection done);
-- `round_<r>/checkpoint/` then `round_<r>/metrics.json`: SFT done, the round finished.
+- `round_<r>/sft.jsonl`, then `round_<r>/generations.jsonl`: every row scored and marked `selected` (generation,
+  scoring and selection done);
+- `round_<r>/checkpoint/`, swapped in whole with the round's SFT statistics inside (`TRAIN_METRICS`): SFT done;
+- `round_<r>/metrics.json`, written after `samples.md` and `report.png`: the round finished.
 A rerun skips finished rounds, loads the last finished round's model or adapter, reuses the scored rows of a
-round whose SFT was interrupted, and generates only the prompts whose rows are not yet on disk. Each round's SFT
-starts a fresh optimizer and schedule, and every random draw is seeded from (seed, round, ...), so a resumed run
-follows the same path as one that was never interrupted.
+round killed after selection and the checkpoint of a round killed after its save, and generates only the prompts
+whose rows are not yet on disk. Each round's SFT starts a fresh optimizer and schedule, and every random draw is
+seeded from (seed, round, ...), so a resumed run follows the same path as one that was never interrupted.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import json
 from pathlib import Path
 
 from .io import read_jsonl, read_jsonl_prefix
+
+TRAIN_METRICS = "rs_train_metrics.json"
 
 
 def round_dir(output_dir: Path, r: int) -> Path:
@@ -36,6 +40,12 @@ def scored_rows(output_dir: Path, r: int) -> list[dict] | None:
     """The round's scored and selected rows, if that phase finished."""
     path = round_dir(output_dir, r) / "generations.jsonl"
     return read_jsonl(path) if path.exists() else None
+
+
+def trained_round(checkpoint: Path) -> dict | None:
+    """The SFT statistics saved with a round's checkpoint, if that round's training finished and was saved."""
+    path = Path(checkpoint) / TRAIN_METRICS
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def shard_path(output_dir: Path, r: int, rank: int) -> Path:

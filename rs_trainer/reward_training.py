@@ -31,7 +31,7 @@ from pathlib import Path
 from .config import ConfigError
 from .export import PAIR_RULES, dpo_pairs, load_generations
 from .filters import normalise_completion
-from .io import write_json, write_jsonl
+from .io import atomic_dir, write_json, write_jsonl
 
 # For tokenizers without a chat template (BERT-style encoders): [CLS] role: text [SEP] ... , read at [CLS].
 ENCODER_CHAT_TEMPLATE = (
@@ -166,12 +166,10 @@ def train_reward_model(data_args: RewardDataArguments, training_args, model_args
     result = trainer.train()
     seconds = time.perf_counter() - t0
 
-    tmp, final = out / "model.tmp", out / "model"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    trainer.processing_class.save_pretrained(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    final = out / "model"
+    with atomic_dir(final) as tmp:
+        trainer.save_model(str(tmp))
+        trainer.processing_class.save_pretrained(tmp)
     shutil.rmtree(start, ignore_errors=True)
 
     metrics = {

@@ -23,7 +23,7 @@ from . import data, filters, resume, selection
 from .config import NON_SEMANTIC_KEYS, ConfigError, RSConfig
 from .export import sft_rows
 from .generation import SamplingParams, encode_prompts, generate
-from .io import append_jsonl, write_atomic, write_json, write_jsonl
+from .io import append_jsonl, atomic_dir, recover_dir, write_atomic, write_json, write_jsonl
 from .metrics import round_metrics, summary_table
 from .models import load_policy, load_tokenizer, resolve_model_path
 from .progress import progress_bar
@@ -193,8 +193,7 @@ class RejectionSamplingTrainer:
             set_seed(args.seed + r)  # dropout and any other global draw: the same path when resumed
             # `samples`: every row of the round where it is needed (the main process; all of them when resumed);
             # `chosen`: the selected rows, on every rank, for SFT.
-            samples = resume.scored_rows(self.output_dir, r)  # a round interrupted during SFT is not re-sampled
-            filtered_out = None
+            samples = resume.scored_rows(self.output_dir, r)  # a round interrupted after selection is not re-sampled
             if samples is None:
                 prompts = data.draw_round_prompts(self.train_prompts, args.prompts_per_round, args.seed, r)
                 with self.timer(timings, "generate"):
@@ -202,7 +201,7 @@ class RejectionSamplingTrainer:
                 with self.timer(timings, "score"):
                     local = self.score_samples(local)
                 with self.timer(timings, "select"):
-                    filtered_out = self.select_samples(local, r)
+                    self.select_samples(local, r)
                 samples = self.save_generations(r, local)
                 chosen = by_key(gather_object([s for s in local if s["selected"]]))
             else:
@@ -210,19 +209,24 @@ class RejectionSamplingTrainer:
             self.pool.extend(chosen)
             train_set = self.pool if args.pool_previous_rounds else chosen
 
-            with self.timer(timings, "sft"):
-                sft_stats = self.sft(train_set, r)
+            checkpoint = resume.round_dir(self.output_dir, r) / "checkpoint"
+            sft_stats = resume.trained_round(checkpoint)  # a round interrupted after its save is not re-trained
+            if sft_stats is None:
+                with self.timer(timings, "sft"):
+                    sft_stats = self.sft(train_set, r)
+                with self.timer(timings, "save"):
+                    self.save_checkpoint(checkpoint, sft_stats)
+            else:
+                resume.load_weights(acc.unwrap_model(self.model), checkpoint)
             with self.timer(timings, "eval"):
                 evaluation = self.evaluate() if self.eval_prompts else {"eval/accuracy": None, "eval/reward": None}
                 before, accuracy = accuracy, evaluation["eval/accuracy"]
-            with self.timer(timings, "save"):
-                self.save_checkpoint(resume.round_dir(self.output_dir, r) / "checkpoint")
 
             metrics = None
             if acc.is_main_process:
                 keys = {(s["prompt_id"], s["sample_index"]) for s in chosen}
                 metrics = {"round": r, **round_metrics(samples, keys, args.pass_threshold), **sft_stats}
-                metrics["rs/filtered_out"] = filtered_out
+                metrics["rs/filtered_out"] = sum(s.get("filtered_out", False) for s in samples)
                 metrics.update({"eval/accuracy_before": before, **evaluation})
                 metrics.update({f"timing/{k}": v for k, v in timings.items()})
                 metrics["timing/round"] = time.perf_counter() - t_round
@@ -237,6 +241,11 @@ class RejectionSamplingTrainer:
 
     def resume(self) -> int:
         """Pick up the finished rounds of an earlier run in `output_dir`; return the first round still to run."""
+        acc = self.accelerator
+        if acc.is_main_process:  # a checkpoint swap cut short by a kill is finished or undone before anyone reads
+            for rdir in self.output_dir.glob("round_*"):
+                recover_dir(rdir / "checkpoint")
+        acc.wait_for_everyone()
         self.history = resume.finished_rounds(self.output_dir)[: self.args.num_rounds]
         if not self.history:
             return 0
@@ -307,19 +316,21 @@ class RejectionSamplingTrainer:
         on_disk = resume.generated_rows(self.output_dir, r, args.num_samples_per_prompt)
         return [{**by_id[p["prompt_id"]], **row} for p in todo + reused for row in on_disk[p["prompt_id"]]]
 
-    def select_samples(self, local: list[dict], r: int) -> int:
-        """Mark this rank's rows `selected`; return how many rows the recipe's filters took out, over all ranks.
+    def select_samples(self, local: list[dict], r: int) -> None:
+        """Mark this rank's rows `filtered_out` (taken out by the recipe's filters) and `selected`.
 
         The filters work within a prompt, and all N samples of a prompt are on the rank that generated them, so
         they run locally. The strategy then sees only the (prompt_id, sample_index, reward, completion_tokens) of
         every rank's candidates, gathered, never their text, and every rank reaches the same decision."""
         args = self.args
         candidates = filters.apply_recipe_filters(local, args)
+        kept = {(s["prompt_id"], s["sample_index"]) for s in candidates}
         view = by_key(gather_object([{k: s[k] for k in selection.FIELDS} for s in candidates]))
         keys = set(selection.select(view, args, seed=args.seed * 1000 + r, round_index=r))
         for s in local:
-            s["selected"] = (s["prompt_id"], s["sample_index"]) in keys
-        return sum(gather_object([len(local) - len(candidates)]))
+            key = (s["prompt_id"], s["sample_index"])
+            s["filtered_out"] = key not in kept
+            s["selected"] = key in keys
 
     def score_samples(self, samples: list[dict]) -> list[dict]:
         """Rewards from `reward_funcs`; with `eval_reward_funcs` also `verified_reward`, which pass@k counts."""
@@ -440,26 +451,28 @@ class RejectionSamplingTrainer:
         samples = gather_to_main(local, acc)
         if acc.is_main_process:
             samples = by_key(samples)
-            write_jsonl(rdir / "generations.jsonl", samples)
+            # generations.jsonl last: it marks the phase as done, so a kill before it redoes scoring and selection.
             write_jsonl(rdir / "sft.jsonl", sft_rows(samples))
+            write_jsonl(rdir / "generations.jsonl", samples)
             shutil.rmtree(rdir / "shards", ignore_errors=True)
         acc.wait_for_everyone()
         return samples
 
-    def save_checkpoint(self, path: Path) -> None:
-        """Save the adapter (LoRA) or the full model with its tokenizer, loadable without this package."""
+    def save_checkpoint(self, path: Path, sft_stats: dict) -> None:
+        """Save the adapter (LoRA) or the full model with its tokenizer, loadable without this package, and the
+        round's SFT statistics beside them (`resume.TRAIN_METRICS`): a run killed later in the round resumes from
+        here without training again. The folder is swapped in whole (`atomic_dir`)."""
         acc = self.accelerator
         if not self.args.save_checkpoints:
             return
         acc.wait_for_everyone()
         state = acc.get_state_dict(self.model)
         if acc.is_main_process:
-            tmp = path.with_name(path.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            acc.unwrap_model(self.model).save_pretrained(tmp, state_dict=state, safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp)
-            shutil.rmtree(path, ignore_errors=True)
-            tmp.rename(path)
+            with atomic_dir(path) as tmp:
+                acc.unwrap_model(self.model).save_pretrained(tmp, state_dict=state, safe_serialization=True)
+                self.tokenizer.save_pretrained(tmp)
+                write_json(tmp / resume.TRAIN_METRICS, sft_stats)
+        acc.wait_for_everyone()
 
     def cleanup(self) -> None:
         self.accelerator.end_training()  # closes the trackers

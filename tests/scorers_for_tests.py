@@ -14,3 +14,17 @@ def nan_on_second(prompts, completions, **kwargs):
 
 def no_opinion(prompts, completions, **kwargs):
     return [None] * len(completions)
+
+
+def slow_length_reward(prompts, completions, **kwargs):
+    """`length_reward`, but with `RS_TEST_SLOW_SCORER` set it first touches that file and sleeps, so a test can
+    kill the run while it is scoring."""
+    import os
+    import time
+    from pathlib import Path
+
+    mark = os.environ.get("RS_TEST_SLOW_SCORER")
+    if mark:
+        Path(mark).touch()
+        time.sleep(60)
+    return length_reward(prompts, completions)
