@@ -46,6 +46,6 @@ def table(rows: list[dict]) -> str:
     cols = list(rows[0])
     cells = [cols] + [[f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    lines = [" | ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines = [" | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -53,7 +53,10 @@ def score_fixed_batches(scorer, prompts, completions, batch_size: int) -> tuple[
 
     tok, scores, padded = scorer.tokenizer, [], 0
     for i in range(0, len(prompts), batch_size):
-        pairs = [scorer.render(p, c) for p, c in zip(prompts[i : i + batch_size], completions[i : i + batch_size])]
+        pairs = [
+            scorer.render(p, c)
+            for p, c in zip(prompts[i : i + batch_size], completions[i : i + batch_size], strict=True)
+        ]
         enc = tok(
             [a for a, _ in pairs],
             [b for _, b in pairs],
@@ -145,7 +148,7 @@ def main():
     best, median = (out[0][k] / out[1][k] for k in ("real_tokens_per_s", "median_s"))
     print(f"\nspeed-up in real tokens/s, ours / baseline: {best:.2f}x (best runs), {1 / median:.2f}x (medians)")
     ours_scores, base_scores = (results[name][0] for name in sides)
-    diff = max(abs(a - b) for a, b in zip(ours_scores, base_scores))
+    diff = max(abs(a - b) for a, b in zip(ours_scores, base_scores, strict=True))
     print(f"max |score difference| between the two sides: {diff:.2e}")
 
 

@@ -31,7 +31,7 @@ def make_examples(tokenizer, n: int, seed: int = 0) -> list[dict]:
     prompts = make_splits(n, 0, 10, 99, seed)["train"]
     prompt_ids = encode_prompts(tokenizer, prompts)
     examples = []
-    for p, ids in zip(prompts, prompt_ids):
+    for p, ids in zip(prompts, prompt_ids, strict=True):
         a, b = (int(x) for x in p["prompt"][0]["content"].split("?")[0].split("is ")[1].split(" + "))
         text = (
             f"{a} + {b} = {a + b}"
@@ -160,7 +160,7 @@ def main():
     trl_ = [r["tokens_per_s"] for r in rows if r["side"] != "ours"]
     first = next(r for r in results if r["side"] == "ours")["losses"][:5]
     ref = next(r for r in results if r["side"] != "ours")["losses"][:5]
-    diff = max(abs(a - b) for a, b in zip(first, ref))
+    diff = max(abs(a - b) for a, b in zip(first, ref, strict=True))
     print(
         f"\nworkload: {args.steps} steps x batch {args.batch_size}, LoRA r=16 all-linear, fp32, embedded SmolLM2-135M"
     )

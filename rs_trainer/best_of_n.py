@@ -108,7 +108,7 @@ def _sample_model(name: str, index: int, prompts: list[dict], args, model_args) 
     prompt_ids = encode_prompts(tokenizer, prompts)
     context = getattr(model.config, "max_position_embeddings", None)
     max_new = args.for_round("max_new_tokens", 0)
-    for p, seq in zip(prompts, prompt_ids):
+    for p, seq in zip(prompts, prompt_ids, strict=True):
         if context and len(seq) + max_new > context:
             raise ConfigError(
                 f"Prompt {p['prompt_id']!r} is {len(seq)} tokens; with max_new_tokens {max_new} it exceeds the "
@@ -156,7 +156,9 @@ def prompt_rows(prompts: list[dict], samples: list[dict], seed: int, prefer_shor
     for p in prompts:
         group = sorted(by_prompt[p["prompt_id"]], key=lambda s: s["sample_index"])
         candidates = [{k: s.get(k) for k in fields} for s in group]
-        winner = next((c for c, s in zip(candidates, group) if (s["prompt_id"], s["sample_index"]) in best), None)
+        winner = next(
+            (c for c, s in zip(candidates, group, strict=True) if (s["prompt_id"], s["sample_index"]) in best), None
+        )
         rows.append({"prompt_id": p["prompt_id"], "prompt": p["prompt"], "best": winner, "candidates": candidates})
     return rows
 
@@ -233,7 +235,7 @@ def run(args, model_args, candidate_models: list[str] | None = None) -> dict:
     prompts = data.draw_round_prompts(prompts, args.prompts_per_round, args.seed, 0)
     scorers = {name: resolve_scorer(name, args.reward_model_device) for name in args.reward_funcs}
     check_scorer_columns(scorers, prompts, args.dataset_name)
-    weights = dict(zip(args.reward_funcs, args.reward_weights or [1.0] * len(args.reward_funcs)))
+    weights = dict(zip(args.reward_funcs, args.reward_weights or [1.0] * len(args.reward_funcs), strict=True))
 
     timings = {}
     start = time.perf_counter()
@@ -242,7 +244,7 @@ def run(args, model_args, candidate_models: list[str] | None = None) -> dict:
     start = time.perf_counter()
     by_id = {p["prompt_id"]: p for p in prompts}
     samples = [{**by_id[s["prompt_id"]], **s} for s in samples]
-    samples = [{**s, **sc} for s, sc in zip(samples, score(samples, scorers, weights))]
+    samples = [{**s, **sc} for s, sc in zip(samples, score(samples, scorers, weights), strict=True)]
     timings["timing/score"] = time.perf_counter() - start
 
     rows = prompt_rows(prompts, samples, args.seed, args.prefer_shorter)
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None, candidate_models: list[str] | None = Non
     except ConfigError as err:
         print(f"rs_trainer.best_of_n: error: {err}", file=sys.stderr)
         return 2
-    curve = ", ".join(f"n={n}: {r:.3f}" for n, r in zip(metrics["n"], metrics["expected_reward"]))
+    curve = ", ".join(f"n={n}: {r:.3f}" for n, r in zip(metrics["n"], metrics["expected_reward"], strict=True))
     print(f"expected best-of-n reward over {metrics['num_prompts_in_curve']} prompts: {curve}")
     print(f"wrote the best completions, metrics and plot to {args.output_dir}")
     return 0

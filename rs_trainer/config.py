@@ -8,6 +8,7 @@ per round; the last value repeats when there are more rounds than values.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -232,7 +233,7 @@ class RSConfig:
             self.reward_percentile = [float(self.reward_percentile)]
         if any(not 0 <= q <= 100 for q in self.reward_percentile):
             raise ConfigError(f"`reward_percentile` values must lie in 0..100, got {self.reward_percentile}.")
-        if any(b < a for a, b in zip(self.reward_percentile, self.reward_percentile[1:])):
+        if any(b < a for a, b in itertools.pairwise(self.reward_percentile)):
             raise ConfigError(f"`reward_percentile` must not fall from round to round, got {self.reward_percentile}.")
         if isinstance(self.dedupe, str) and self.dedupe.lower() in ("", "none", "null"):
             self.dedupe = None

@@ -104,7 +104,7 @@ def generate(
         gen_rows = _ENGINES[engine](
             model, input_ids, attention, num_samples, params, eos_ids, pad_id, batch_seed(seed, b)
         )
-        for (i, s), gen in zip(batch, gen_rows):
+        for (i, s), gen in zip(batch, gen_rows, strict=True):
             end = next((j for j, t in enumerate(gen) if t in eos_ids), None)
             kept = gen if end is None else gen[:end]
             results[(i, s)] = {
@@ -200,7 +200,7 @@ def _rs_generate(model, input_ids, attention, n, params, eos_ids, pad_id, seed) 
     eos = torch.tensor(eos_ids, device=device)
     for step in range(params.max_new_tokens):
         tokens = sample_next(logits, params, generator)
-        for row, tok in zip(alive.tolist(), tokens.tolist()):
+        for row, tok in zip(alive.tolist(), tokens.tolist(), strict=True):
             generated[row].append(tok)
         done = torch.isin(tokens, eos)
         if step == params.max_new_tokens - 1:

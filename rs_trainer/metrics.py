@@ -70,6 +70,6 @@ def summary_table(history: list[dict]) -> str:
     ]
     cells = [[name for name, _ in cols]] + [[_fmt(m.get(key)) for _, key in cols] for m in history]
     widths = [max(len(row[c]) for row in cells) for c in range(len(cols))]
-    lines = [" | ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in cells]
+    lines = [" | ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in cells]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)

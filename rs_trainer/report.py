@@ -34,7 +34,7 @@ def plot_report(history: list[dict], samples: list[dict], base_accuracy: float |
     acc_y = ([base_accuracy] if base_accuracy is not None else []) + [m.get("eval/accuracy") for m in history]
     if any(a is not None for a in acc_y):
         ax.plot(acc_x, acc_y, "o-", color="tab:green")
-        for x, y in zip(acc_x, acc_y):
+        for x, y in zip(acc_x, acc_y, strict=True):
             if y is not None:
                 ax.annotate(f"{y:.0%}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     ax.set(title="Held-out greedy accuracy (round -1 = base model)", xlabel="round", ylim=(0, 1.05))

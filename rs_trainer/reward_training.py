@@ -98,7 +98,7 @@ def pairwise_accuracy(scorer, pairs: list[dict]) -> float | None:
         return None
     prompts = [p["prompt"] for p in pairs]
     chosen = scorer(prompts + prompts, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
-    return sum(c > r for c, r in zip(chosen[: len(pairs)], chosen[len(pairs) :])) / len(pairs)
+    return sum(c > r for c, r in zip(chosen[: len(pairs)], chosen[len(pairs) :], strict=True)) / len(pairs)
 
 
 def prepare_start_model(model_path: str, folder: Path, seed: int) -> Path:

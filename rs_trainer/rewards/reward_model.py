@@ -127,7 +127,7 @@ class RewardModelScorer:
 
     def encode(self, prompts: list, completions: list) -> list[dict]:
         """One dict of token lists (`input_ids`, `attention_mask`, maybe `token_type_ids`) per sample, unpadded."""
-        texts = [self.render(p, c) for p, c in zip(prompts, completions)]
+        texts = [self.render(p, c) for p, c in zip(prompts, completions, strict=True)]
         kwargs = {"truncation": True, "max_length": self.max_length}
         if self.tokenizer.chat_template:  # the template already wrote the special tokens
             enc = self.tokenizer(texts, add_special_tokens=False, **kwargs)
@@ -162,7 +162,7 @@ class RewardModelScorer:
                 logger.warning("Reward model ran out of memory; lowering the batch budget to %d tokens.", budget)
                 torch.cuda.empty_cache()
                 continue
-            for i, v in zip(order[start:end], values):
+            for i, v in zip(order[start:end], values, strict=True):
                 scores[i] = v
             start = end
         return scores

@@ -193,7 +193,7 @@ def make_code_tests(max_workers: int | None = None, **limits):
         tests, entries, prompts = test or [None] * n, entry_point or [None] * n, prompts or [None] * n
         jobs = {i: build_program(prompts[i], completions[i], tests[i], entries[i]) for i in range(n) if tests[i]}
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = dict(zip(jobs, pool.map(lambda code: run_program(code, **limits), jobs.values())))
+            results = dict(zip(jobs, pool.map(lambda code: run_program(code, **limits), jobs.values()), strict=True))
         return [None if i not in results else float(results[i].passed) for i in range(n)]
 
     return code_tests

@@ -31,7 +31,7 @@ def _content(completion) -> str:
 def numeric_answer(prompts, completions, answer, **kwargs) -> list[float | None]:
     """1.0 when the completion's final number equals the `answer` column, else 0.0; None when no ground truth."""
     rewards = []
-    for completion, truth in zip(completions, answer):
+    for completion, truth in zip(completions, answer, strict=True):
         if truth is None:
             rewards.append(None)
             continue
@@ -61,7 +61,7 @@ def math_answer(prompts, completions, solution=None, answer=None, **kwargs) -> l
     n = len(completions)
     answers, solutions = answer or [None] * n, solution or [None] * n
     rewards = []
-    for completion, short, long in zip(completions, answers, solutions):
+    for completion, short, long in zip(completions, answers, solutions, strict=True):
         truth = short if short is not None else long
         gold = [] if truth is None else parse(str(truth), parsing_timeout=timeout)
         if truth is not None and not gold:  # a bare expression such as "x+1" parses once marked as LaTeX
