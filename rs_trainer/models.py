@@ -83,6 +83,18 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def check_model_folder(path: str) -> None:
+    """A local folder must hold a `config.json` and weights (`*.safetensors` or `*.bin`, or a PEFT adapter's);
+    hub ids pass through. Raises `ValueError` naming what is missing."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    if not (folder / "config.json").exists() and not (folder / "adapter_config.json").exists():
+        raise ValueError(f"{path} holds no config.json: it is not a saved model")
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise ValueError(f"{path} holds no weights (*.safetensors or *.bin)")
+
+
 def torch_dtype(name: str | None):
     """`"bfloat16"` -> `torch.bfloat16`; `None` or `"auto"` pass through for transformers to decide."""
     import torch

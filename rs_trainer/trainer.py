@@ -25,7 +25,7 @@ from .export import sft_rows
 from .generation import SamplingParams, encode_prompts, generate
 from .io import append_jsonl, atomic_dir, recover_dir, write_atomic, write_json, write_jsonl
 from .metrics import round_metrics, summary_table
-from .models import load_policy, load_tokenizer, resolve_model_path
+from .models import check_model_folder, load_policy, load_tokenizer, resolve_model_path
 from .progress import progress_bar
 from .report import markdown_table, plot_report, sample_table
 from .rewards import resolve_scorer, score
@@ -76,8 +76,12 @@ class RejectionSamplingTrainer:
         set_seed(args.seed)
         self.train_prompts = data.load_prompts(args, args.dataset_split)
         self.eval_prompts = self._load_eval_prompts()
-        m = min(args.prompts_per_round or len(self.train_prompts), len(self.train_prompts))
-        args.check_selection_size(m)
+        if args.prompts_per_round and args.prompts_per_round > len(self.train_prompts):
+            raise ConfigError(
+                f"`prompts_per_round` ({args.prompts_per_round}) is more than the {len(self.train_prompts)} prompts "
+                f"in {args.dataset_name} [{args.dataset_split}]; lower it, or leave it unset to use them all."
+            )
+        args.check_selection_size(args.prompts_per_round or len(self.train_prompts))
         self.scorers = self._resolve_scorers("reward_funcs", args.reward_funcs)
         check_scorer_columns(self.scorers, self.train_prompts + self.eval_prompts, args.dataset_name)
         weights = args.reward_weights or [1.0] * len(args.reward_funcs)
@@ -90,15 +94,22 @@ class RejectionSamplingTrainer:
             check_scorer_columns(self.eval_scorers, self.train_prompts + self.eval_prompts, args.dataset_name)
             self.eval_weights = dict.fromkeys(args.eval_reward_funcs, 1.0)
 
-        self.model_path = resolve_model_path(self.model_args.model_name_or_path)
-        self.tokenizer = load_tokenizer(self.model_path)
+        self.model_path, self.tokenizer = self._load_tokenizer()
         self.prompt_ids = self._encode_and_check_lengths(self.train_prompts)
         self.eval_prompt_ids = self._encode_and_check_lengths(self.eval_prompts)
         self._check_output_dir()
 
         from trl import get_peft_config
 
-        model, _ = load_policy(self.model_args, get_peft_config(self.model_args))
+        try:
+            model, _ = load_policy(self.model_args, get_peft_config(self.model_args))
+        except ValueError as err:
+            if "target_modules" not in str(err) and "Target modules" not in str(err):
+                raise
+            raise ConfigError(
+                f"`lora_target_modules` {self.model_args.lora_target_modules} match no layer of "
+                f"{self.model_args.model_name_or_path}; name its linear layers (q_proj, v_proj, ...) or `all-linear`."
+            ) from None
         model.config.use_cache = True
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
@@ -112,17 +123,38 @@ class RejectionSamplingTrainer:
             flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in args.to_dict().items()}
             acc.init_trackers("rs_trainer", config=flat)
 
-    def _resolve_scorers(self, key: str, names: list[str]) -> dict:
+    def _load_tokenizer(self):
+        """The model's folder and tokenizer; a folder or hub id that holds no model is refused by name."""
+        name = self.model_args.model_name_or_path
         try:
-            return {name: resolve_scorer(name, self.args.reward_model_device) for name in names}
-        except (ValueError, OSError) as err:
-            raise ConfigError(f"`{key}`: {err}") from None
+            path = resolve_model_path(name)
+            check_model_folder(path)
+            from transformers import AutoConfig
+
+            AutoConfig.from_pretrained(path)
+            return path, load_tokenizer(path)
+        except (OSError, ValueError) as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ConfigError(
+                f"`model_name_or_path` {name} could not be loaded ({reason}); name a folder holding config.json, "
+                "weights and a tokenizer, a hub id available offline, or `embedded:SmolLM2-135M-Instruct`."
+            ) from None
+
+    def _resolve_scorers(self, key: str, names: list[str]) -> dict:
+        scorers = {}
+        for name in names:
+            try:
+                scorers[name] = resolve_scorer(name, self.args.reward_model_device)
+            except (ValueError, OSError) as err:
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise ConfigError(f"`{key}`: {name}: {reason}") from None
+        return scorers
 
     def _load_eval_prompts(self) -> list[dict]:
         args = self.args
         if args.eval_split is None:
             return []
-        prompts = data.load_prompts(args, args.eval_split, args.eval_dataset_name)
+        prompts = data.load_prompts(args, args.eval_split, args.eval_dataset_name, eval=True)
         return prompts[: args.max_eval_prompts] if args.max_eval_prompts else prompts
 
     def _encode_and_check_lengths(self, prompts: list[dict]) -> dict[str, list[int]]:
@@ -155,6 +187,8 @@ class RejectionSamplingTrainer:
         return {"rs": rs, "model": dataclasses.asdict(self.model_args)}
 
     def _check_output_dir(self) -> None:
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise ConfigError(f"`output_dir` {self.output_dir} is a file; name a folder (new or holding a run).")
         path = self.output_dir / RUN_CONFIG
         if not path.exists():
             return

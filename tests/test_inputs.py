@@ -109,7 +109,7 @@ def test_dry_run_prints_the_plan_without_loading_a_model(tmp_path, capsys):
     out = tmp_path / "o"
     argv = [
         "--model_name_or_path",
-        str(tmp_path / "no-such-model"),
+        "some-org/some-model",  # a hub id: never loaded by a dry run
         "--output_dir",
         str(out),
         "--dry_run",

@@ -10,6 +10,7 @@ So reward functions written for GRPO, such as `trl.rewards.accuracy_reward`, wor
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 from collections.abc import Callable
 
@@ -21,6 +22,8 @@ BUILTIN_SCORERS: dict[str, Callable] = {
     "math_answer": math_answer,
     "code_tests": code_tests,
 }
+# Built-in scorers whose package is an extra: name -> (module, what to install).
+BUILTIN_NEEDS = {"math_answer": ("math_verify", "'rs_trainer[math]'")}
 REWARD_MODEL_PREFIX = "reward_model:"
 _REWARD_MODELS: dict[tuple, Callable] = {}  # one loaded reward model per (path, device), however often named
 
@@ -35,6 +38,9 @@ def resolve_scorer(name: str, reward_model_device: str | None = None) -> Callabl
     A reward model is loaded once per (path, device) on `reward_model_device` (default: this process's GPU, else the
     CPU), so it can live on another GPU than the policy."""
     if name in BUILTIN_SCORERS:
+        needs = BUILTIN_NEEDS.get(name)
+        if needs and importlib.util.find_spec(needs[0]) is None:
+            raise ValueError(f"`{name}` needs the package {needs[0]}; install it with `pip install {needs[1]}`.")
         return BUILTIN_SCORERS[name]
     if name.startswith(REWARD_MODEL_PREFIX):
         path = name[len(REWARD_MODEL_PREFIX) :]

@@ -15,7 +15,7 @@ import logging
 
 import torch
 
-from ..models import resolve_model_path
+from ..models import check_model_folder, resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class RewardModelScorer:
         self.__name__ = f"reward_model:{model_name_or_path}"  # TRL names reward columns after `__name__`
         self.max_tokens_per_batch = max_tokens_per_batch
         model_name_or_path = resolve_model_path(model_name_or_path)
+        check_model_folder(model_name_or_path)
         self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
         model = AutoModelForSequenceClassification.from_pretrained(
             model_name_or_path, dtype=dtype, **(model_kwargs or {})

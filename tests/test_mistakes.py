@@ -1,0 +1,210 @@
+"""A user's mistake is a one-line message that names the key and the fix, exit code 2, and nothing written.
+Each case here is listed, with its message, in docs/errors.md."""
+
+import os
+import subprocess
+import warnings
+
+import pytest
+from conftest import REPO, recipe_args, write_jsonl
+
+from rs_trainer.cli import main
+from rs_trainer.config import ConfigError, RSConfig
+
+
+def refused(argv, capsys, *needles) -> str:
+    """Run the command line in-process; it must refuse with exit code 2, one line naming `needles`, no output."""
+    out = argv[argv.index("--output_dir") + 1] if "--output_dir" in argv else None
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("rs_trainer: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    print(lines[0])  # `pytest -s tests/test_mistakes.py` lists every message, as docs/errors.md does
+    if out:
+        assert not os.path.exists(out) or not os.listdir(out), f"a refused run wrote {os.listdir(out)}"
+    return lines[0]
+
+
+# ---- recipe values, refused before anything is loaded
+@pytest.mark.parametrize(
+    "overrides,needles",
+    [
+        ({"learning_rate": 0.0}, ["`learning_rate` must be > 0"]),
+        ({"learning_rate": -1e-4}, ["`learning_rate` must be > 0"]),
+        ({"num_rounds": 0}, ["`num_rounds` must be at least 1"]),
+        ({"selection": "best_of_n", "top_k": 5}, ["`top_k` is set but `selection` is 'best_of_n'"]),
+        ({"selection": "top_k", "top_k": 2, "reward_threshold": 0.5}, ["`reward_threshold` is set", "threshold"]),
+        ({"selection": "best_of_n", "top_k": None, "k_per_prompt": 2}, ["`k_per_prompt` is set", "top_k_per_prompt"]),
+        ({"lr_scheduler_type": "cosine_annealing"}, ["`lr_scheduler_type` 'cosine_annealing' is unknown"]),
+        ({"warmup_ratio": 1.5}, ["`warmup_ratio`", "0..1"]),
+        ({"max_grad_norm": -1.0}, ["`max_grad_norm` must be >= 0"]),
+        ({"top_p": 0.0}, ["`top_p` values must lie in (0, 1]"]),
+        ({"report_to": "tensorbord"}, ["`report_to` ['tensorbord'] unknown"]),
+        ({"report_to": "wandb"}, ["`report_to` wandb needs its package", "pip install wandb"]),
+        ({"prompts_per_round": 0}, ["`prompts_per_round` must be at least 1"]),
+        ({"generation_batch_size": -8}, ["`generation_batch_size` must be >= 0"]),
+        ({"temperature": [-0.5]}, ["`temperature` for round 0 is negative"]),
+    ],
+)
+def test_recipe_values_are_refused(tiny_model, tmp_path, capsys, overrides, needles):
+    if overrides.get("report_to") == "wandb":
+        import importlib.util
+
+        if importlib.util.find_spec("wandb"):
+            pytest.skip("wandb is installed here")
+    refused(recipe_args(tiny_model, tmp_path / "o", **overrides), capsys, *needles)
+
+
+def test_a_local_file_with_an_eval_split_would_evaluate_on_training_prompts(tiny_model, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "What is 1 + 1?", "answer": "2"}])
+    argv = recipe_args(tiny_model, tmp_path / "o", dataset_name=str(data), top_k=1)  # eval_split: test (default)
+    refused(argv, capsys, "`eval_split` 'test' would evaluate on the training prompts", "eval_dataset_name")
+
+
+def test_per_round_values_beyond_num_rounds_warn():
+    with pytest.warns(UserWarning, match=r"`temperature` has 3 values for 1 round\(s\)"):
+        RSConfig(num_rounds=1, temperature=[0.9, 0.8, 0.7])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RSConfig(num_rounds=3, temperature=[0.9, 0.8, 0.7])  # one per round: no warning
+
+
+# ---- the command line and the model keys, refused before anything is loaded
+def test_recipe_file_that_does_not_exist(tmp_path, capsys):
+    refused(["--config", str(tmp_path / "nope.yaml")], capsys, "`--config`", "does not exist")
+
+
+def test_recipe_file_that_is_not_yaml(tmp_path, capsys):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("model_name_or_path: x\nnum_rounds: [1, 2\n")
+    refused(["--config", str(bad)], capsys, "`--config`", "is not valid YAML (line 3)")
+
+
+def test_recipe_file_without_keys(tmp_path, capsys):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("just some words\n")
+    refused(["--config", str(bad)], capsys, "`--config`", "holds no `key: value` mapping")
+
+
+def test_model_folder_that_does_not_exist(tmp_path, capsys):
+    argv = recipe_args(tmp_path / "no" / "such" / "model", tmp_path / "o")
+    refused(argv, capsys, "`model_name_or_path`", "is not a folder on this machine")
+
+
+def test_dtype_that_does_not_exist(tiny_model, tmp_path, capsys):
+    refused(recipe_args(tiny_model, tmp_path / "o", dtype="float33"), capsys, "--dtype", "'float33'", "bfloat16")
+    recipe = tmp_path / "r.yaml"  # a recipe's values skip argparse's choices; the model check catches it
+    recipe.write_text(f"model_name_or_path: {tiny_model}\ndtype: float33\n")
+    refused(["--config", str(recipe), "--output_dir", str(tmp_path / "o")], capsys, "`dtype` 'float33'", "bfloat16")
+
+
+def test_4bit_without_a_gpu(tiny_model, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    refused(recipe_args(tiny_model, tmp_path / "o", load_in_4bit=True), capsys, "`load_in_4bit`", "CUDA GPU")
+
+
+# ---- data, models and outputs, refused during setup before anything is written
+def test_more_prompts_per_round_than_the_dataset_has(tiny_model, tmp_path, capsys):
+    argv = recipe_args(tiny_model, tmp_path / "o", prompts_per_round=50)  # 6 prompts
+    refused(argv, capsys, "`prompts_per_round` (50) is more than the 6 prompts")
+
+
+def test_eval_split_missing_from_a_dataset_folder(tiny_model, tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for split in ("train", "test"):
+        write_jsonl(folder / f"{split}.jsonl", [{"prompt": "What is 1 + 1?", "answer": "2"}])
+    argv = recipe_args(tiny_model, tmp_path / "o", dataset_name=str(folder), eval_split="validation", top_k=1)
+    refused(argv, capsys, "`eval_split` 'validation' is not a split of")
+
+
+def test_eval_split_missing_from_the_builtin_task(tiny_model, tmp_path, capsys):
+    argv = recipe_args(tiny_model, tmp_path / "o", eval_split="validation")
+    refused(argv, capsys, "`eval_split` 'validation': builtin:arithmetic has splits ['test', 'train']")
+
+
+def test_dataset_file_with_no_rows(tiny_model, tmp_path, capsys):
+    empty = tmp_path / "d.jsonl"
+    empty.write_text("")
+    argv = recipe_args(tiny_model, tmp_path / "o", dataset_name=str(empty), eval_split=None, top_k=1)
+    refused(argv, capsys, "`dataset_name`", "is empty")
+
+
+def test_dataset_file_of_an_unknown_format(tiny_model, tmp_path, capsys):
+    text = tmp_path / "prompts.txt"
+    text.write_text("What is 1 + 1?\n")
+    argv = recipe_args(tiny_model, tmp_path / "o", dataset_name=str(text), eval_split=None, top_k=1)
+    refused(argv, capsys, "`dataset_name`", ".txt extension", ".jsonl")
+
+
+def test_reward_model_folder_without_weights(tiny_model, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "rm"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model / name, folder / name)
+    argv = recipe_args(tiny_model, tmp_path / "o", reward_funcs=[f"reward_model:{folder}"])
+    refused(argv, capsys, "`reward_funcs`", f"reward_model:{folder}", "holds no weights")
+
+
+def test_model_folder_without_a_model(tmp_path, capsys):
+    folder = tmp_path / "empty-model"
+    folder.mkdir()
+    refused(recipe_args(folder, tmp_path / "o"), capsys, "`model_name_or_path`", "holds no config.json")
+
+
+def test_lora_target_modules_that_match_nothing(tiny_model, tmp_path, capsys):
+    argv = recipe_args(tiny_model, tmp_path / "o", use_peft=True, lora_target_modules=["query_key_value"])
+    refused(argv, capsys, "`lora_target_modules`", "query_key_value", "match no layer", "all-linear")
+
+
+def test_output_dir_that_is_a_file(tiny_model, tmp_path, capsys):
+    target = tmp_path / "o"
+    target.write_text("not a folder")
+    code = main(recipe_args(tiny_model, target))
+    err = capsys.readouterr().err
+    assert code == 2 and "`output_dir`" in err and "is a file" in err
+    assert target.read_text() == "not a folder"
+
+
+def test_max_seq_length_that_leaves_no_room(tiny_model, tmp_path, capsys):
+    refused(recipe_args(tiny_model, tmp_path / "o", max_seq_length=8), capsys, "`max_seq_length` (8) leaves no room")
+
+
+def test_scorer_whose_extra_is_not_installed(tiny_model, tmp_path, capsys, monkeypatch):
+    """What a user without `rs_trainer[math]` sees: the extra's module is made to look absent."""
+    from rs_trainer import rewards
+
+    monkeypatch.setitem(rewards.BUILTIN_NEEDS, "math_answer", ("rs_trainer_no_such_module", "'rs_trainer[math]'"))
+    argv = recipe_args(tiny_model, tmp_path / "o", reward_funcs=["math_answer"])
+    refused(argv, capsys, "`reward_funcs`", "`math_answer` needs the package", "pip install 'rs_trainer[math]'")
+
+
+def test_math_answer_resolves_when_its_extra_is_installed():
+    from rs_trainer.rewards import resolve_scorer
+
+    assert resolve_scorer("math_answer").__name__ == "math_answer"
+
+
+def test_make_demo_with_an_accelerate_config_that_does_not_exist(tmp_path):
+    proc = subprocess.run(
+        ["make", "-s", "demo", f"ACCELERATE_CONFIG={tmp_path / 'nope.yaml'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "ACCELERATE_CONFIG" in proc.stderr and "accelerate_configs/" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
