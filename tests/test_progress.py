@@ -16,3 +16,24 @@ def test_progress_is_silent_off_the_main_process(capsys):
     with progress_bar(3, "x", "samples", enabled=False) as bar:
         bar.update(3)
     assert capsys.readouterr().err == ""
+
+
+
+def test_sft_progress_outside_a_terminal_prints_no_line_per_step(tiny_model, tmp_path, capsys):
+    """The trainer's SFT bar shows the loss without a redraw of its own: a round of many quick steps prints a
+    couple of lines, not one (or two) per step, and the last one shows the loss."""
+    from conftest import recipe_args
+
+    from rs_trainer.cli import parse_args
+    from rs_trainer.trainer import RejectionSamplingTrainer
+
+    args, model_args = parse_args(
+        recipe_args(tiny_model, tmp_path / "o", sft_epochs=6, per_device_train_batch_size=1, eval_split=None)
+    )
+    trainer = RejectionSamplingTrainer(args, model_args)
+    trainer.setup()
+    history = trainer.train()
+    assert history[0]["train/steps"] == 24  # top_k 4, batch 1, 6 epochs
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("round 0 sft")]
+    assert 1 <= len(lines) <= 3, lines
+    assert "24/24" in lines[-1] and "loss=" in lines[-1]
