@@ -154,6 +154,7 @@ def test_round_with_nothing_selected_is_skipped_not_crashed(tiny_model, tmp_path
         tmp_path / "run",
         reward_funcs=["tests.scorers_for_tests.no_opinion"],
         selection="best_of_n",
+        top_k=None,
         eval_split=None,
     )
     history = trainer.train()
