@@ -11,6 +11,7 @@ import os
 import sys
 
 from .config import ConfigError, RSConfig, check_peft_keys
+from .generators.openai_client import GeneratorError
 from .io import is_disk_full
 
 
@@ -150,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"rs_trainer: error: {err}", file=sys.stderr)
         return 2
+    except GeneratorError as err:  # an endpoint or a managed server failed mid-run; finished rows are on disk
+        print(f"rs_trainer: error: {err}", file=sys.stderr)
+        return 1
     except Exception as err:
         if not is_disk_full(err):
             raise

@@ -97,6 +97,15 @@ class RSConfig:
     max_new_tokens: list[int] = field(
         default_factory=lambda: [64], metadata={"help": "Completion length cap in tokens (per round)."}
     )
+    generators: list[dict] = field(
+        default_factory=list,
+        metadata={
+            "help": "Where samples come from, each a mapping with a `name`: the policy in-process (the default when "
+            "none is listed), a frozen model such as a teacher (`model: <path>`), an OpenAI-compatible endpoint "
+            "(`engine: openai`, `base_url`, `model`) or a server rs_trainer starts each round (`engine: server`, "
+            "`command`). Every key is documented in rs_trainer/generators/spec.py."
+        },
+    )
     generation_batch_size: int = field(
         default=0, metadata={"help": "Rows per generation batch; 0 picks by device (64 on CPU, 256 on GPU)."}
     )
@@ -290,6 +299,7 @@ class RSConfig:
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "sft_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
+        self.generator_specs()  # refuses a bad `generators` entry by name
         self._validate_optimisation()
         self._validate_sampling()
         self._validate_selection_keys()
@@ -367,13 +377,24 @@ class RSConfig:
                     stacklevel=3,
                 )
 
+    def generator_specs(self) -> list:
+        """The `generators` as checked `GeneratorSpec`s (the policy in-process when none is listed)."""
+        from .generators import parse_generators
+
+        return parse_generators(self.generators, self.num_samples_per_prompt)
+
+    def samples_per_prompt(self) -> int:
+        """N: the samples each prompt gets in a round, over all generators."""
+        return sum(spec.num_samples_per_prompt for spec in self.generator_specs())
+
     def check_selection_size(self, num_prompts: int):
         """Refuse a `top_k` larger than what a round generates (M x N)."""
-        total = num_prompts * self.num_samples_per_prompt
+        n = self.samples_per_prompt()
+        total = num_prompts * n
         if self.selection == "top_k" and self.top_k > total:
             raise ConfigError(
                 f"`top_k` ({self.top_k}) is larger than prompts x samples ({num_prompts} x "
-                f"{self.num_samples_per_prompt} = {total}); lower `top_k` or raise `num_samples_per_prompt`."
+                f"{n} = {total}); lower `top_k` or raise `num_samples_per_prompt`."
             )
 
     def for_round(self, name: str, round_index: int):

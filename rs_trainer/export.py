@@ -60,6 +60,8 @@ def _pair_row(chosen: dict, rejected: dict, margin: float) -> dict:
     }
     if "model" in chosen or "model" in rejected:
         row.update(chosen_model=chosen.get("model"), rejected_model=rejected.get("model"))
+    if "generator" in chosen or "generator" in rejected:  # a pair may cross generators: teacher vs student
+        row.update(chosen_generator=chosen.get("generator"), rejected_generator=rejected.get("generator"))
     return row
 
 

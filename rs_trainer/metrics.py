@@ -47,6 +47,30 @@ def round_metrics(samples: list[dict], selected: set, pass_threshold: float) -> 
         out["rs/selected_pass_rate"] = statistics.fmean(v is not None and v >= pass_threshold for v in verdicts)
     out.update({f"rs/{k}": v for k, v in _stats(rewards, "reward").items()})
     out.update({f"rs/selected_{k}": v for k, v in _stats(chosen, "reward").items()})
+    out.update(generator_metrics(samples, selected, pass_threshold))
+    return out
+
+
+def generator_metrics(samples: list[dict], selected: set, pass_threshold: float) -> dict:
+    """Per generator (`gen/<name>/...`): mean reward, pass rate (the fraction of its samples that succeed), its
+    share of the selected set, and the tokens it generated.
+
+    Example: a teacher with rewards [1, 1] and a policy with [0, 1], the teacher's first and the policy's second
+    selected -> teacher pass_rate 1.0, selected_share 0.5; policy pass_rate 0.5, selected_share 0.5."""
+    by_generator = defaultdict(list)
+    for s in samples:
+        by_generator[s.get("generator", "policy")].append(s)
+    num_selected = sum((s["prompt_id"], s["sample_index"]) in selected for s in samples)
+    out = {}
+    for name, rows in sorted(by_generator.items()):
+        rewards = [s["reward"] for s in rows if s["reward"] is not None]
+        verdicts = [s.get("verified_reward", s["reward"]) for s in rows]
+        picked = sum((s["prompt_id"], s["sample_index"]) in selected for s in rows)
+        out[f"gen/{name}/samples"] = len(rows)
+        out[f"gen/{name}/reward_mean"] = statistics.fmean(rewards) if rewards else None
+        out[f"gen/{name}/pass_rate"] = statistics.fmean(v is not None and v >= pass_threshold for v in verdicts)
+        out[f"gen/{name}/selected_share"] = picked / num_selected if num_selected else 0.0
+        out[f"gen/{name}/tokens"] = sum(s["completion_tokens"] for s in rows)
     return out
 
 

@@ -52,17 +52,19 @@ def shard_path(output_dir: Path, r: int, rank: int) -> Path:
     return round_dir(output_dir, r) / "shards" / f"generations.rank{rank}.jsonl"
 
 
-def generated_rows(output_dir: Path, r: int, num_samples: int) -> dict[str, list[dict]]:
-    """Rows already generated in round `r` by any rank, grouped by prompt; only prompts with all N samples."""
-    by_prompt: dict[str, dict[int, dict]] = {}
+def generated_rows(output_dir: Path, r: int, layout: dict[str, range]) -> dict[str, dict[str, list[dict]]]:
+    """Rows already generated in round `r` by any rank, as {generator: {prompt_id: rows}}, keeping only the
+    prompts for which that generator has every one of its sample indices (`layout[generator]`)."""
+    by_key: dict[tuple[str, str], dict[int, dict]] = {}
     for path in sorted((round_dir(output_dir, r) / "shards").glob("generations.rank*.jsonl")):
         for row in read_jsonl_prefix(path):
-            by_prompt.setdefault(row["prompt_id"], {})[row["sample_index"]] = row
-    return {
-        pid: [rows[s] for s in range(num_samples)]
-        for pid, rows in by_prompt.items()
-        if all(s in rows for s in range(num_samples))
-    }
+            key = (row.get("generator", "policy"), row["prompt_id"])
+            by_key.setdefault(key, {})[row["sample_index"]] = row
+    done: dict[str, dict[str, list[dict]]] = {name: {} for name in layout}
+    for (name, pid), rows in by_key.items():
+        if name in layout and all(i in rows for i in layout[name]):
+            done[name][pid] = [rows[i] for i in layout[name]]
+    return done
 
 
 def load_weights(model, checkpoint: Path) -> None:

@@ -95,6 +95,7 @@ class RejectionSamplingTrainer:
             self.eval_weights = dict.fromkeys(args.eval_reward_funcs, 1.0)
 
         self.model_path, self.tokenizer = self._load_tokenizer()
+        self._setup_generators()
         self.prompt_ids = self._encode_and_check_lengths(self.train_prompts)
         self.eval_prompt_ids = self._encode_and_check_lengths(self.eval_prompts)
         self._check_output_dir()
@@ -122,6 +123,41 @@ class RejectionSamplingTrainer:
         if acc.log_with:
             flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in args.to_dict().items()}
             acc.init_trackers("rs_trainer", config=flat)
+
+    def _setup_generators(self) -> None:
+        """Check every generator before anything is sampled: a teacher's folder, a managed server's program, an
+        endpoint that must answer and serve its model. `self.layout` gives each generator its sample indices."""
+        import shlex
+
+        from .generators.openai_client import GeneratorError, OpenAIGenerator, check_endpoint
+
+        self.generator_specs = self.args.generator_specs()
+        self.layout, start = {}, 0
+        for spec in self.generator_specs:
+            self.layout[spec.name] = range(start, start + spec.num_samples_per_prompt)
+            start += spec.num_samples_per_prompt
+        self.endpoints = {}
+        for i, spec in enumerate(self.generator_specs):
+            where = f"`generators[{i}]` ({spec.name})"
+            if spec.engine == "local" and not spec.is_policy:
+                try:
+                    check_model_folder(resolve_model_path(spec.model))
+                except (ValueError, OSError) as err:
+                    raise ConfigError(f"{where}: `model` {spec.model}: {err}") from None
+            if spec.engine == "server":
+                program = shlex.split(spec.command)[0]
+                if shutil.which(program) is None and not Path(program).exists():
+                    raise ConfigError(f"{where}: `command` runs {program!r}, which is not on this machine's PATH.")
+                if spec.is_policy and not self.args.save_checkpoints:
+                    raise ConfigError(
+                        f"{where}: a served policy loads each round's checkpoint; set `save_checkpoints: true`."
+                    )
+            if spec.engine == "openai":
+                try:
+                    check_endpoint(spec, spec.base_url, spec.model)
+                    self.endpoints[spec.name] = OpenAIGenerator(spec, spec.base_url, spec.model, self.tokenizer)
+                except GeneratorError as err:
+                    raise ConfigError(f"{where}: {err}") from None
 
     def _load_tokenizer(self):
         """The model's folder and tokenizer; a folder or hub id that holds no model is refused by name."""
@@ -222,7 +258,7 @@ class RejectionSamplingTrainer:
         if self.history:
             accuracy = self.history[-1]["eval/accuracy"]
         for r in range(start_round, args.num_rounds):
-            t_round = time.perf_counter()
+            t_round, wall_start = time.perf_counter(), time.time()
             timings = {}
             set_seed(args.seed + r)  # dropout and any other global draw: the same path when resumed
             # `samples`: every row of the round where it is needed (the main process; all of them when resumed);
@@ -231,7 +267,7 @@ class RejectionSamplingTrainer:
             if samples is None:
                 prompts = data.draw_round_prompts(self.train_prompts, args.prompts_per_round, args.seed, r)
                 with self.timer(timings, "generate"):
-                    local = self.generate_samples(prompts, r)
+                    local = self.generate_samples(prompts, r, timings)
                 with self.timer(timings, "score"):
                     local = self.score_samples(local)
                 with self.timer(timings, "select"):
@@ -263,6 +299,14 @@ class RejectionSamplingTrainer:
                 metrics["rs/filtered_out"] = sum(s.get("filtered_out", False) for s in samples)
                 metrics.update({"eval/accuracy_before": before, **evaluation})
                 metrics.update({f"timing/{k}": v for k, v in timings.items()})
+                for spec in self.generator_specs:  # this run's seconds; rows reused from disk count no time
+                    seconds = timings.get(f"generate/{spec.name}")
+                    fresh = [s for s in samples if s.get("generator", "policy") == spec.name]
+                    if seconds and fresh:
+                        new_tokens = sum(
+                            s["completion_tokens"] for s in fresh if s.get("generated_at", 0) >= wall_start
+                        )
+                        metrics[f"gen/{spec.name}/tokens_per_s"] = new_tokens / seconds
                 metrics["timing/round"] = time.perf_counter() - t_round
             metrics = broadcast_object_list([metrics])[0]  # every rank keeps the main process's history
             self.history.append(metrics)
@@ -309,46 +353,148 @@ class RejectionSamplingTrainer:
         return evaluation["eval/accuracy"]
 
     # ------------------------------------------------------------------ phases
-    def generate_samples(self, prompts: list[dict], r: int) -> list[dict]:
-        """This rank's share of the round's samples. Rows already on disk (an interrupted run) are reused; new rows
-        are appended to this rank's shard file batch by batch, so a kill loses at most one batch."""
+    def generate_samples(self, prompts: list[dict], r: int, timings: dict) -> list[dict]:
+        """This rank's share of the round's samples, from every generator in turn.
+
+        Each prompt gets its N samples from each generator, under sample indices that follow one another in the
+        recipe's order (`self.layout`), and every row says which generator wrote it. Rows already on disk (an
+        interrupted run) are reused; new rows are appended to this rank's shard file as they finish, so a kill
+        loses at most one batch or request. The work is spread over the ranks per generator, and each rank then
+        takes all the rows of its own prompts, whoever wrote them, so the per-prompt filters see every sample."""
         args, acc = self.args, self.accelerator
-        done = resume.generated_rows(self.output_dir, r, args.num_samples_per_prompt)
+        done = resume.generated_rows(self.output_dir, r, self.layout)
         acc.wait_for_everyone()  # every rank has read the same `done` before any rank appends new rows
-        todo = data.shard([p for p in prompts if p["prompt_id"] not in done], acc.process_index, acc.num_processes)
-        reused = data.shard([p for p in prompts if p["prompt_id"] in done], acc.process_index, acc.num_processes)
-        if done:
-            self.log(f"round {r}: reusing {len(done)} prompts' generations from disk")
-        params = SamplingParams(
-            temperature=args.for_round("temperature", r),
-            top_p=args.for_round("top_p", r),
-            top_k=args.for_round("sampling_top_k", r),
-            max_new_tokens=args.for_round("max_new_tokens", r),
-        )
-        by_id = {p["prompt_id"]: p for p in prompts}
+        reused = sum(len(rows) for rows in done.values())
+        if reused:
+            self.log(f"round {r}: reusing {reused} prompts' generations from disk")
         shard_file = resume.shard_path(self.output_dir, r, acc.process_index)
+        for g, spec in enumerate(self.generator_specs):
+            missing = [p for p in prompts if p["prompt_id"] not in done[spec.name]]
+            if not missing:
+                continue
+            todo = data.shard(missing, acc.process_index, acc.num_processes)
+            offset, n = self.layout[spec.name].start, spec.num_samples_per_prompt
 
-        def on_batch(rows: list[dict]) -> None:
-            now = time.time()
-            append_jsonl(shard_file, [{**row, "round": r, "generated_at": now} for row in rows])
-            bar.update(len(rows))
+            def on_batch(rows: list[dict], name=spec.name, offset=offset) -> None:
+                now = time.time()
+                rows = [
+                    {**row, "sample_index": offset + row["sample_index"], "generator": name, "round": r}
+                    for row in rows
+                ]
+                append_jsonl(shard_file, [{**row, "generated_at": now} for row in rows])
+                bar.update(len(rows))
 
-        with self.progress(len(todo) * args.num_samples_per_prompt, f"round {r} generate", "samples") as bar:
-            generate(
-                acc.unwrap_model(self.model),
-                self.tokenizer,
-                todo,
-                args.num_samples_per_prompt,
-                params,
-                batch_size=args.generation_batch_size,
-                seed=args.seed * 1_000_003 + r * 1009 + acc.process_index,
-                prompt_ids=[self.prompt_ids[p["prompt_id"]] for p in todo],
-                on_batch=on_batch,
-                engine=args.generation_engine,
+            desc = f"round {r} generate" + (f" [{spec.name}]" if len(self.generator_specs) > 1 else "")
+            with self.timer(timings, f"generate/{spec.name}"), self.open_generator(spec, r) as generator:
+                with self.progress(len(todo) * n, desc, "samples") as bar:
+                    generator.generate(
+                        todo,
+                        [self.prompt_ids[p["prompt_id"]] for p in todo],
+                        n,
+                        self.sampling_params(spec, r),
+                        seed=args.seed * 1_000_003 + r * 1009 + acc.process_index + 7919 * g,
+                        on_batch=on_batch,
+                    )
+                acc.wait_for_everyone()
+        on_disk = resume.generated_rows(self.output_dir, r, self.layout)
+        mine = data.shard(prompts, acc.process_index, acc.num_processes)
+        return [
+            {**p, **row} for p in mine for spec in self.generator_specs for row in on_disk[spec.name][p["prompt_id"]]
+        ]
+
+    def sampling_params(self, spec, r: int) -> SamplingParams:
+        """The round's sampling values, with the generator's own where it sets them."""
+        args = self.args
+
+        def pick(own, key):
+            return args.for_round(key, r) if own is None else own
+
+        return SamplingParams(
+            temperature=pick(spec.temperature, "temperature"),
+            top_p=pick(spec.top_p, "top_p"),
+            top_k=pick(spec.top_k, "sampling_top_k"),
+            max_new_tokens=pick(spec.max_new_tokens, "max_new_tokens"),
+        )
+
+    @contextlib.contextmanager
+    def open_generator(self, spec, r: int):
+        """The generator `spec` for round `r`, ready to sample on every rank, and released afterwards: a frozen
+        model loaded and freed, or a managed server started (by the main process) and stopped."""
+        from .generators.local import LocalGenerator, load_frozen, release
+
+        args, acc = self.args, self.accelerator
+        if spec.engine == "local" and spec.is_policy:
+            yield LocalGenerator(
+                acc.unwrap_model(self.model), self.tokenizer, args.generation_batch_size, args.generation_engine
             )
-        acc.wait_for_everyone()
-        on_disk = resume.generated_rows(self.output_dir, r, args.num_samples_per_prompt)
-        return [{**by_id[p["prompt_id"]], **row} for p in todo + reused for row in on_disk[p["prompt_id"]]]
+        elif spec.engine == "local":
+            model, tokenizer = load_frozen(spec.model, self.model_args, acc.device)
+            try:
+                yield LocalGenerator(model, tokenizer, args.generation_batch_size, args.generation_engine, True)
+            finally:
+                release(model)
+        elif spec.engine == "openai":
+            yield self.endpoints[spec.name]
+        else:
+            with self.managed_server(spec, r) as generator:
+                yield generator
+
+    @contextlib.contextmanager
+    def managed_server(self, spec, r: int):
+        """Start `spec.command` on the main process (serving the policy's latest weights, written for the round, or
+        `spec.model`), share its address with every rank, and stop it, whatever happens, before SFT."""
+        from .generators.openai_client import GeneratorError, OpenAIGenerator, check_endpoint
+        from .generators.server import ManagedServer
+
+        acc = self.accelerator
+        rdir = resume.round_dir(self.output_dir, r)
+        server, error, address = None, None, None
+        if acc.is_main_process:
+            try:
+                folder = self.write_served_model(rdir / "served_model") if spec.is_policy else spec.model
+                server = ManagedServer(spec.command, folder, rdir / f"server-{spec.name}.log", spec.startup_timeout)
+                server.name = spec.name
+                server.start()
+                address = (server.base_url, spec.served_model or folder)
+                check_endpoint(spec, *address, log_tail=server.log_tail)
+            except GeneratorError as err:
+                error = str(err)
+        error, address = broadcast_object_list([error, address])
+        try:
+            if error:
+                raise GeneratorError(error)
+            log_tail = server.log_tail if server else None
+            yield OpenAIGenerator(spec, address[0], address[1], self.tokenizer, log_tail=log_tail)
+        finally:
+            if server is not None:
+                server.stop()
+            if acc.is_main_process and spec.is_policy:
+                shutil.rmtree(rdir / "served_model", ignore_errors=True)
+
+    def write_served_model(self, path: Path) -> str:
+        """The policy's current weights as a plain model folder a server can load: LoRA merged into the base
+        weights (on the CPU, from the saved files, so the training copy is untouched), with a generation config
+        that samples (`transformers serve` would otherwise decode greedily whatever the temperature)."""
+        from transformers import AutoModelForCausalLM
+
+        from .models import torch_dtype
+
+        r = int(path.parent.name.split("_")[1])
+        last = resume.round_dir(self.output_dir, r - 1) / "checkpoint" if r > 0 else None
+        dtype = torch_dtype(self.model_args.dtype)
+        with atomic_dir(path) as tmp:
+            if last is not None and (last / "adapter_config.json").exists():
+                from peft import PeftModel
+
+                base = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+                model = PeftModel.from_pretrained(base, last).merge_and_unload()
+            else:
+                model = AutoModelForCausalLM.from_pretrained(last or self.model_path, dtype=dtype)
+            model.generation_config.do_sample = True
+            model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            del model
+        return str(path)
 
     def select_samples(self, local: list[dict], r: int) -> None:
         """Mark this rank's rows `filtered_out` (taken out by the recipe's filters) and `selected`.

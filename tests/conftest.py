@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,70 @@ def recipe_args(model_path, output_dir, **overrides) -> list[str]:
         else:
             argv += [f"--{key}", "none" if value is None else str(value)]
     return argv
+
+
+SERVE = str(Path(sys.executable).parent / "transformers")  # `transformers serve`, from transformers[serving]
+
+
+@pytest.fixture(scope="session")
+def sampling_model(tmp_path_factory, tiny_model) -> Path:
+    """The tiny model with a generation config that samples: `transformers serve` decodes greedily otherwise."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    path = tmp_path_factory.mktemp("tiny-llama-sampling")
+    shutil.copytree(tiny_model, path, dirs_exist_ok=True)
+    config = GenerationConfig.from_pretrained(path)
+    config.do_sample = True
+    config.save_pretrained(path)
+    return path
+
+
+class Server:
+    """A real `transformers serve` on 127.0.0.1, started and stopped by process id."""
+
+    def __init__(self, tmp: Path, port: int | None = None):
+        from rs_trainer.generators.server import free_port
+
+        self.port = port or free_port()
+        self.tmp = tmp
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.process = None
+
+    def start(self) -> "Server":
+        import subprocess
+        import time
+        import urllib.error
+        import urllib.request
+
+        (self.tmp / "hub").mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(self.tmp / "hub"), "OMP_NUM_THREADS": "1"}
+        cmd = [SERVE, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu"]
+        log = open(self.tmp / f"serve-{self.port}.log", "ab")
+        self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert self.process.poll() is None, (self.tmp / f"serve-{self.port}.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"{self.base_url}/models", timeout=2)
+                return self
+            except urllib.error.HTTPError:
+                return self
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("transformers serve did not start")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = Server(tmp_path / "server").start()
+    yield srv
+    srv.stop()

@@ -28,3 +28,8 @@ def slow_length_reward(prompts, completions, **kwargs):
         Path(mark).touch()
         time.sleep(60)
     return length_reward(prompts, completions)
+
+
+def prefers_teacher(prompts, completions, generator=None, **kwargs):
+    """1 for the `teacher` generator's samples, 0 for the others': a known winner for cross-generator tests."""
+    return [1.0 if g == "teacher" else 0.0 for g in generator]

@@ -18,7 +18,6 @@ def test_progress_is_silent_off_the_main_process(capsys):
     assert capsys.readouterr().err == ""
 
 
-
 def test_sft_progress_outside_a_terminal_prints_no_line_per_step(tiny_model, tmp_path, capsys):
     """The trainer's SFT bar shows the loss without a redraw of its own: a round of many quick steps prints a
     couple of lines, not one (or two) per step, and the last one shows the loss."""

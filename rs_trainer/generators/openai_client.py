@@ -1,0 +1,203 @@
+"""Sampling through an OpenAI-compatible endpoint: vLLM, SGLang, TGI, llama.cpp's server, `transformers serve`, or
+a hosted API.
+
+- The text-completions endpoint gets the prompt rendered by our own tokenizer and chat template (as text, or as
+  token ids with `prompt_format: tokens`), so what SFT trains on is exactly what was sampled. Chat completions are
+  for endpoints without a text API; those rows record `server_template: true`.
+- Requests run on a bounded pool of threads (`max_concurrency`); each has its own timeout, and connection errors,
+  408/409/429/5xx answers and timeouts are retried with exponential backoff (`max_retries`), by the `openai`
+  client, which is what its users already know.
+- `n` is asked for; a server that ignores it (`transformers serve` does) answers with one choice, and the rest
+  of that prompt's samples are then requested one by one, each with its own seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+from ..generation import SamplingParams, render_prompt
+from .spec import GeneratorSpec
+
+
+class GeneratorError(RuntimeError):
+    """A generator could not produce its samples; the message names the endpoint, the model and the fix."""
+
+
+def request_seed(seed: int, prompt_id: str, sample_index: int) -> int:
+    """A distinct, reproducible seed per request, from (seed, prompt, sample)."""
+    digest = hashlib.blake2b(f"{seed}:{prompt_id}:{sample_index}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+
+def make_client(spec: GeneratorSpec, base_url: str):
+    from openai import OpenAI
+
+    key = os.environ.get(spec.api_key_env, "") if spec.api_key_env else ""
+    if spec.api_key_env and not key:
+        raise GeneratorError(f"generator {spec.name!r}: the environment variable {spec.api_key_env} is not set.")
+    return OpenAI(base_url=base_url, api_key=key or "none", timeout=spec.timeout, max_retries=spec.max_retries)
+
+
+def check_endpoint(spec: GeneratorSpec, base_url: str, model: str, log_tail: Callable[[], str] | None = None):
+    """Refuse an endpoint that does not answer, or that does not serve `model`, before any sampling.
+
+    Some servers list only what they have loaded (`transformers serve` loads a folder on first request), so a
+    model missing from `/v1/models` is tried with a one-token request before it is refused."""
+    import openai
+
+    client = make_client(spec, base_url).with_options(max_retries=1, timeout=min(spec.timeout, 60))
+    where = f"generator {spec.name!r} at {base_url}"
+    tail = f"\nserver log (last lines):\n{log_tail()}" if log_tail else ""
+    try:
+        served = [m.id for m in client.models.list()]
+    except openai.APIConnectionError as err:
+        raise GeneratorError(f"{where} does not answer ({err}); start the server or fix `base_url`.{tail}") from None
+    except openai.APIStatusError:
+        served = []  # it answers, but cannot list (transformers serve without a hub cache): the probe decides
+    if model in served:
+        return
+    try:
+        probe(client, spec, model)
+    except openai.APIStatusError as err:
+        raise GeneratorError(
+            f"{where} does not serve model {model!r} (it lists {served[:5]}; a one-token request for it was "
+            f"answered {err.status_code}: {str(err.message)[:200]}); fix the generator's `model`.{tail}"
+        ) from None
+    except openai.APIError as err:
+        raise GeneratorError(f"{where}: a one-token request for {model!r} failed ({err}).{tail}") from None
+
+
+def probe(client, spec: GeneratorSpec, model: str) -> None:
+    if spec.api == "chat":
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
+    else:
+        client.completions.create(model=model, prompt="Hi", max_tokens=1)
+
+
+class OpenAIGenerator:
+    """Samples from an OpenAI-compatible endpoint. `model` is the name requests use."""
+
+    def __init__(self, spec: GeneratorSpec, base_url: str, model: str, tokenizer, log_tail=None):
+        self.spec, self.base_url, self.model, self.tokenizer = spec, base_url, model, tokenizer
+        self.log_tail = log_tail
+        self.client = make_client(spec, base_url)
+        self.honours_n: bool | None = None  # learnt from the first answer
+
+    def generate(
+        self,
+        prompts: list[dict],
+        prompt_ids: list[list[int]],
+        num_samples: int,
+        params: SamplingParams,
+        seed: int = 0,
+        on_batch: Callable[[list[dict]], None] | None = None,
+    ) -> list[dict]:
+        """Every prompt's `num_samples` completions; a prompt's rows reach `on_batch` together once all are in."""
+        import openai
+
+        results: dict[str, list[dict]] = {}
+        lock = threading.Lock()
+
+        def one_prompt(i: int) -> None:
+            rows = self._sample(prompts[i], prompt_ids[i], num_samples, params, seed)
+            with lock:
+                results[prompts[i]["prompt_id"]] = rows
+                if on_batch:
+                    on_batch(rows)
+
+        pool = ThreadPoolExecutor(max_workers=self.spec.max_concurrency)
+        try:
+            futures = [pool.submit(one_prompt, i) for i in range(len(prompts))]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f.exception() for f in done if f.exception()), None)
+            if failed is not None:
+                for f in futures:
+                    f.cancel()
+                raise failed
+        except openai.APIError as err:
+            tail = f"\nserver log (last lines):\n{self.log_tail()}" if self.log_tail else ""
+            raise GeneratorError(
+                f"generator {self.spec.name!r} at {self.base_url} (model {self.model!r}) failed after "
+                f"{self.spec.max_retries} retries: {err}. Rows finished before are saved; rerun the same command "
+                f"to resume.{tail}"
+            ) from None
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return [row for p in prompts for row in results[p["prompt_id"]]]
+
+    # ------------------------------------------------------------------ one prompt
+    def _sample(self, prompt: dict, ids: list[int], n: int, params: SamplingParams, seed: int) -> list[dict]:
+        choices: list[tuple] = []
+        start = time.perf_counter()
+        while len(choices) < n:
+            want = n - len(choices) if self.honours_n is not False else 1
+            got = self._request(prompt, ids, want, params, request_seed(seed, prompt["prompt_id"], len(choices)))
+            if want > 1 and self.honours_n is None:
+                self.honours_n = len(got) == want
+            choices.extend(got[:want])
+        seconds = time.perf_counter() - start
+        return [
+            {
+                "prompt_id": prompt["prompt_id"],
+                "sample_index": s,
+                **row,
+                "generation_seconds": seconds / n,
+            }
+            for s, row in enumerate(choices)
+        ]
+
+    def _request(self, prompt: dict, ids: list[int], n: int, params: SamplingParams, seed: int) -> list[dict]:
+        common = {
+            "model": self.model,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "seed": seed,
+        }
+        if n > 1:
+            common["n"] = n
+        extra = dict(self.spec.extra_body)
+        if params.top_k:
+            extra.setdefault("top_k", params.top_k)
+        if self.spec.api == "chat":
+            if self.spec.logprobs:
+                common["logprobs"] = True
+            out = self.client.chat.completions.create(messages=prompt["prompt"], extra_body=extra or None, **common)
+            texts = [(c.message.content or "", c.finish_reason, _chat_logprob(c)) for c in out.choices]
+        else:
+            if self.spec.logprobs:
+                common["logprobs"] = 1
+            text = ids if self.spec.prompt_format == "tokens" else render_prompt(self.tokenizer, prompt["prompt"])
+            out = self.client.completions.create(prompt=text, extra_body=extra or None, **common)
+            texts = [(c.text, c.finish_reason, _text_logprob(c)) for c in out.choices]
+        usage = getattr(out, "usage", None)
+        rows = []
+        for text, finish_reason, logprob in texts:
+            finished = finish_reason == "stop"
+            counted = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + finished
+            tokens = usage.completion_tokens if usage is not None and len(texts) == 1 else counted
+            row = {"completion": text, "completion_tokens": tokens, "finished": finished}
+            row["finish_reason"] = finish_reason
+            if logprob is not None:
+                row["logprob"] = logprob
+            if self.spec.api == "chat":
+                row["server_template"] = True
+            rows.append(row)
+        return rows
+
+
+def _text_logprob(choice) -> float | None:
+    lp = getattr(choice, "logprobs", None)
+    values = getattr(lp, "token_logprobs", None) if lp is not None else None
+    return float(sum(v for v in values if v is not None)) if values else None
+
+
+def _chat_logprob(choice) -> float | None:
+    lp = getattr(choice, "logprobs", None)
+    content = getattr(lp, "content", None) if lp is not None else None
+    return float(sum(t.logprob for t in content)) if content else None

@@ -1,0 +1,131 @@
+"""A recipe's `generators:` list, checked into `GeneratorSpec`s. Pure: no model, no network."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..config import ConfigError
+
+ENGINES = ("local", "openai", "server")
+APIS = ("completions", "chat")
+POLICY = "policy"  # `model` value (or no `model`) that means the model being trained
+
+
+@dataclass
+class GeneratorSpec:
+    """One source of samples in a round. Keys, as written in a recipe's `generators:` list:
+
+    - `name` (`str`): unique; written on every row it generates (`generator`) and used in metric names.
+    - `engine` (`str`, *optional*, defaults to `"local"`): `local` (in-process), `openai` (an endpoint that is
+      already running, at `base_url`) or `server` (started by rs_trainer each round from `command`).
+    - `model` (`str`, *optional*): `local`: a frozen model (hub id, folder or `embedded:<name>`), default the policy;
+      `openai`: the served model's name; `server`: a fixed model to serve, default the policy's latest weights.
+    - `num_samples_per_prompt` (`int`, *optional*): default the recipe's `num_samples_per_prompt`.
+    - `temperature`, `top_p`, `top_k`, `max_new_tokens` (*optional*): override the round's sampling values.
+    - `base_url` (`str`): `openai` only, e.g. `http://127.0.0.1:8000/v1`.
+    - `api_key_env` (`str`, *optional*): the environment variable that holds the API key; the key itself is never
+      written to a recipe or to disk.
+    - `api` (`str`, *optional*, defaults to `"completions"`): `completions` sends the prompt rendered by our own
+      chat template, so what is trained is exactly what was sampled; `chat` sends the messages and the server
+      applies its own template (rows record `server_template: true`), for hosted APIs without a text endpoint.
+    - `prompt_format` (`str`, *optional*, defaults to `"text"`): `tokens` sends the prompt as token ids (vLLM and
+      SGLang take them), so the server cannot tokenize it differently.
+    - `command` (`str`): `server` only, a template with `{model}`, `{host}` and `{port}`, e.g.
+      `vllm serve {model} --host {host} --port {port}` or `transformers serve --host {host} --port {port}`.
+    - `served_model` (`str`, *optional*): `server` only: the name requests use; default the `{model}` folder.
+    - `startup_timeout` (`float`, *optional*, defaults to 600): seconds for a managed server to answer.
+    - `max_concurrency` (`int`, *optional*, defaults to 8): requests in flight at once.
+    - `timeout` (`float`, *optional*, defaults to 300): seconds for one request.
+    - `max_retries` (`int`, *optional*, defaults to 5): retries of a request after a connection error, a 408, 409,
+      429 or 5xx answer, or a timeout, with exponential backoff.
+    - `logprobs` (`bool`, *optional*, defaults to `false`): ask for token log-probabilities and record their sum.
+    - `extra_body` (`dict`, *optional*): extra request fields the server understands (vLLM's `top_k`,
+      `transformers serve`'s `generation_config`).
+    """
+
+    name: str
+    engine: str = "local"
+    model: str | None = None
+    num_samples_per_prompt: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_new_tokens: int | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    api: str = "completions"
+    prompt_format: str = "text"
+    command: str | None = None
+    served_model: str | None = None
+    startup_timeout: float = 600.0
+    max_concurrency: int = 8
+    timeout: float = 300.0
+    max_retries: int = 5
+    logprobs: bool = False
+    extra_body: dict = field(default_factory=dict)
+
+    @property
+    def is_policy(self) -> bool:
+        """Samples from the model being trained (so the next round's come from this round's weights)."""
+        return self.engine != "openai" and self.model in (None, POLICY)
+
+
+def parse_generators(entries: list[dict] | None, default_samples: int) -> list[GeneratorSpec]:
+    """The recipe's `generators` list as specs; none listed means one: the policy, in-process (`policy`)."""
+    if not entries:
+        return [GeneratorSpec(name=POLICY, num_samples_per_prompt=default_samples)]
+    if not isinstance(entries, list):
+        raise ConfigError("`generators` must be a list of mappings, each with at least a `name`.")
+    known = {f.name for f in dataclasses.fields(GeneratorSpec)}
+    specs = []
+    for i, entry in enumerate(entries):
+        where = f"`generators[{i}]`"
+        if not isinstance(entry, dict) or not entry.get("name"):
+            raise ConfigError(f"{where} needs a `name` (a mapping such as `{{name: teacher, model: ...}}`).")
+        unknown = sorted(set(entry) - known)
+        if unknown:
+            raise ConfigError(f"{where} ({entry['name']}): unknown keys {unknown}; the keys are {sorted(known)}.")
+        spec = GeneratorSpec(**entry)
+        spec.num_samples_per_prompt = spec.num_samples_per_prompt or default_samples
+        _check(spec, where)
+        specs.append(spec)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"`generators` names must be unique, got {names}.")
+    return specs
+
+
+def _check(spec: GeneratorSpec, where: str) -> None:
+    where = f"{where} ({spec.name})"
+    if spec.engine not in ENGINES:
+        raise ConfigError(f"{where}: `engine` {spec.engine!r} is unknown; choose one of {ENGINES}.")
+    if spec.api not in APIS:
+        raise ConfigError(f"{where}: `api` {spec.api!r} is unknown; choose one of {APIS}.")
+    if spec.prompt_format not in ("text", "tokens"):
+        raise ConfigError(f"{where}: `prompt_format` must be `text` or `tokens`, got {spec.prompt_format!r}.")
+    if spec.prompt_format == "tokens" and spec.api == "chat":
+        raise ConfigError(f"{where}: `prompt_format: tokens` needs `api: completions`.")
+    if spec.num_samples_per_prompt < 1:
+        raise ConfigError(f"{where}: `num_samples_per_prompt` must be at least 1.")
+    if spec.engine == "openai":
+        if not spec.base_url or not spec.model:
+            raise ConfigError(
+                f"{where}: `engine: openai` needs `base_url` (e.g. http://127.0.0.1:8000/v1) and `model`."
+            )
+    elif spec.base_url or spec.api_key_env:
+        raise ConfigError(f"{where}: `base_url` and `api_key_env` are for `engine: openai`.")
+    if spec.engine == "server":
+        if not spec.command or "{port}" not in spec.command:
+            raise ConfigError(
+                f"{where}: `engine: server` needs a `command` template with `{{port}}` (and `{{model}}`, `{{host}}`), "
+                "e.g. `vllm serve {model} --host {host} --port {port}`."
+            )
+    elif spec.command or spec.served_model:
+        raise ConfigError(f"{where}: `command` and `served_model` are for `engine: server`.")
+    if spec.engine == "local" and (spec.api != "completions" or spec.prompt_format != "text" or spec.extra_body):
+        raise ConfigError(f"{where}: `api`, `prompt_format` and `extra_body` are for server engines.")
+    if spec.temperature is not None and spec.temperature < 0:
+        raise ConfigError(f"{where}: `temperature` must be >= 0.")
+    if spec.max_concurrency < 1 or spec.max_retries < 0 or spec.timeout <= 0:
+        raise ConfigError(f"{where}: `max_concurrency` >= 1, `max_retries` >= 0 and `timeout` > 0, please.")

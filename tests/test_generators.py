@@ -1,0 +1,172 @@
+"""Generators beyond the in-process policy, against real `transformers serve` processes on 127.0.0.1: a teacher
+behind an OpenAI-compatible endpoint next to the policy, the policy behind a server rs_trainer starts each round,
+refusals before sampling, and a server killed mid-round then resumed. Nothing leaves this machine."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, SERVE, Server, recipe_args
+
+from rs_trainer.cli import main
+from rs_trainer.export import dpo_pairs
+from rs_trainer.generators.server import free_port
+from rs_trainer.io import read_jsonl, read_jsonl_prefix
+
+pytestmark = pytest.mark.slow
+
+
+def teacher(base_url, model, **extra):
+    return {"name": "teacher", "engine": "openai", "base_url": base_url, "model": str(model), **extra}
+
+
+def write_recipe(path, argv, generators):
+    """A recipe file holding `generators` (a list of mappings is a recipe key, not a command-line flag)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({"generators": generators}))
+    return ["--config", str(path), *argv]
+
+
+def run(argv, capsys) -> tuple[int, str]:
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_endpoint_that_refuses_connections_is_refused_before_sampling(tiny_model, tmp_path, capsys):
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    out = tmp_path / "o"
+    argv = write_recipe(tmp_path / "r.yaml", recipe_args(tiny_model, out), [{"name": "policy"}, teacher(url, "m")])
+    code, err = run(argv, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert "`generators[1]` (teacher)" in err and url in err and "does not answer" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_wrong_model_name_is_refused_before_sampling(tiny_model, server, tmp_path, capsys):
+    out = tmp_path / "o"
+    gens = [{"name": "policy"}, teacher(server.base_url, tmp_path / "no-such-model")]
+    code, err = run(write_recipe(tmp_path / "r.yaml", recipe_args(tiny_model, out), gens), capsys)
+    assert code == 2, err
+    assert "does not serve model" in err and "no-such-model" in err and server.base_url in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_policy_and_teacher_round(tiny_model, sampling_model, server, tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = recipe_args(
+        tiny_model,
+        out,
+        eval_split=None,
+        selection="best_of_n",
+        top_k=None,
+        reward_funcs=["tests.scorers_for_tests.prefers_teacher"],
+        report_to="none",
+    )
+    gens = [
+        {"name": "policy", "num_samples_per_prompt": 2},
+        teacher(server.base_url, sampling_model, max_concurrency=4),
+    ]
+    code, err = run(write_recipe(tmp_path / "r.yaml", argv, gens), capsys)
+    assert code == 0, err
+    rows = read_jsonl(out / "round_0" / "generations.jsonl")
+    keys = [(x["round"], x["prompt_id"], x["generator"], x["sample_index"]) for x in rows]
+    assert len(keys) == len(set(keys)) == 6 * 4
+    for x in rows:  # the recipe's order gives each generator its sample indices
+        assert x["sample_index"] in ((0, 1) if x["generator"] == "policy" else (2, 3))
+    served = [x for x in rows if x["generator"] == "teacher"]
+    assert all(x["finish_reason"] in ("stop", "length") and x["completion_tokens"] > 0 for x in served)
+    by_prompt = {}
+    for x in served:
+        by_prompt.setdefault(x["prompt_id"], set()).add(x["completion"])
+    assert any(len(texts) > 1 for texts in by_prompt.values()), "the server returned identical samples"
+    metrics = json.loads((out / "round_0" / "metrics.json").read_text())
+    assert metrics["gen/teacher/selected_share"] == 1.0 and metrics["gen/policy/selected_share"] == 0.0
+    assert metrics["gen/teacher/pass_rate"] == 1.0 and metrics["gen/policy/reward_mean"] == 0.0
+    assert metrics["gen/teacher/tokens_per_s"] > 0 and metrics["gen/policy/samples"] == 12
+    pairs = dpo_pairs(rows)
+    assert pairs and all(p["chosen_generator"] == "teacher" and p["rejected_generator"] == "policy" for p in pairs)
+
+
+def test_policy_behind_a_managed_server(tiny_model, tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = recipe_args(
+        tiny_model,
+        out,
+        num_rounds=2,
+        use_peft=True,
+        lora_target_modules=["q_proj", "v_proj"],
+        eval_split=None,
+        report_to="none",
+        reward_funcs=["tests.scorers_for_tests.length_reward"],
+    )
+    command = f"{SERVE} serve --host {{host}} --port {{port}} --device cpu"
+    gens = [{"name": "policy", "engine": "server", "command": command, "startup_timeout": 120}]
+    code, err = run(write_recipe(tmp_path / "r.yaml", argv, gens), capsys)
+    assert code == 0, err
+    for r in range(2):
+        rows = read_jsonl(out / f"round_{r}" / "generations.jsonl")
+        assert len(rows) == 12 and {x["generator"] for x in rows} == {"policy"}
+        log = (out / f"round_{r}" / "server-policy.log").read_text()
+        assert f"round_{r}/served_model" in log  # round 1 served the weights round 0 trained, merged
+        assert not (out / f"round_{r}" / "served_model").exists()  # removed once the round had sampled
+    assert json.loads((out / "round_1" / "metrics.json").read_text())["train/steps"] > 0
+
+
+def test_server_killed_mid_round_then_resumed(tiny_model, sampling_model, tmp_path):
+    port = free_port()
+    srv = Server(tmp_path / "server", port).start()
+    out = tmp_path / "o"
+    argv = recipe_args(
+        tiny_model,
+        out,
+        task_num_train=16,
+        eval_split=None,
+        report_to="none",
+        top_k=8,
+        reward_funcs=["tests.scorers_for_tests.length_reward"],
+        max_new_tokens=24,
+    )
+    gens = [
+        {"name": "policy", "num_samples_per_prompt": 1},
+        teacher(srv.base_url, sampling_model, max_concurrency=1, max_retries=1, timeout=20, num_samples_per_prompt=2),
+    ]
+    argv = write_recipe(tmp_path / "r.yaml", argv, gens)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "rs_trainer", *argv]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    shard = out / "round_0" / "shards" / "generations.rank0.jsonl"
+    deadline = time.time() + 300
+    while sum(x["generator"] == "teacher" for x in read_jsonl_prefix(shard)) < 6 and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    srv.stop()  # the server dies mid-round
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]
+    assert "rs_trainer: error: generator 'teacher'" in err and "rerun the same command" in err
+    assert "Traceback" not in err
+    before = {(x["generator"], x["prompt_id"], x["sample_index"]): x["generated_at"] for x in read_jsonl_prefix(shard)}
+    assert 6 <= sum(k[0] == "teacher" for k in before) < 32
+
+    srv = Server(tmp_path / "server", port).start()  # the same endpoint comes back
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        srv.stop()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_jsonl(out / "round_0" / "generations.jsonl")
+    keys = [(x["generator"], x["prompt_id"], x["sample_index"]) for x in rows]
+    assert len(keys) == len(set(keys)) == 16 * 3  # nothing lost, nothing doubled
+    final = {(x["generator"], x["prompt_id"], x["sample_index"]): x["generated_at"] for x in rows}
+    complete = {k for k in before if k[0] == "policy"}  # policy rows were all done before the kill
+    assert all(final[k] == before[k] for k in complete)
+    teacher_done = {}
+    for k in before:
+        if k[0] == "teacher":
+            teacher_done.setdefault(k[1], []).append(k)
+    reused = [k for ks in teacher_done.values() if len(ks) == 2 for k in ks]
+    assert reused and all(final[k] == before[k] for k in reused)  # finished requests were not sent again
