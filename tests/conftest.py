@@ -140,7 +140,7 @@ class Server:
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.process = None
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         import subprocess
         import time
         import urllib.error

@@ -4,7 +4,6 @@ refusals before sampling, and a server killed mid-round then resumed. Nothing le
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
