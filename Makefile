@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install check-accelerate-config demo demo-multi-cpu reward-model demo-reward-model best-of-n test quality format clean
+.PHONY: install check-accelerate-config demo demo-distill demo-served demo-multi-cpu reward-model demo-reward-model best-of-n test quality format clean
 
 install: $(VENV)/.installed
 
@@ -48,6 +48,16 @@ demo-reward-model: install
 	test -f $(REWARD_MODEL) || $(MAKE) reward-model ARGS=
 	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) -m rs_trainer \
 		--config recipes/smollm2/arithmetic_reward_model.yaml $(ARGS)
+
+# A teacher (the default run's round-1 adapter) and the student sample side by side; the verifier filters.
+demo-distill: install $(DEMO_RUN)
+	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) -m rs_trainer \
+		--config recipes/smollm2/arithmetic_distill.yaml $(ARGS)
+
+# The policy behind a real OpenAI-compatible server (`transformers serve`, from .venv/bin) started each round.
+demo-served: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) -m rs_trainer \
+		--config recipes/smollm2/arithmetic_served.yaml $(ARGS)
 
 # Best-of-N at inference time, no training: 32 questions x 16 samples; writes outputs/smollm2-best-of-n/best_of_n.png.
 best-of-n: install

@@ -41,6 +41,7 @@ from .sft import (
 )
 
 RUN_CONFIG = "run_config.json"
+GPU_ONLY_SERVERS = ("vllm", "sglang", "text-generation-launcher")  # programs of engines that need a CUDA GPU
 
 
 def by_key(rows: list[dict]) -> list[dict]:
@@ -146,6 +147,11 @@ class RejectionSamplingTrainer:
                     raise ConfigError(f"{where}: `model` {spec.model}: {err}") from None
             if spec.engine == "server":
                 program = shlex.split(spec.command)[0]
+                if Path(program).name in GPU_ONLY_SERVERS and not torch.cuda.is_available():
+                    raise ConfigError(
+                        f"{where}: `command` runs {Path(program).name}, which serves on CUDA GPUs only, and this "
+                        "machine has none; on the CPU use `transformers serve ... --device cpu` or `engine: local`."
+                    )
                 if shutil.which(program) is None and not Path(program).exists():
                     raise ConfigError(f"{where}: `command` runs {program!r}, which is not on this machine's PATH.")
                 if spec.is_policy and not self.args.save_checkpoints:

@@ -46,6 +46,16 @@ def test_endpoint_that_refuses_connections_is_refused_before_sampling(tiny_model
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_gpu_only_server_on_a_cpu_machine_is_refused(tiny_model, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    gens = [{"name": "policy", "engine": "server", "command": "vllm serve {model} --host {host} --port {port}"}]
+    code, err = run(write_recipe(tmp_path / "r.yaml", recipe_args(tiny_model, tmp_path / "o"), gens), capsys)
+    assert code == 2 and "serves on CUDA GPUs only" in err and "--device cpu" in err, err
+
+
 def test_wrong_model_name_is_refused_before_sampling(tiny_model, server, tmp_path, capsys):
     out = tmp_path / "o"
     gens = [{"name": "policy"}, teacher(server.base_url, tmp_path / "no-such-model")]
@@ -169,3 +179,21 @@ def test_server_killed_mid_round_then_resumed(tiny_model, sampling_model, tmp_pa
             teacher_done.setdefault(k[1], []).append(k)
     reused = [k for ks in teacher_done.values() if len(ks) == 2 for k in ks]
     assert reused and all(final[k] == before[k] for k in reused)  # finished requests were not sent again
+
+
+def test_a_server_that_does_not_sample_is_reported(tiny_model, server):
+    """The tiny model's own generation config does not sample, so `transformers serve` decodes greedily."""
+    from rs_trainer.generation import SamplingParams, encode_prompts
+    from rs_trainer.generators.openai_client import OpenAIGenerator
+    from rs_trainer.generators.spec import GeneratorSpec
+    from rs_trainer.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model))
+    prompts = [{"prompt_id": f"p{i}", "prompt": [{"role": "user", "content": f"What is {i} + 1?"}]} for i in range(4)]
+    spec = GeneratorSpec(name="greedy", engine="openai", base_url=server.base_url, model=str(tiny_model))
+    generator = OpenAIGenerator(spec, server.base_url, str(tiny_model), tok)
+    with pytest.warns(UserWarning, match="probably not sampling"):
+        rows = generator.generate(
+            prompts, encode_prompts(tok, prompts), 2, SamplingParams(temperature=1.0, max_new_tokens=4)
+        )
+    assert len(rows) == 8 and [r["sample_index"] for r in rows[:2]] == [0, 1]

@@ -53,7 +53,9 @@ def outcome(out, rounds=2):
         ]
         result[r, "sft"] = read_jsonl(rdir / "sft.jsonl")
         metrics = json.loads((rdir / "metrics.json").read_text())
-        result[r, "metrics"] = {k: v for k, v in metrics.items() if not k.startswith("timing/")}
+        result[r, "metrics"] = {
+            k: v for k, v in metrics.items() if not k.startswith("timing/") and not k.endswith("tokens_per_s")
+        }
         result[r, "adapter"] = (rdir / "checkpoint" / "adapter_model.safetensors").read_bytes()
     return result
 

@@ -17,6 +17,7 @@ import hashlib
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
@@ -128,7 +129,22 @@ class OpenAIGenerator:
             ) from None
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+        self._check_sampling(results, num_samples, params)
         return [row for p in prompts for row in results[p["prompt_id"]]]
+
+    def _check_sampling(self, results: dict[str, list[dict]], n: int, params: SamplingParams) -> None:
+        """Warn when a server that should sample did not: every prompt's N completions identical. (`transformers
+        serve` decodes greedily, whatever the temperature, when the model's generation config does not sample.)"""
+        if params.temperature == 0 or n < 2 or len(results) < 4:
+            return
+        if all(len({row["completion"] for row in rows}) == 1 for rows in results.values()):
+            warnings.warn(
+                f"generator {self.spec.name!r} ({self.base_url}, model {self.model!r}) returned {n} identical "
+                f"completions for each of {len(results)} prompts at temperature {params.temperature}: the server "
+                "is probably not sampling; for `transformers serve`, set `do_sample: true` in the model's "
+                "generation_config.json.",
+                stacklevel=2,
+            )
 
     # ------------------------------------------------------------------ one prompt
     def _sample(self, prompt: dict, ids: list[int], n: int, params: SamplingParams, seed: int) -> list[dict]:
