@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from .config import ConfigError, RSConfig, check_peft_keys
+from .config import ConfigError, RSConfig, check_peft_keys, first_line
 from .generators.openai_client import GeneratorError
 from .io import is_disk_full
 
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if not is_disk_full(err):
             raise
-        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        detail = first_line(err)[:200]
         print(
             f"rs_trainer: error: a write failed for lack of disk space ({detail}); the files written before are "
             "intact: free some space, then rerun the same command to resume.",

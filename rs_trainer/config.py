@@ -41,6 +41,11 @@ class ConfigError(ValueError):
     """A recipe value that cannot work; the message names the key and what to change."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (or its type), to quote inside a one-line error."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 @dataclass
 class RSConfig:
     # ---- run ----

@@ -10,7 +10,7 @@ import json
 import random
 from pathlib import Path
 
-from .config import LOCAL_FORMATS, ConfigError
+from .config import LOCAL_FORMATS, ConfigError, first_line
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -54,10 +54,10 @@ def _load_rows(name: str, split: str, key: str, split_key: str) -> list[dict]:
     except ValueError as err:
         if "Unknown split" not in str(err):
             raise
-        reason = str(err).strip().splitlines()[0]
+        reason = first_line(err)
         raise ConfigError(f"`{split_key}` {split!r} is not a split of {name} ({reason}); name one that is.") from None
     except (OSError, ConnectionError) as err:  # not on the Hub, or offline and not cached
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        reason = first_line(err)
         raise ConfigError(
             f"`{key}` {name} could not be loaded ({reason}); name a local file ({', '.join(LOCAL_FORMATS)}), a "
             "local dataset folder, or a hub dataset available offline."

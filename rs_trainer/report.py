@@ -27,6 +27,22 @@ def plot_report(history: list[dict], samples: list[dict], base_accuracy: float |
     ax.plot(rounds, [m.get("rs/acceptance_rate") for m in history], "o-", label="acceptance rate")
     ax.plot(rounds, [m.get("rs/pass@1") for m in history], "s--", label="pass@1 (samples)")
     ax.plot(rounds, [m.get("rs/pass@n") for m in history], "^--", label="pass@N (samples)")
+    generators = sorted({k.split("/")[1] for m in history for k in m if k.startswith("gen/")})
+    if len(generators) > 1:  # where the selected set came from, and how often each generator was right
+        for name in generators:
+            share = ax.plot(
+                rounds,
+                [m.get(f"gen/{name}/selected_share") for m in history],
+                "d-",
+                label=f"{name}: share of selected",
+            )
+            ax.plot(
+                rounds,
+                [m.get(f"gen/{name}/pass_rate") for m in history],
+                ":",
+                color=share[0].get_color(),
+                label=f"{name}: pass rate",
+            )
     ax.set(title="Acceptance and pass rates", xlabel="round", ylim=(0, 1.05))
     ax.legend(fontsize=8)
     ax = axes[1][0]

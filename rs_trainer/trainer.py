@@ -20,7 +20,7 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from . import data, filters, resume, selection
-from .config import NON_SEMANTIC_KEYS, ConfigError, RSConfig
+from .config import NON_SEMANTIC_KEYS, ConfigError, RSConfig, first_line
 from .export import sft_rows
 from .generation import SamplingParams, encode_prompts, generate
 from .io import append_jsonl, atomic_dir, recover_dir, write_atomic, write_json, write_jsonl
@@ -41,7 +41,6 @@ from .sft import (
 )
 
 RUN_CONFIG = "run_config.json"
-GPU_ONLY_SERVERS = ("vllm", "sglang", "text-generation-launcher")  # programs of engines that need a CUDA GPU
 
 
 def by_key(rows: list[dict]) -> list[dict]:
@@ -126,44 +125,12 @@ class RejectionSamplingTrainer:
             acc.init_trackers("rs_trainer", config=flat)
 
     def _setup_generators(self) -> None:
-        """Check every generator before anything is sampled: a teacher's folder, a managed server's program, an
-        endpoint that must answer and serve its model. `self.layout` gives each generator its sample indices."""
-        import shlex
-
-        from .generators.openai_client import GeneratorError, OpenAIGenerator, check_endpoint
+        """Check every generator before anything is sampled; `self.layout` gives each its sample indices."""
+        from .generators.setup import check_generators, sample_layout
 
         self.generator_specs = self.args.generator_specs()
-        self.layout, start = {}, 0
-        for spec in self.generator_specs:
-            self.layout[spec.name] = range(start, start + spec.num_samples_per_prompt)
-            start += spec.num_samples_per_prompt
-        self.endpoints = {}
-        for i, spec in enumerate(self.generator_specs):
-            where = f"`generators[{i}]` ({spec.name})"
-            if spec.engine == "local" and not spec.is_policy:
-                try:
-                    check_model_folder(resolve_model_path(spec.model))
-                except (ValueError, OSError) as err:
-                    raise ConfigError(f"{where}: `model` {spec.model}: {err}") from None
-            if spec.engine == "server":
-                program = shlex.split(spec.command)[0]
-                if Path(program).name in GPU_ONLY_SERVERS and not torch.cuda.is_available():
-                    raise ConfigError(
-                        f"{where}: `command` runs {Path(program).name}, which serves on CUDA GPUs only, and this "
-                        "machine has none; on the CPU use `transformers serve ... --device cpu` or `engine: local`."
-                    )
-                if shutil.which(program) is None and not Path(program).exists():
-                    raise ConfigError(f"{where}: `command` runs {program!r}, which is not on this machine's PATH.")
-                if spec.is_policy and not self.args.save_checkpoints:
-                    raise ConfigError(
-                        f"{where}: a served policy loads each round's checkpoint; set `save_checkpoints: true`."
-                    )
-            if spec.engine == "openai":
-                try:
-                    check_endpoint(spec, spec.base_url, spec.model)
-                    self.endpoints[spec.name] = OpenAIGenerator(spec, spec.base_url, spec.model, self.tokenizer)
-                except GeneratorError as err:
-                    raise ConfigError(f"{where}: {err}") from None
+        self.layout = sample_layout(self.generator_specs)
+        self.endpoints = check_generators(self.generator_specs, self.tokenizer, self.args.save_checkpoints)
 
     def _load_tokenizer(self):
         """The model's folder and tokenizer; a folder or hub id that holds no model is refused by name."""
@@ -176,7 +143,7 @@ class RejectionSamplingTrainer:
             AutoConfig.from_pretrained(path)
             return path, load_tokenizer(path)
         except (OSError, ValueError) as err:
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            reason = first_line(err)
             raise ConfigError(
                 f"`model_name_or_path` {name} could not be loaded ({reason}); name a folder holding config.json, "
                 "weights and a tokenizer, a hub id available offline, or `embedded:SmolLM2-135M-Instruct`."
@@ -188,7 +155,7 @@ class RejectionSamplingTrainer:
             try:
                 scorers[name] = resolve_scorer(name, self.args.reward_model_device)
             except (ValueError, OSError) as err:
-                reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                reason = first_line(err)
                 raise ConfigError(f"`{key}`: {name}: {reason}") from None
         return scorers
 
@@ -457,7 +424,7 @@ class RejectionSamplingTrainer:
         server, error, address = None, None, None
         if acc.is_main_process:
             try:
-                folder = self.write_served_model(rdir / "served_model") if spec.is_policy else spec.model
+                folder = self.write_served_model(r) if spec.is_policy else spec.model
                 server = ManagedServer(spec.command, folder, rdir / f"server-{spec.name}.log", spec.startup_timeout)
                 server.name = spec.name
                 server.start()
@@ -477,30 +444,14 @@ class RejectionSamplingTrainer:
             if acc.is_main_process and spec.is_policy:
                 shutil.rmtree(rdir / "served_model", ignore_errors=True)
 
-    def write_served_model(self, path: Path) -> str:
-        """The policy's current weights as a plain model folder a server can load: LoRA merged into the base
-        weights (on the CPU, from the saved files, so the training copy is untouched), with a generation config
-        that samples (`transformers serve` would otherwise decode greedily whatever the temperature)."""
-        from transformers import AutoModelForCausalLM
-
+    def write_served_model(self, r: int) -> str:
+        """The policy's current weights for round `r` as a plain model folder a server can load."""
+        from .generators.setup import write_served_model
         from .models import torch_dtype
 
-        r = int(path.parent.name.split("_")[1])
         last = resume.round_dir(self.output_dir, r - 1) / "checkpoint" if r > 0 else None
-        dtype = torch_dtype(self.model_args.dtype)
-        with atomic_dir(path) as tmp:
-            if last is not None and (last / "adapter_config.json").exists():
-                from peft import PeftModel
-
-                base = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
-                model = PeftModel.from_pretrained(base, last).merge_and_unload()
-            else:
-                model = AutoModelForCausalLM.from_pretrained(last or self.model_path, dtype=dtype)
-            model.generation_config.do_sample = True
-            model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            del model
-        return str(path)
+        path = resume.round_dir(self.output_dir, r) / "served_model"
+        return write_served_model(path, self.model_path, last, torch_dtype(self.model_args.dtype), self.tokenizer)
 
     def select_samples(self, local: list[dict], r: int) -> None:
         """Mark this rank's rows `filtered_out` (taken out by the recipe's filters) and `selected`.

@@ -1,0 +1,86 @@
+"""Generators before and between rounds: their sample indices, the checks made before anything is sampled, and
+the model folder a served policy is loaded from. No Accelerator here: the trainer coordinates the ranks."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from pathlib import Path
+
+from ..config import ConfigError
+from .spec import GeneratorSpec
+
+GPU_ONLY_SERVERS = ("vllm", "sglang", "text-generation-launcher")  # programs of engines that need a CUDA GPU
+
+
+def sample_layout(specs: list[GeneratorSpec]) -> dict[str, range]:
+    """Each generator's sample indices: consecutive ranges in the recipe's order.
+
+    Example: policy with 4 samples, then teacher with 2 -> {"policy": range(0, 4), "teacher": range(4, 6)}."""
+    layout, start = {}, 0
+    for spec in specs:
+        layout[spec.name] = range(start, start + spec.num_samples_per_prompt)
+        start += spec.num_samples_per_prompt
+    return layout
+
+
+def check_generators(specs: list[GeneratorSpec], tokenizer, save_checkpoints: bool) -> dict:
+    """Refuse, naming the generator, a teacher folder without a model, a managed server whose program is missing
+    (or needs a GPU this machine lacks), and an endpoint that does not answer or does not serve its model. Returns
+    the clients of the `openai` generators, by name."""
+    import torch
+
+    from ..models import check_model_folder, resolve_model_path
+    from .openai_client import GeneratorError, OpenAIGenerator, check_endpoint
+
+    endpoints = {}
+    for i, spec in enumerate(specs):
+        where = f"`generators[{i}]` ({spec.name})"
+        if spec.engine == "local" and not spec.is_policy:
+            try:
+                check_model_folder(resolve_model_path(spec.model))
+            except (ValueError, OSError) as err:
+                raise ConfigError(f"{where}: `model` {spec.model}: {err}") from None
+        if spec.engine == "server":
+            program = shlex.split(spec.command)[0]
+            if Path(program).name in GPU_ONLY_SERVERS and not torch.cuda.is_available():
+                raise ConfigError(
+                    f"{where}: `command` runs {Path(program).name}, which serves on CUDA GPUs only, and this "
+                    "machine has none; on the CPU use `transformers serve ... --device cpu` or `engine: local`."
+                )
+            if shutil.which(program) is None and not Path(program).exists():
+                raise ConfigError(f"{where}: `command` runs {program!r}, which is not on this machine's PATH.")
+            if spec.is_policy and not save_checkpoints:
+                raise ConfigError(
+                    f"{where}: a served policy loads each round's checkpoint; set `save_checkpoints: true`."
+                )
+        if spec.engine == "openai":
+            try:
+                check_endpoint(spec, spec.base_url, spec.model)
+            except GeneratorError as err:
+                raise ConfigError(f"{where}: {err}") from None
+            endpoints[spec.name] = OpenAIGenerator(spec, spec.base_url, spec.model, tokenizer)
+    return endpoints
+
+
+def write_served_model(path: Path, base: str, checkpoint: Path | None, dtype, tokenizer) -> str:
+    """Write the policy as a plain model folder a server can load, and return its path: `base` alone (round 0),
+    `base` with the LoRA adapter of `checkpoint` merged in (on the CPU, from the saved files, so the training
+    copy is untouched), or the full checkpoint. Its generation config samples: `transformers serve` would
+    otherwise decode greedily whatever the request's temperature."""
+    from transformers import AutoModelForCausalLM
+
+    from ..io import atomic_dir
+
+    with atomic_dir(path) as tmp:
+        if checkpoint is not None and (checkpoint / "adapter_config.json").exists():
+            from peft import PeftModel
+
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+            model = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(checkpoint or base, dtype=dtype)
+        model.generation_config.do_sample = True
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return str(path)
