@@ -130,7 +130,9 @@ class RejectionSamplingTrainer:
 
         self.generator_specs = self.args.generator_specs()
         self.layout = sample_layout(self.generator_specs)
-        self.endpoints = check_generators(self.generator_specs, self.tokenizer, self.args.save_checkpoints)
+        self.endpoints = check_generators(
+            self.generator_specs, self.tokenizer, self.args.save_checkpoints, self.model_args.use_peft
+        )
 
     def _load_tokenizer(self):
         """The model's folder and tokenizer; a folder or hub id that holds no model is refused by name."""
@@ -406,11 +408,42 @@ class RejectionSamplingTrainer:
                 yield LocalGenerator(model, tokenizer, args.generation_batch_size, args.generation_engine, True)
             finally:
                 release(model)
+        elif spec.engine == "openai" and spec.is_policy:
+            with self.hot_loaded_adapter(spec, r) as generator:
+                yield generator
         elif spec.engine == "openai":
             yield self.endpoints[spec.name]
         else:
             with self.managed_server(spec, r) as generator:
                 yield generator
+
+    @contextlib.contextmanager
+    def hot_loaded_adapter(self, spec, r: int):
+        """A server that stays up serves the policy: round 0 samples the base model (`spec.model`); a later round
+        loads the previous round's adapter under a new name (`<generator>-round<r-1>`), samples from it, and
+        unloads it right after, so adapters never pile up in the server's memory."""
+        from .generators.openai_client import GeneratorError, OpenAIGenerator, post_adapter
+
+        acc = self.accelerator
+        checkpoint = resume.round_dir(self.output_dir, r - 1) / "checkpoint" if r > 0 else None
+        name = f"{spec.name}-round{r - 1}" if checkpoint else spec.model
+        error = None
+        if checkpoint and acc.is_main_process:
+            try:
+                with contextlib.suppress(GeneratorError):  # left loaded by a run that was killed
+                    post_adapter(spec, "unload", name)
+                post_adapter(spec, "load", name, str(checkpoint.resolve()))
+            except GeneratorError as err:
+                error = str(err)
+        error = broadcast_object_list([error])[0]
+        if error:
+            raise GeneratorError(error)
+        try:
+            yield OpenAIGenerator(spec, spec.base_url, name, self.tokenizer)
+        finally:
+            if checkpoint and acc.is_main_process:
+                with contextlib.suppress(GeneratorError):
+                    post_adapter(spec, "unload", name)
 
     @contextlib.contextmanager
     def managed_server(self, spec, r: int):

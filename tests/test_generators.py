@@ -197,3 +197,40 @@ def test_a_server_that_does_not_sample_is_reported(tiny_model, server):
             prompts, encode_prompts(tok, prompts), 2, SamplingParams(temperature=1.0, max_new_tokens=4)
         )
     assert len(rows) == 8 and [r["sample_index"] for r in rows[:2]] == [0, 1]
+
+
+def test_adapter_endpoints_follow_each_servers_documented_api():
+    from rs_trainer.generators.openai_client import adapter_endpoint
+
+    assert adapter_endpoint("http://h:8000/v1", "vllm", "load") == "http://h:8000/v1/load_lora_adapter"
+    assert adapter_endpoint("http://h:30000/v1/", "sglang", "unload") == "http://h:30000/unload_lora_adapter"
+
+
+def test_adapter_hot_load_needs_lora(tiny_model, tmp_path, capsys):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    gens = [{"name": "policy", "engine": "openai", "base_url": url, "model": "base", "adapter_api": "vllm"}]
+    code, err = run(write_recipe(tmp_path / "r.yaml", recipe_args(tiny_model, tmp_path / "o"), gens), capsys)
+    assert code == 2 and "`adapter_api` loads each round's LoRA adapter" in err and "use_peft: true" in err, err
+
+
+def test_adapter_hot_load_against_a_server_without_that_api(tiny_model, sampling_model, server, tmp_path, capsys):
+    """Round 0 samples the base model behind the endpoint; round 1 asks the server to load round 0's adapter.
+    `transformers serve` has no adapter-loading endpoint, and the run stops there with the URL and the answer."""
+    out = tmp_path / "o"
+    argv = recipe_args(
+        tiny_model,
+        out,
+        num_rounds=2,
+        use_peft=True,
+        lora_target_modules=["q_proj", "v_proj"],
+        eval_split=None,
+        report_to="none",
+        reward_funcs=["tests.scorers_for_tests.length_reward"],
+    )
+    gens = [{**teacher(server.base_url, sampling_model), "name": "policy", "adapter_api": "vllm"}]
+    code, err = run(write_recipe(tmp_path / "r.yaml", argv, gens), capsys)
+    assert code == 1, err
+    assert f"POST {server.base_url}/load_lora_adapter (policy-round0) answered 404" in err, err
+    assert (out / "round_0" / "metrics.json").exists()  # round 0 sampled the base model through the endpoint
+    assert {x["generator"] for x in read_jsonl(out / "round_0" / "generations.jsonl")} == {"policy"}
+    assert not (out / "round_1" / "generations.jsonl").exists()

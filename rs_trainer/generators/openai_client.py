@@ -217,3 +217,35 @@ def _chat_logprob(choice) -> float | None:
     lp = getattr(choice, "logprobs", None)
     content = getattr(lp, "content", None) if lp is not None else None
     return float(sum(t.logprob for t in content)) if content else None
+
+
+def adapter_endpoint(base_url: str, adapter_api: str, action: str) -> str:
+    """vLLM serves `/v1/load_lora_adapter` beside its OpenAI routes; SGLang serves `/load_lora_adapter` at its
+    root."""
+    root = base_url.rstrip("/")
+    if adapter_api == "sglang" and root.endswith("/v1"):
+        root = root[: -len("/v1")]
+    return f"{root}/{action}_lora_adapter"
+
+
+def post_adapter(spec: GeneratorSpec, action: str, name: str, path: str | None = None) -> None:
+    """Load (`action="load"`) or unload a LoRA adapter named `name` on the endpoint of `spec`, through the
+    documented API of vLLM or SGLang (`{"lora_name": ..., "lora_path": ...}`)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = {"lora_name": name, **({"lora_path": path} if path else {})}
+    url = adapter_endpoint(spec.base_url, spec.adapter_api, action)
+    headers = {"Content-Type": "application/json"}
+    if spec.api_key_env and os.environ.get(spec.api_key_env):
+        headers["Authorization"] = f"Bearer {os.environ[spec.api_key_env]}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=spec.timeout):
+            return
+    except urllib.error.HTTPError as err:
+        detail = err.read().decode(errors="replace")[:300]
+        raise GeneratorError(f"generator {spec.name!r}: POST {url} ({name}) answered {err.code}: {detail}") from None
+    except OSError as err:
+        raise GeneratorError(f"generator {spec.name!r}: POST {url} ({name}) failed: {err}") from None

@@ -24,7 +24,7 @@ def sample_layout(specs: list[GeneratorSpec]) -> dict[str, range]:
     return layout
 
 
-def check_generators(specs: list[GeneratorSpec], tokenizer, save_checkpoints: bool) -> dict:
+def check_generators(specs: list[GeneratorSpec], tokenizer, save_checkpoints: bool, use_peft: bool) -> dict:
     """Refuse, naming the generator, a teacher folder without a model, a managed server whose program is missing
     (or needs a GPU this machine lacks), and an endpoint that does not answer or does not serve its model. Returns
     the clients of the `openai` generators, by name."""
@@ -54,6 +54,11 @@ def check_generators(specs: list[GeneratorSpec], tokenizer, save_checkpoints: bo
                 raise ConfigError(
                     f"{where}: a served policy loads each round's checkpoint; set `save_checkpoints: true`."
                 )
+        if spec.engine == "openai" and spec.is_policy and not (use_peft and save_checkpoints):
+            raise ConfigError(
+                f"{where}: `adapter_api` loads each round's LoRA adapter from its checkpoint; it needs "
+                "`use_peft: true` and `save_checkpoints: true` (without LoRA, use `engine: server`)."
+            )
         if spec.engine == "openai":
             try:
                 check_endpoint(spec, spec.base_url, spec.model)

@@ -9,6 +9,7 @@ from ..config import ConfigError
 
 ENGINES = ("local", "openai", "server")
 APIS = ("completions", "chat")
+ADAPTER_APIS = ("vllm", "sglang")
 POLICY = "policy"  # `model` value (or no `model`) that means the model being trained
 
 
@@ -42,6 +43,10 @@ class GeneratorSpec:
     - `logprobs` (`bool`, *optional*, defaults to `false`): ask for token log-probabilities and record their sum.
     - `extra_body` (`dict`, *optional*): extra request fields the server understands (vLLM's `top_k`,
       `transformers serve`'s `generation_config`).
+    - `adapter_api` (`str`, *optional*): `openai` only, for an endpoint that stays up and serves the policy: `vllm`
+      (started with `--enable-lora` and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`) or `sglang`. Round 0 samples
+      from `model` (the base model); every later round loads the previous round's LoRA adapter through the
+      server's adapter-loading endpoint under a new name, samples from it, and unloads it right after.
     """
 
     name: str
@@ -64,11 +69,14 @@ class GeneratorSpec:
     max_retries: int = 5
     logprobs: bool = False
     extra_body: dict = field(default_factory=dict)
+    adapter_api: str | None = None
 
     @property
     def is_policy(self) -> bool:
         """Samples from the model being trained (so the next round's come from this round's weights)."""
-        return self.engine != "openai" and self.model in (None, POLICY)
+        if self.engine == "openai":
+            return self.adapter_api is not None
+        return self.model in (None, POLICY)
 
 
 def parse_generators(entries: list[dict] | None, default_samples: int) -> list[GeneratorSpec]:
@@ -113,8 +121,10 @@ def _check(spec: GeneratorSpec, where: str) -> None:
             raise ConfigError(
                 f"{where}: `engine: openai` needs `base_url` (e.g. http://127.0.0.1:8000/v1) and `model`."
             )
-    elif spec.base_url or spec.api_key_env:
-        raise ConfigError(f"{where}: `base_url` and `api_key_env` are for `engine: openai`.")
+    elif spec.base_url or spec.api_key_env or spec.adapter_api:
+        raise ConfigError(f"{where}: `base_url`, `api_key_env` and `adapter_api` are for `engine: openai`.")
+    if spec.adapter_api not in (None, *ADAPTER_APIS):
+        raise ConfigError(f"{where}: `adapter_api` must be one of {ADAPTER_APIS}, got {spec.adapter_api!r}.")
     if spec.engine == "server":
         if not spec.command or "{port}" not in spec.command:
             raise ConfigError(
