@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 
 from .filters import DEDUPE_MODES
 
-SELECTION_STRATEGIES = ("best_of_n", "top_k_per_prompt", "threshold", "percentile", "top_k", "top_fraction")
+SELECTION_STRATEGIES = ("best_of_n", "top_k_per_prompt", "threshold", "percentile", "top_k", "top_fraction", "rso")
 PER_ROUND_FIELDS = ("temperature", "top_p", "sampling_top_k", "max_new_tokens")
 # Keys that only some selection strategies read.
 SELECTION_KEYS = {
     "top_k": ("top_k",),
     "top_fraction": ("top_fraction",),
-    "k_per_prompt": ("top_k_per_prompt",),
+    "k_per_prompt": ("top_k_per_prompt", "rso"),
+    "rso_beta": ("rso",),
     "reward_threshold": ("threshold",),
     "max_per_prompt": ("threshold", "percentile"),
     "reward_percentile": ("percentile",),
@@ -170,6 +171,13 @@ class RSConfig:
             "first; a list rises per round (ReST's Improve steps), the last value repeats."
         },
     )
+    rso_beta: list[float] = field(
+        default_factory=lambda: [0.5],
+        metadata={
+            "help": "`rso`: β of statistical rejection sampling toward π·exp(r/β) (RSO), per round; small β tends to "
+            "best-of-N, large β to a uniform draw. Keeps up to `k_per_prompt` per prompt."
+        },
+    )
     reward_threshold: float | None = field(
         default=None, metadata={"help": "`threshold`: keep samples with reward >= this."}
     )
@@ -264,6 +272,10 @@ class RSConfig:
             raise ConfigError("`selection: threshold` needs `reward_threshold`.")
         if isinstance(self.reward_percentile, (int, float)):
             self.reward_percentile = [float(self.reward_percentile)]
+        if isinstance(self.rso_beta, (int, float)):
+            self.rso_beta = [float(self.rso_beta)]
+        if any(b <= 0 for b in self.rso_beta):
+            raise ConfigError(f"`rso_beta` values must be > 0, got {self.rso_beta}; small β approaches best-of-N.")
         if any(not 0 <= q <= 100 for q in self.reward_percentile):
             raise ConfigError(f"`reward_percentile` values must lie in 0..100, got {self.reward_percentile}.")
         if any(b < a for a, b in itertools.pairwise(self.reward_percentile)):
@@ -373,7 +385,7 @@ class RSConfig:
                 )
 
     def _warn_unused_round_values(self):
-        for name in (*PER_ROUND_FIELDS, "reward_percentile"):
+        for name in (*PER_ROUND_FIELDS, "reward_percentile", "rso_beta"):
             values = getattr(self, name)
             if len(values) > self.num_rounds:
                 warnings.warn(

@@ -99,6 +99,39 @@ def threshold(
     return top_k_per_prompt(kept, cap_per_prompt, seed, prefer_shorter)
 
 
+def statistical_rejection(
+    samples: list[dict], k: int, beta: float, seed: int = 0, min_reward: float | None = None
+) -> list[Key]:
+    """RSO's statistical rejection sampling (Liu et al., 2023) toward p*(y|x) ∝ π(y|x)·exp(r(x,y)/β), per prompt.
+
+    The prompt's candidates were sampled from the policy π, so each is a draw from the proposal; until `k` are
+    accepted or none is left: draw one remaining candidate uniformly, accept it with probability
+    exp((r - r_max)/β), where r_max is the best reward still among the remaining, and take an accepted one out.
+    With k=1 the accepted sample follows exp(r/β) over the candidates (uniform proposal); as β -> 0 only the best
+    reward is ever accepted (best-of-N), and as β grows every candidate is as likely. Draws are seeded by
+    (seed, prompt_id), so a run selects the same way every time.
+
+    Example (β=0.5, k=1): rewards [1.0, 0.0] -> sample 0 is accepted with probability e^2/(e^2+1) ≈ 0.88.
+    """
+    import random
+
+    if beta <= 0:
+        raise ValueError(f"`rso_beta` must be > 0, got {beta}.")
+    chosen = []
+    for prompt_id, group in group_by_prompt(_eligible(samples, min_reward)).items():
+        rng = random.Random(f"rso:{seed}:{prompt_id}")
+        remaining = sorted(group, key=lambda s: s["sample_index"])
+        accepted = 0
+        while remaining and accepted < k:
+            best = max(s["reward"] for s in remaining)
+            pick = remaining[rng.randrange(len(remaining))]
+            if rng.random() < math.exp((pick["reward"] - best) / beta):
+                chosen.append(_key(pick))
+                remaining.remove(pick)
+                accepted += 1
+    return chosen
+
+
 def top_k_global(
     samples: list[dict], k: int, seed: int = 0, prefer_shorter: bool = True, min_reward: float | None = None
 ) -> list[Key]:
@@ -200,6 +233,9 @@ def select(samples: list[dict], args, seed: int, round_index: int = 0) -> list[K
         return threshold(samples, floor, args.max_per_prompt, **kw)
     if args.selection in ("top_k", "top_fraction"):
         return top_k_global(samples, args.top_k_count(len(samples)), min_reward=args.min_reward, **kw)
+    if args.selection == "rso":
+        beta = args.rso_beta[min(round_index, len(args.rso_beta) - 1)]  # may rise or fall over the rounds
+        return statistical_rejection(samples, args.k_per_prompt, beta, seed=seed, min_reward=args.min_reward)
     if args.selection == "percentile":
         q = schedule_value(args.reward_percentile, round_index)
         return percentile_per_prompt(samples, q, args.max_per_prompt, min_reward=args.min_reward, **kw)

@@ -167,3 +167,58 @@ def test_select_percentile_follows_the_schedule_per_round():
     samples = matrix(REWARDS, LENGTHS)
     assert len(selection.select(samples, args, seed=0, round_index=0)) == 12  # q=0 keeps everything
     assert selection.select(samples, args, seed=0, round_index=3) == selection.percentile_per_prompt(samples, 100)
+
+
+def test_rso_accepts_in_proportion_to_exp_reward_over_beta():
+    """k=1, uniform proposal: over many seeds the accepted sample follows exp(r/β); chi-square at a fixed seed."""
+    import math
+
+    from rs_trainer.selection import statistical_rejection
+
+    rewards, beta, trials = [1.0, 0.5, 0.0, -0.5, 0.9], 0.5, 4000
+    samples = [
+        {"prompt_id": "p", "sample_index": i, "reward": r, "completion_tokens": 3} for i, r in enumerate(rewards)
+    ]
+    counts = [0] * len(rewards)
+    for seed in range(trials):
+        (key,) = statistical_rejection(samples, k=1, beta=beta, seed=seed)
+        counts[key[1]] += 1
+    weights = [math.exp(r / beta) for r in rewards]
+    expected = [trials * w / sum(weights) for w in weights]
+    chi2 = sum((c - e) ** 2 / e for c, e in zip(counts, expected, strict=True))
+    assert chi2 < 13.28, (counts, expected, chi2)  # the 99% quantile of chi-square with 4 degrees of freedom
+    # The draw is seeded: the same seed, the same choice.
+    assert statistical_rejection(samples, 1, beta, seed=7) == statistical_rejection(samples, 1, beta, seed=7)
+
+
+def test_rso_tends_to_best_of_n_and_to_uniform():
+    from rs_trainer.selection import best_of_n, statistical_rejection
+
+    samples = [
+        {"prompt_id": p, "sample_index": i, "reward": r, "completion_tokens": 3}
+        for p, rs in {"a": [0.2, 0.9, 0.5], "b": [0.7, 0.1, 0.3]}.items()
+        for i, r in enumerate(rs)
+    ]
+    for seed in range(50):  # β -> 0: only the best reward is ever accepted
+        assert sorted(statistical_rejection(samples, 1, 1e-6, seed=seed)) == sorted(best_of_n(samples))
+    picks = {statistical_rejection(samples, 1, 1e6, seed=seed)[0] for seed in range(200)}
+    assert picks == {("a", 0), ("a", 1), ("a", 2)}  # β -> ∞: every candidate of prompt a is drawn
+    # k per prompt, without replacement, and min_reward respected.
+    keys = statistical_rejection(samples, 2, 0.3, seed=1, min_reward=0.25)
+    assert len(keys) == len(set(keys)) == 4 and ("b", 1) not in keys and ("a", 0) not in keys
+
+
+def test_rso_is_a_selection_strategy_with_a_beta_per_round():
+    from rs_trainer.config import ConfigError, RSConfig
+    from rs_trainer.selection import select
+
+    args = RSConfig(selection="rso", rso_beta=[1e-6, 1e6], k_per_prompt=1)
+    samples = [
+        {"prompt_id": "a", "sample_index": i, "reward": r, "completion_tokens": 3} for i, r in enumerate([0.1, 0.9])
+    ]
+    assert select(samples, args, seed=0, round_index=0) == [("a", 1)]
+    assert {select(samples, args, seed=s, round_index=1)[0] for s in range(40)} == {("a", 0), ("a", 1)}
+    with pytest.raises(ConfigError, match="`rso_beta` values must be > 0"):
+        RSConfig(selection="rso", rso_beta=[0.0])
+    with pytest.raises(ConfigError, match="`rso_beta` is set but `selection` is 'best_of_n'"):
+        RSConfig(selection="best_of_n", rso_beta=[0.2])
