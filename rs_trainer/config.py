@@ -211,6 +211,21 @@ class RSConfig:
             "completions per prompt and compete with `model_name_or_path`; ignored by training."
         },
     )
+    # ---- drift ----
+    kl_to_base: str = field(
+        default="auto",
+        metadata={
+            "help": "KL(π‖π_ref) and entropy of the policy's own samples each round (`rs/kl_ref`, `rs/entropy`): "
+            "`auto` with LoRA (π_ref: the adapter disabled, no second copy), `on` also without LoRA (keeps a frozen "
+            "copy of the base model), `off`."
+        },
+    )
+    max_kl: float | None = field(
+        default=None, metadata={"help": "When a round's `rs/kl_ref` passes this, `max_kl_action` happens."}
+    )
+    max_kl_action: str = field(
+        default="warn", metadata={"help": "`warn`, or `stop`: end the run before that round's SFT."}
+    )
     # ---- SFT ----
     sft_epochs: int = field(default=2, metadata={"help": "Epochs over the selected set each round."})
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of AdamW."})
@@ -293,6 +308,12 @@ class RSConfig:
             raise ConfigError(f"`min_reward_margin` must be >= 0, got {self.min_reward_margin}.")
         if self.k_per_prompt < 1:
             raise ConfigError(f"`k_per_prompt` must be at least 1, got {self.k_per_prompt}.")
+        if self.kl_to_base not in ("auto", "on", "off"):
+            raise ConfigError(f"`kl_to_base` must be auto, on or off, got {self.kl_to_base!r}.")
+        if self.max_kl_action not in ("warn", "stop"):
+            raise ConfigError(f"`max_kl_action` must be warn or stop, got {self.max_kl_action!r}.")
+        if self.max_kl is not None and (self.max_kl <= 0 or self.kl_to_base == "off"):
+            raise ConfigError("`max_kl` needs a positive value and `kl_to_base` auto or on.")
         if self.sft_from not in ("previous", "base"):
             raise ConfigError(f"`sft_from` must be `previous` or `base`, got {self.sft_from!r}.")
         for r, t in enumerate(self.temperature):

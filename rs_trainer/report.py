@@ -8,15 +8,16 @@ from pathlib import Path
 
 
 def plot_report(history: list[dict], samples: list[dict], base_accuracy: float | None, path: str | Path) -> Path:
-    """Draw reward mean and max, acceptance rate and held-out accuracy per round, and the last round's reward
-    distribution before and after selection, into `path` (written atomically)."""
+    """Draw reward mean and max, acceptance and pass rates (per generator too), held-out accuracy, KL to the base
+    model and entropy per round, and the last round's reward distribution before and after selection, into `path`
+    (written atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rounds = [m["round"] for m in history]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    fig, axes = plt.subplots(3, 2, figsize=(10, 10))
     ax = axes[0][0]
     ax.plot(rounds, [m.get("rs/reward_mean") for m in history], "o-", label="mean (all samples)")
     ax.plot(rounds, [m.get("rs/reward_max") for m in history], "s--", label="max")
@@ -67,9 +68,18 @@ def plot_report(history: list[dict], samples: list[dict], base_accuracy: float |
             ax.hist(chosen, bins=bins, alpha=0.8, label=f"selected ({len(chosen)})")
         ax.legend(fontsize=8)
     ax.set(title=f"Reward distribution, round {rounds[-1] if rounds else '-'}", xlabel="reward", ylabel="samples")
+    for ax, key, title in (
+        (axes[2][0], "rs/kl_ref", "KL(policy ‖ base) on its own samples (nats per sample)"),
+        (axes[2][1], "rs/entropy", "Policy entropy on its own samples (nats per token)"),
+    ):
+        values = [m.get(key) for m in history]
+        if any(v is not None for v in values):
+            ax.plot(rounds, values, "o-", color="tab:purple")
+        ax.set(title=title, xlabel="round")
+        ax.title.set_fontsize(9)
     from matplotlib.ticker import MaxNLocator
 
-    for ax in (axes[0][0], axes[0][1], axes[1][0]):
+    for ax in (axes[0][0], axes[0][1], axes[1][0], axes[2][0], axes[2][1]):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     fig.tight_layout()
     return save_figure(fig, path)

@@ -115,6 +115,7 @@ class RejectionSamplingTrainer:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
         self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.kl_reference = self._kl_reference()
         self.base_state = trainable_state(self.model) if args.sft_from == "base" else None
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -123,6 +124,19 @@ class RejectionSamplingTrainer:
         if acc.log_with:
             flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in args.to_dict().items()}
             acc.init_trackers("rs_trainer", config=flat)
+
+    def _kl_reference(self):
+        """What `measure_drift` compares the policy with: "adapter" (LoRA disabled), a frozen base model
+        (`kl_to_base: on` without LoRA), or None (off)."""
+        mode = self.args.kl_to_base
+        if mode == "off" or (mode == "auto" and not self.model_args.use_peft):
+            return None
+        if self.model_args.use_peft:
+            return "adapter"
+        from .generators.local import load_frozen
+
+        model, _ = load_frozen(self.model_args.model_name_or_path, self.model_args, self.accelerator.device)
+        return model
 
     def _setup_generators(self) -> None:
         """Check every generator before anything is sampled; `self.layout` gives each its sample indices."""
@@ -239,7 +253,8 @@ class RejectionSamplingTrainer:
             # `samples`: every row of the round where it is needed (the main process; all of them when resumed);
             # `chosen`: the selected rows, on every rank, for SFT.
             samples = resume.scored_rows(self.output_dir, r)  # a round interrupted after selection is not re-sampled
-            if samples is None:
+            fresh = samples is None
+            if fresh:
                 prompts = data.draw_round_prompts(self.train_prompts, args.prompts_per_round, args.seed, r)
                 with self.timer(timings, "generate"):
                     local = self.generate_samples(prompts, r, timings)
@@ -251,6 +266,14 @@ class RejectionSamplingTrainer:
                 chosen = by_key(gather_object([s for s in local if s["selected"]]))
             else:
                 chosen = [s for s in samples if s["selected"]]
+            with self.timer(timings, "kl"):
+                drift = self.measure_drift(local if fresh else samples, local_only=fresh)
+            if drift.get("rs/kl_ref") is not None and args.max_kl is not None and drift["rs/kl_ref"] > args.max_kl:
+                message = f"round {r}: KL to the base model {drift['rs/kl_ref']:.3f} passed `max_kl` {args.max_kl}"
+                if args.max_kl_action == "stop":
+                    self.log(message + "; stopping before this round's SFT (`max_kl_action: stop`).")
+                    break
+                self.log(message + ".")
             self.pool.extend(chosen)
             train_set = self.pool if args.pool_previous_rounds else chosen
 
@@ -270,7 +293,7 @@ class RejectionSamplingTrainer:
             metrics = None
             if acc.is_main_process:
                 keys = {(s["prompt_id"], s["sample_index"]) for s in chosen}
-                metrics = {"round": r, **round_metrics(samples, keys, args.pass_threshold), **sft_stats}
+                metrics = {"round": r, **round_metrics(samples, keys, args.pass_threshold), **sft_stats, **drift}
                 metrics["rs/filtered_out"] = sum(s.get("filtered_out", False) for s in samples)
                 metrics.update({"eval/accuracy_before": before, **evaluation})
                 metrics.update({f"timing/{k}": v for k, v in timings.items()})
@@ -376,6 +399,40 @@ class RejectionSamplingTrainer:
         return [
             {**p, **row} for p in mine for spec in self.generator_specs for row in on_disk[spec.name][p["prompt_id"]]
         ]
+
+    def measure_drift(self, rows: list[dict], local_only: bool) -> dict:
+        """`rs/kl_ref` (nats per sample) and `rs/entropy` (nats per token) of the policy on its own samples of the
+        round, before this round's SFT (the weights that sampled them); see `rs_trainer.divergence`. `rows` are
+        this rank's (`local_only`) or every rank's rows (a resumed round), of which each rank takes its share."""
+        from .divergence import kl_and_entropy
+
+        acc = self.accelerator
+        if self.kl_reference is None:
+            return {}
+        own = {spec.name for spec in self.generator_specs if spec.is_policy and spec.engine == "local"}
+        mine = [s for s in rows if s.get("generator", "policy") in own]
+        if not local_only:
+            mine = data.shard(mine, acc.process_index, acc.num_processes)
+        eos = self.tokenizer.eos_token_id
+        examples = []
+        for s in mine:
+            completion = tokenize_completion(self.tokenizer, s["completion"], s["finished"], eos)
+            ex = build_example(self.prompt_ids[s["prompt_id"]], completion, self.max_len)
+            if ex is not None:
+                examples.append(ex)
+        model = acc.unwrap_model(self.model)
+        ref = None if self.kl_reference == "adapter" else self.kl_reference
+        sums = kl_and_entropy(model, examples, self.tokenizer.pad_token_id, ref_model=ref) if examples else {}
+        total = {
+            k: sum(part.get(k, 0) for part in gather_object([sums]))
+            for k in ("kl_sum", "entropy_sum", "tokens", "samples")
+        }
+        if not total["samples"]:
+            return {}
+        return {
+            "rs/kl_ref": total["kl_sum"] / total["samples"],
+            "rs/entropy": total["entropy_sum"] / max(total["tokens"], 1),
+        }
 
     def sampling_params(self, spec, r: int) -> SamplingParams:
         """The round's sampling values, with the generator's own where it sets them."""
