@@ -211,6 +211,25 @@ class RSConfig:
             "completions per prompt and compete with `model_name_or_path`; ignored by training."
         },
     )
+    # ---- rationalization (STaR) ----
+    rationalize: bool = field(
+        default=False,
+        metadata={
+            "help": "STaR rationalization: for prompts where none of the round's samples passes, sample again with "
+            "the ground truth given as a hint (`rationalization_hint`), keep the best completion that passes, and "
+            "train on it without the hint. Rows are marked `rationalized: true`."
+        },
+    )
+    rationalization_hint: str = field(
+        default="\n(Hint: the answer is {answer}.)",
+        metadata={
+            "help": "Appended to the prompt's last user message when rationalizing; `{column}` names a dataset "
+            "column holding the ground truth."
+        },
+    )
+    rationalization_samples: int = field(
+        default=4, metadata={"help": "Samples per failed prompt when rationalizing (the policy, in-process)."}
+    )
     # ---- drift ----
     kl_to_base: str = field(
         default="auto",
@@ -308,6 +327,8 @@ class RSConfig:
             raise ConfigError(f"`min_reward_margin` must be >= 0, got {self.min_reward_margin}.")
         if self.k_per_prompt < 1:
             raise ConfigError(f"`k_per_prompt` must be at least 1, got {self.k_per_prompt}.")
+        if self.rationalize and self.rationalization_samples < 1:
+            raise ConfigError("`rationalization_samples` must be at least 1.")
         if self.kl_to_base not in ("auto", "on", "off"):
             raise ConfigError(f"`kl_to_base` must be auto, on or off, got {self.kl_to_base!r}.")
         if self.max_kl_action not in ("warn", "stop"):

@@ -76,6 +76,9 @@ class RejectionSamplingTrainer:
         set_seed(args.seed)
         self.train_prompts = data.load_prompts(args, args.dataset_split)
         self.eval_prompts = self._load_eval_prompts()
+        self.prompt_by_id = {p["prompt_id"]: p for p in self.train_prompts}
+        if args.rationalize:
+            self._check_rationalization_hint()
         if args.prompts_per_round and args.prompts_per_round > len(self.train_prompts):
             raise ConfigError(
                 f"`prompts_per_round` ({args.prompts_per_round}) is more than the {len(self.train_prompts)} prompts "
@@ -124,6 +127,18 @@ class RejectionSamplingTrainer:
         if acc.log_with:
             flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in args.to_dict().items()}
             acc.init_trackers("rs_trainer", config=flat)
+
+    def _check_rationalization_hint(self) -> None:
+        import string
+
+        fields = {name for _, name, _, _ in string.Formatter().parse(self.args.rationalization_hint) if name}
+        missing = sorted(fields - set(self.train_prompts[0]))
+        if missing or not fields:
+            raise ConfigError(
+                f"`rationalization_hint` {self.args.rationalization_hint!r} must name ground-truth columns of the "
+                f"dataset in braces (such as {{answer}}); {missing or 'none'} are not among "
+                f"{sorted(set(self.train_prompts[0]) - {'prompt', 'prompt_id'})}."
+            )
 
     def _kl_reference(self):
         """What `measure_drift` compares the policy with: "adapter" (LoRA disabled), a frozen base model
@@ -262,6 +277,9 @@ class RejectionSamplingTrainer:
                     local = self.score_samples(local)
                 with self.timer(timings, "select"):
                     self.select_samples(local, r)
+                if args.rationalize:
+                    with self.timer(timings, "rationalize"):
+                        local += self.rationalize(local, r)
                 samples = self.save_generations(r, local)
                 chosen = by_key(gather_object([s for s in local if s["selected"]]))
             else:
@@ -293,7 +311,13 @@ class RejectionSamplingTrainer:
             metrics = None
             if acc.is_main_process:
                 keys = {(s["prompt_id"], s["sample_index"]) for s in chosen}
-                metrics = {"round": r, **round_metrics(samples, keys, args.pass_threshold), **sft_stats, **drift}
+                sampled = [s for s in samples if not s.get("rationalized")]  # hinted samples distort pass@k
+                metrics = {"round": r, **round_metrics(sampled, keys, args.pass_threshold), **sft_stats, **drift}
+                if args.rationalize:
+                    metrics["rs/rationalized"] = sum(bool(s.get("rationalized") and s["selected"]) for s in samples)
+                    metrics["rs/rationalization_prompts"] = len(
+                        {s["prompt_id"] for s in samples if s.get("rationalized")}
+                    )
                 metrics["rs/filtered_out"] = sum(s.get("filtered_out", False) for s in samples)
                 metrics.update({"eval/accuracy_before": before, **evaluation})
                 metrics.update({f"timing/{k}": v for k, v in timings.items()})
@@ -558,6 +582,52 @@ class RejectionSamplingTrainer:
             key = (s["prompt_id"], s["sample_index"])
             s["filtered_out"] = key not in kept
             s["selected"] = key in keys
+
+    def rationalize(self, local: list[dict], r: int) -> list[dict]:
+        """STaR's rationalization for this rank's prompts that no sample solved: the policy samples again with the
+        ground truth as a hint, and the best completion that passes is selected, to be trained on without the
+        hint (SFT renders each row's prompt from its `prompt_id`, never from the hinted text). Returns the new rows,
+        `rationalized: true`, with sample indices after every generator's."""
+        from .generators.local import LocalGenerator
+
+        args, acc = self.args, self.accelerator
+        by_prompt = selection.group_by_prompt(local)
+
+        def passes(s):
+            verdict = s.get("verified_reward", s["reward"])
+            return verdict is not None and verdict >= args.pass_threshold
+
+        failed = [self.prompt_by_id[pid] for pid, rows in by_prompt.items() if not any(passes(s) for s in rows)]
+        hinted = []
+        for prompt in failed:
+            messages = [dict(m) for m in prompt["prompt"]]
+            last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+            messages[last]["content"] += args.rationalization_hint.format(**prompt)
+            hinted.append({**prompt, "prompt": messages})
+        offset = sum(len(span) for span in self.layout.values())
+        out = LocalGenerator(acc.unwrap_model(self.model), self.tokenizer, args.generation_batch_size).generate(
+            hinted,
+            encode_prompts(self.tokenizer, hinted),
+            args.rationalization_samples,
+            self.sampling_params(self.generator_specs[0], r),
+            seed=args.seed * 1_000_003 + r * 1009 + acc.process_index + 104729,
+        )
+        # Each row carries the original prompt, without the hint: that is what it is scored and trained with.
+        rows = [
+            {**self.prompt_by_id[o["prompt_id"]], **o, "sample_index": offset + o["sample_index"], "round": r}
+            for o in out
+        ]
+        rows = self.score_samples(rows)
+        keep = set(selection.best_of_n([s for s in rows if passes(s)], seed=args.seed * 1000 + r))
+        for s in rows:
+            key = (s["prompt_id"], s["sample_index"])
+            s.update(generator="rationalization", rationalized=True, filtered_out=False, selected=key in keep)
+        counts = gather_object([(len(keep), len(failed))])
+        self.log(
+            f"round {r}: rationalization rescued {sum(c[0] for c in counts)} of {sum(c[1] for c in counts)} "
+            "prompts that no sample solved"
+        )
+        return rows
 
     def score_samples(self, samples: list[dict]) -> list[dict]:
         """Rewards from `reward_funcs`; with `eval_reward_funcs` also `verified_reward`, which pass@k counts."""
