@@ -63,8 +63,23 @@ def append_jsonl(path: str | Path, rows) -> None:
     written, whose torn last line `read_jsonl_prefix` drops."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _drop_torn_tail(path)
     with open(path, "a", encoding="utf-8") as f:
         f.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a line that a kill or a full disk left half-written, so the next rows do not glue onto it."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        data = f.seek(0) or f.read()
+        f.truncate(data.rfind(b"\n") + 1)
         f.flush()
         os.fsync(f.fileno())
 

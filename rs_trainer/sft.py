@@ -94,8 +94,8 @@ def plan_steps(
     same number of steps and of micro-batches per step: a rank that runs out trains on weight-0 fillers, so no
     rank waits on another's all-reduce forever (even with nothing selected on it).
 
-    Example: 10 examples, batch 2, accumulation 2, 2 ranks: steps of 8 and 2 examples; in the second step each
-    rank has one real example in its first micro-batch and a filler as its second.
+    Example: 9 examples, batch 2, accumulation 2, 2 ranks: steps of 8 and 1 examples; in the first step each rank
+    has two micro-batches of 2, in the second rank 0 trains on the last example and rank 1 on a weight-0 filler.
     """
     per_step = batch_size * grad_accum * world_size
     steps = []

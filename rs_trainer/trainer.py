@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from accelerate.utils import DistributedType, broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from . import data, filters, resume, selection
 from .config import NON_SEMANTIC_KEYS, ConfigError, RSConfig, first_line
 from .export import sft_rows
 from .generation import SamplingParams, encode_prompts, generate
+from .generators.openai_client import GeneratorError
 from .io import append_jsonl, atomic_dir, recover_dir, write_atomic, write_json, write_jsonl
 from .metrics import round_metrics, summary_table
 from .models import check_model_folder, load_policy, load_tokenizer, resolve_model_path
@@ -117,8 +118,20 @@ class RejectionSamplingTrainer:
         model.config.use_cache = True
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+        if acc.distributed_type == DistributedType.DEEPSPEED and args.gradient_accumulation_steps > 1:
+            # Under DeepSpeed every backward pass with synced gradients steps the engine; our accumulation would
+            # take an optimizer step per micro-batch.
+            raise ConfigError(
+                "`gradient_accumulation_steps` > 1 is not supported under DeepSpeed yet; raise "
+                "`per_device_train_batch_size` instead, or use the FSDP2 config."
+            )
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.kl_reference = self._kl_reference()
+        measured = any(spec.is_policy and spec.engine == "local" for spec in self.generator_specs)
+        if args.max_kl is not None and (self.kl_reference is None or not measured):
+            raise ConfigError(
+                "`max_kl` needs KL to be measured: LoRA (or `kl_to_base: on`) and the policy sampling in-process."
+            )
         self.base_state = trainable_state(self.model) if args.sft_from == "base" else None
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -209,6 +222,7 @@ class RejectionSamplingTrainer:
                     f"Prompt {p['prompt_id']!r} is {len(seq)} tokens; with max_new_tokens {longest_new} it exceeds "
                     f"the model's context of {context}. Shorten or drop it, or lower `max_new_tokens`."
                 )
+        self.context = context or 10**9
         self.max_len = self.args.max_seq_length or context or 4096
         if prompts:
             longest = max(range(len(ids)), key=lambda i: len(ids[i]))
@@ -298,6 +312,7 @@ class RejectionSamplingTrainer:
             checkpoint = resume.round_dir(self.output_dir, r) / "checkpoint"
             sft_stats = resume.trained_round(checkpoint)  # a round interrupted after its save is not re-trained
             if sft_stats is None:
+                set_seed(args.seed + r)  # the same draws (dropout) whether the round's samples were made or read
                 with self.timer(timings, "sft"):
                     sft_stats = self.sft(train_set, r)
                 with self.timer(timings, "save"):
@@ -407,17 +422,20 @@ class RejectionSamplingTrainer:
                 bar.update(len(rows))
 
             desc = f"round {r} generate" + (f" [{spec.name}]" if len(self.generator_specs) > 1 else "")
+            # Servers seed each request by (seed, prompt, sample), so their rows do not depend on the rank.
+            seed = args.seed * 1_000_003 + r * 1009 + 7919 * g + (acc.process_index if spec.engine == "local" else 0)
             with self.timer(timings, f"generate/{spec.name}"), self.open_generator(spec, r) as generator:
+                error = None
                 with self.progress(len(todo) * n, desc, "samples") as bar:
-                    generator.generate(
-                        todo,
-                        [self.prompt_ids[p["prompt_id"]] for p in todo],
-                        n,
-                        self.sampling_params(spec, r),
-                        seed=args.seed * 1_000_003 + r * 1009 + acc.process_index + 7919 * g,
-                        on_batch=on_batch,
-                    )
-                acc.wait_for_everyone()
+                    try:
+                        ids = [self.prompt_ids[p["prompt_id"]] for p in todo]
+                        generator.generate(todo, ids, n, self.sampling_params(spec, r), seed=seed, on_batch=on_batch)
+                    except GeneratorError as err:  # every rank stops, not only the one whose requests failed
+                        error = str(err)
+                errors = [e for e in gather_object([error]) if e]
+                if errors:
+                    raise GeneratorError(errors[0])
+            del generator
         on_disk = resume.generated_rows(self.output_dir, r, self.layout)
         mine = data.shard(prompts, acc.process_index, acc.num_processes)
         return [
@@ -432,6 +450,10 @@ class RejectionSamplingTrainer:
 
         acc = self.accelerator
         if self.kl_reference is None:
+            return {}
+        if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            # Sharded weights are gathered in every forward pass, so ranks would have to run equal numbers of
+            # batches; not measured there yet.
             return {}
         own = {spec.name for spec in self.generator_specs if spec.is_policy and spec.engine == "local"}
         mine = [s for s in rows if s.get("generator", "policy") in own]
@@ -484,11 +506,17 @@ class RejectionSamplingTrainer:
                 acc.unwrap_model(self.model), self.tokenizer, args.generation_batch_size, args.generation_engine
             )
         elif spec.engine == "local":
-            model, tokenizer = load_frozen(spec.model, self.model_args, acc.device)
+            generator = LocalGenerator(
+                *load_frozen(spec.model, self.model_args, acc.device),
+                args.generation_batch_size,
+                args.generation_engine,
+                own_tokenizer=True,
+            )
             try:
-                yield LocalGenerator(model, tokenizer, args.generation_batch_size, args.generation_engine, True)
+                yield generator
             finally:
-                release(model)
+                generator.model = None  # the only reference: the teacher's memory is free before the next generator
+                release()
         elif spec.engine == "openai" and spec.is_policy:
             with self.hot_loaded_adapter(spec, r) as generator:
                 yield generator
@@ -503,7 +531,7 @@ class RejectionSamplingTrainer:
         """A server that stays up serves the policy: round 0 samples the base model (`spec.model`); a later round
         loads the previous round's adapter under a new name (`<generator>-round<r-1>`), samples from it, and
         unloads it right after, so adapters never pile up in the server's memory."""
-        from .generators.openai_client import GeneratorError, OpenAIGenerator, post_adapter
+        from .generators.openai_client import OpenAIGenerator, post_adapter
 
         acc = self.accelerator
         checkpoint = resume.round_dir(self.output_dir, r - 1) / "checkpoint" if r > 0 else None
@@ -530,7 +558,7 @@ class RejectionSamplingTrainer:
     def managed_server(self, spec, r: int):
         """Start `spec.command` on the main process (serving the policy's latest weights, written for the round, or
         `spec.model`), share its address with every rank, and stop it, whatever happens, before SFT."""
-        from .generators.openai_client import GeneratorError, OpenAIGenerator, check_endpoint
+        from .generators.openai_client import OpenAIGenerator, check_endpoint
         from .generators.server import ManagedServer
 
         acc = self.accelerator
@@ -605,13 +633,15 @@ class RejectionSamplingTrainer:
             messages[last]["content"] += args.rationalization_hint.format(**prompt)
             hinted.append({**prompt, "prompt": messages})
         offset = sum(len(span) for span in self.layout.values())
-        out = LocalGenerator(acc.unwrap_model(self.model), self.tokenizer, args.generation_batch_size).generate(
-            hinted,
-            encode_prompts(self.tokenizer, hinted),
-            args.rationalization_samples,
-            self.sampling_params(self.generator_specs[0], r),
-            seed=args.seed * 1_000_003 + r * 1009 + acc.process_index + 104729,
+        params = self.sampling_params(self.generator_specs[0], r)
+        ids = encode_prompts(self.tokenizer, hinted)
+        fits = [i for i, seq in enumerate(ids) if len(seq) + params.max_new_tokens <= self.context]
+        hinted, ids = [hinted[i] for i in fits], [ids[i] for i in fits]  # a hint that overflows the context: skipped
+        policy = LocalGenerator(
+            acc.unwrap_model(self.model), self.tokenizer, args.generation_batch_size, args.generation_engine
         )
+        seed = args.seed * 1_000_003 + r * 1009 + acc.process_index + 104729
+        out = policy.generate(hinted, ids, args.rationalization_samples, params, seed=seed)
         # Each row carries the original prompt, without the hint: that is what it is scored and trained with.
         rows = [
             {**self.prompt_by_id[o["prompt_id"]], **o, "sample_index": offset + o["sample_index"], "round": r}

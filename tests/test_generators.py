@@ -56,6 +56,17 @@ def test_gpu_only_server_on_a_cpu_machine_is_refused(tiny_model, tmp_path, capsy
     assert code == 2 and "serves on CUDA GPUs only" in err and "--device cpu" in err, err
 
 
+def test_server_command_with_unknown_braces_is_refused():
+    from rs_trainer.config import ConfigError
+    from rs_trainer.generators import parse_generators
+
+    command = 'vllm serve {model} --port {port} --override-generation-config {"do_sample": true}'
+    with pytest.raises(ConfigError, match=r"`command` has a placeholder other than .* write literal braces doubled"):
+        parse_generators([{"name": "policy", "engine": "server", "command": command}], 4)
+    ok = 'vllm serve {model} --port {port} --override-generation-config {{"do_sample": true}}'
+    assert parse_generators([{"name": "policy", "engine": "server", "command": ok}], 4)[0].command == ok
+
+
 def test_wrong_model_name_is_refused_before_sampling(tiny_model, server, tmp_path, capsys):
     out = tmp_path / "o"
     gens = [{"name": "policy"}, teacher(server.base_url, tmp_path / "no-such-model")]

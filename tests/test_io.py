@@ -78,3 +78,15 @@ def test_disk_full_is_recognised_through_wrappers():
         assert is_disk_full(outer)
     assert not is_disk_full(OSError(2, "No such file or directory"))
     assert not is_disk_full(ValueError("bad value 28"))
+
+
+def test_rows_appended_after_a_torn_line_are_all_read(tmp_path):
+    """A kill or a full disk mid-append leaves half a line; the next append cuts it, so no later row is lost."""
+    from rs_trainer.io import append_jsonl, read_jsonl_prefix
+
+    shard = tmp_path / "generations.rank0.jsonl"
+    append_jsonl(shard, [{"i": 0}, {"i": 1}])
+    with open(shard, "a") as f:
+        f.write('{"i": 2, "completion": "hal')  # torn
+    append_jsonl(shard, [{"i": 3}])
+    assert [r["i"] for r in read_jsonl_prefix(shard)] == [0, 1, 3]

@@ -57,10 +57,10 @@ def load_frozen(name: str, model_args, device) -> tuple:
     return model, tokenizer
 
 
-def release(model) -> None:
+def release() -> None:
+    """Return freed memory: call once every reference to a released model has been dropped."""
     import torch
 
-    del model
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

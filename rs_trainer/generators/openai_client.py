@@ -64,6 +64,10 @@ def check_endpoint(spec: GeneratorSpec, base_url: str, model: str, log_tail: Cal
         return
     try:
         probe(client, spec, model)
+    except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
+        raise GeneratorError(
+            f"{where} refused the API key ({err.status_code}); set `api_key_env` to the variable that holds it."
+        ) from None
     except openai.APIStatusError as err:
         raise GeneratorError(
             f"{where} does not serve model {model!r} (it lists {served[:5]}; a one-token request for it was "
@@ -122,6 +126,13 @@ class OpenAIGenerator:
                 raise failed
         except openai.APIError as err:
             tail = f"\nserver log (last lines):\n{self.log_tail()}" if self.log_tail else ""
+            code = getattr(err, "status_code", None)
+            if code is not None and 400 <= code < 500 and code not in (408, 409, 429):
+                raise GeneratorError(
+                    f"generator {self.spec.name!r} at {self.base_url} (model {self.model!r}) refused a request "
+                    f"({code}: {str(getattr(err, 'message', err))[:300]}); a rerun would be refused the same way: fix "
+                    f"the generator's settings (for a 400, `max_new_tokens` against the server's context).{tail}"
+                ) from None
             raise GeneratorError(
                 f"generator {self.spec.name!r} at {self.base_url} (model {self.model!r}) failed after "
                 f"{self.spec.max_retries} retries: {err}. Rows finished before are saved; rerun the same command "
@@ -153,6 +164,11 @@ class OpenAIGenerator:
         while len(choices) < n:
             want = n - len(choices) if self.honours_n is not False else 1
             got = self._request(prompt, ids, want, params, request_seed(seed, prompt["prompt_id"], len(choices)))
+            if not got:
+                raise GeneratorError(
+                    f"generator {self.spec.name!r} at {self.base_url} (model {self.model!r}) answered with no "
+                    f"choices for prompt {prompt['prompt_id']!r}."
+                )
             if want > 1 and self.honours_n is None:
                 self.honours_n = len(got) == want
             choices.extend(got[:want])

@@ -36,6 +36,17 @@ def tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
+def _die_with_parent() -> None:
+    """In the server's process: SIGTERM it when the trainer dies, even by SIGKILL, so no server outlives its run
+    holding a GPU and a port (Linux's PR_SET_PDEATHSIG; elsewhere, nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class ManagedServer:
     """`with ManagedServer(command, model, log_path) as server:` ... `server.base_url` ... (stopped on exit)."""
 
@@ -56,7 +67,11 @@ class ManagedServer:
         log = open(self.log_path, "ab")
         try:
             self.process = subprocess.Popen(
-                shlex.split(self.command), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                shlex.split(self.command),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         except OSError as err:
             raise GeneratorError(f"generator {self.name!r}: `{self.command}` could not start: {err}") from None

@@ -131,6 +131,13 @@ def _check(spec: GeneratorSpec, where: str) -> None:
                 f"{where}: `engine: server` needs a `command` template with `{{port}}` (and `{{model}}`, `{{host}}`), "
                 "e.g. `vllm serve {model} --host {host} --port {port}`."
             )
+        try:
+            spec.command.format(model="m", host="h", port=1)
+        except (KeyError, IndexError, ValueError) as err:
+            raise ConfigError(
+                f"{where}: `command` has a placeholder other than {{model}}, {{host}}, {{port}} ({err}); write "
+                "literal braces doubled, `{{` and `}}`."
+            ) from None
     elif spec.command or spec.served_model:
         raise ConfigError(f"{where}: `command` and `served_model` are for `engine: server`.")
     if spec.engine == "local" and (spec.api != "completions" or spec.prompt_format != "text" or spec.extra_body):
