@@ -82,7 +82,8 @@ def main():
             spec.max_concurrency = args.max_concurrency
             t0 = time.perf_counter()
             with ManagedServer(spec.command, served, Path(tmp) / "serve.log", name="served") as server:
-                check_endpoint(spec, server.base_url, served)  # loads the model: start-up, not sampling
+                # Loads the model (start-up, not sampling); carries the sampling values, which CB keeps.
+                check_endpoint(spec, server.base_url, served, params=params)
                 load = time.perf_counter() - t0
                 generator = OpenAIGenerator(spec, server.base_url, served, tok)
                 start = time.perf_counter()

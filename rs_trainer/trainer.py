@@ -173,7 +173,11 @@ class RejectionSamplingTrainer:
         self.generator_specs = self.args.generator_specs()
         self.layout = sample_layout(self.generator_specs)
         self.endpoints = check_generators(
-            self.generator_specs, self.tokenizer, self.args.save_checkpoints, self.model_args.use_peft
+            self.generator_specs,
+            self.tokenizer,
+            self.args.save_checkpoints,
+            self.model_args.use_peft,
+            first_params=lambda spec: self.sampling_params(spec, 0),
         )
 
     def _load_tokenizer(self):
@@ -571,7 +575,7 @@ class RejectionSamplingTrainer:
                 server.name = spec.name
                 server.start()
                 address = (server.base_url, spec.served_model or folder)
-                check_endpoint(spec, *address, log_tail=server.log_tail)
+                check_endpoint(spec, *address, log_tail=server.log_tail, params=self.sampling_params(spec, r))
             except GeneratorError as err:
                 error = str(err)
         error, address = broadcast_object_list([error, address])

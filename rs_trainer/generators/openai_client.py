@@ -44,11 +44,19 @@ def make_client(spec: GeneratorSpec, base_url: str):
     return OpenAI(base_url=base_url, api_key=key or "none", timeout=spec.timeout, max_retries=spec.max_retries)
 
 
-def check_endpoint(spec: GeneratorSpec, base_url: str, model: str, log_tail: Callable[[], str] | None = None):
+def check_endpoint(
+    spec: GeneratorSpec,
+    base_url: str,
+    model: str,
+    log_tail: Callable[[], str] | None = None,
+    params: SamplingParams | None = None,
+):
     """Refuse an endpoint that does not answer, or that does not serve `model`, before any sampling.
 
     Some servers list only what they have loaded (`transformers serve` loads a folder on first request), so a
-    model missing from `/v1/models` is tried with a one-token request before it is refused."""
+    model missing from `/v1/models` is tried with a one-token request before it is refused. That request carries
+    `params`' temperature and top-p: `transformers serve --continuous-batching` applies its first request's
+    sampling values to every later request."""
     import openai
 
     client = make_client(spec, base_url).with_options(max_retries=1, timeout=min(spec.timeout, 60))
@@ -60,10 +68,10 @@ def check_endpoint(spec: GeneratorSpec, base_url: str, model: str, log_tail: Cal
         raise GeneratorError(f"{where} does not answer ({err}); start the server or fix `base_url`.{tail}") from None
     except openai.APIStatusError:
         served = []  # it answers, but cannot list (transformers serve without a hub cache): the probe decides
-    if model in served:
+    if model in served and params is None:
         return
     try:
-        probe(client, spec, model)
+        probe(client, spec, model, params)
     except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
         raise GeneratorError(
             f"{where} refused the API key ({err.status_code}); set `api_key_env` to the variable that holds it."
@@ -77,11 +85,14 @@ def check_endpoint(spec: GeneratorSpec, base_url: str, model: str, log_tail: Cal
         raise GeneratorError(f"{where}: a one-token request for {model!r} failed ({err}).{tail}") from None
 
 
-def probe(client, spec: GeneratorSpec, model: str) -> None:
+def probe(client, spec: GeneratorSpec, model: str, params: SamplingParams | None = None) -> None:
+    """A one-token request for `model`, with the sampling values that the run will use when they are known."""
+    sampling = {"temperature": params.temperature, "top_p": params.top_p} if params is not None else {}
     if spec.api == "chat":
-        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
+        messages = [{"role": "user", "content": "Hi"}]
+        client.chat.completions.create(model=model, messages=messages, max_tokens=1, **sampling)
     else:
-        client.completions.create(model=model, prompt="Hi", max_tokens=1)
+        client.completions.create(model=model, prompt="Hi", max_tokens=1, **sampling)
 
 
 class OpenAIGenerator:

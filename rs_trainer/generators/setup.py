@@ -24,10 +24,13 @@ def sample_layout(specs: list[GeneratorSpec]) -> dict[str, range]:
     return layout
 
 
-def check_generators(specs: list[GeneratorSpec], tokenizer, save_checkpoints: bool, use_peft: bool) -> dict:
+def check_generators(
+    specs: list[GeneratorSpec], tokenizer, save_checkpoints: bool, use_peft: bool, first_params=None
+) -> dict:
     """Refuse, naming the generator, a teacher folder without a model, a managed server whose program is missing
     (or needs a GPU this machine lacks), and an endpoint that does not answer or does not serve its model. Returns
-    the clients of the `openai` generators, by name."""
+    the clients of the `openai` generators, by name. `first_params(spec)` gives round 0's sampling values, which
+    the test request carries (see `check_endpoint`)."""
     import torch
 
     from ..models import check_model_folder, resolve_model_path
@@ -61,7 +64,7 @@ def check_generators(specs: list[GeneratorSpec], tokenizer, save_checkpoints: bo
             )
         if spec.engine == "openai":
             try:
-                check_endpoint(spec, spec.base_url, spec.model)
+                check_endpoint(spec, spec.base_url, spec.model, params=first_params(spec) if first_params else None)
             except GeneratorError as err:
                 raise ConfigError(f"{where}: {err}") from None
             endpoints[spec.name] = OpenAIGenerator(spec, spec.base_url, spec.model, tokenizer)
