@@ -245,3 +245,29 @@ def test_adapter_hot_load_against_a_server_without_that_api(tiny_model, sampling
     assert (out / "round_0" / "metrics.json").exists()  # round 0 sampled the base model through the endpoint
     assert {x["generator"] for x in read_jsonl(out / "round_0" / "generations.jsonl")} == {"policy"}
     assert not (out / "round_1" / "generations.jsonl").exists()
+
+
+def test_a_continuous_batching_server_samples_at_the_recipes_temperature(tiny_model, tmp_path, capsys):
+    """`transformers serve --continuous-batching` keeps its first request's sampling values for every request;
+    the endpoint check is that first request, and it carries the round's temperature. At 0.01 the tiny model's
+    samples of a prompt are all the same; at the server's default of 1.0 they would differ."""
+    out = tmp_path / "o"
+    argv = recipe_args(
+        tiny_model,
+        out,
+        num_samples_per_prompt=3,
+        temperature=0.01,
+        max_new_tokens=6,
+        eval_split=None,
+        report_to="none",
+        top_k=6,
+        reward_funcs=["tests.scorers_for_tests.length_reward"],
+    )
+    command = f"{SERVE} serve --host {{host}} --port {{port}} --device cpu --continuous-batching"
+    gens = [{"name": "policy", "engine": "server", "command": command, "startup_timeout": 120}]
+    code, err = run(write_recipe(tmp_path / "r.yaml", argv, gens), capsys)
+    assert code == 0, err
+    by_prompt = {}
+    for x in read_jsonl(out / "round_0" / "generations.jsonl"):
+        by_prompt.setdefault(x["prompt_id"], set()).add(x["completion"])
+    assert len(by_prompt) == 6 and all(len(texts) == 1 for texts in by_prompt.values()), by_prompt
