@@ -75,6 +75,8 @@ def plot_report(history: list[dict], samples: list[dict], base_accuracy: float |
         values = [m.get(key) for m in history]
         if any(v is not None for v in values):
             ax.plot(rounds, values, "o-", color="tab:purple")
+        else:
+            ax.text(0.5, 0.5, "not measured\n(kl_to_base: off, or no LoRA)", ha="center", va="center", fontsize=9)
         ax.set(title=title, xlabel="round")
         ax.title.set_fontsize(9)
     from matplotlib.ticker import MaxNLocator
