@@ -463,13 +463,7 @@ class RejectionSamplingTrainer:
         mine = [s for s in rows if s.get("generator", "policy") in own]
         if not local_only:
             mine = data.shard(mine, acc.process_index, acc.num_processes)
-        eos = self.tokenizer.eos_token_id
-        examples = []
-        for s in mine:
-            completion = tokenize_completion(self.tokenizer, s["completion"], s["finished"], eos)
-            ex = build_example(self.prompt_ids[s["prompt_id"]], completion, self.max_len)
-            if ex is not None:
-                examples.append(ex)
+        examples = self.training_examples(mine)
         model = acc.unwrap_model(self.model)
         ref = None if self.kl_reference == "adapter" else self.kl_reference
         sums = kl_and_entropy(model, examples, self.tokenizer.pad_token_id, ref_model=ref) if examples else {}
@@ -679,13 +673,7 @@ class RejectionSamplingTrainer:
         if not train_set:
             self.log(f"round {r}: nothing selected; SFT skipped")
             return {"train/loss": None, "train/steps": 0, "train/tokens": 0}
-        eos = self.tokenizer.eos_token_id
-        examples = []
-        for s in train_set:
-            completion = tokenize_completion(self.tokenizer, s["completion"], s["finished"], eos)
-            ex = build_example(self.prompt_ids[s["prompt_id"]], completion, self.max_len)
-            if ex is not None:
-                examples.append(ex)
+        examples = self.training_examples(train_set)
         if not examples:  # setup refuses a `max_seq_length` that leaves no room; this guards the arithmetic
             self.log(f"round {r}: no example fits `max_seq_length`; SFT skipped")
             return {"train/loss": None, "train/steps": 0, "train/tokens": 0}
@@ -733,6 +721,18 @@ class RejectionSamplingTrainer:
             "train/tokens": sum(gather_object([tokens])),
             "train/lr": scheduler.get_last_lr()[0],
         }
+
+    def training_examples(self, rows: list[dict]) -> list[dict]:
+        """Each row as the token sequence it was sampled as: its prompt's ids (never a hinted or re-rendered text),
+        its completion and the end token when it finished; rows whose prompt fills `max_len` are left out."""
+        eos = self.tokenizer.eos_token_id
+        examples = []
+        for s in rows:
+            completion = tokenize_completion(self.tokenizer, s["completion"], s["finished"], eos)
+            ex = build_example(self.prompt_ids[s["prompt_id"]], completion, self.max_len)
+            if ex is not None:
+                examples.append(ex)
+        return examples
 
     def evaluate(self) -> dict:
         """Held-out greedy decoding, judged by the eval scorers: `eval/accuracy`, the fraction of eval prompts whose
