@@ -31,6 +31,20 @@ def write_recipe(path, argv, generators):
     return ["--config", str(path), *argv]
 
 
+def two_lora_rounds(model, out) -> list[str]:
+    """Two LoRA rounds on the tiny model, scored by length, without held-out evaluation."""
+    return recipe_args(
+        model,
+        out,
+        num_rounds=2,
+        use_peft=True,
+        lora_target_modules=["q_proj", "v_proj"],
+        eval_split=None,
+        report_to="none",
+        reward_funcs=["tests.scorers_for_tests.length_reward"],
+    )
+
+
 def run(argv, capsys) -> tuple[int, str]:
     code = main(argv)
     return code, capsys.readouterr().err
@@ -114,16 +128,7 @@ def test_policy_and_teacher_round(tiny_model, sampling_model, server, tmp_path, 
 
 def test_policy_behind_a_managed_server(tiny_model, tmp_path, capsys):
     out = tmp_path / "o"
-    argv = recipe_args(
-        tiny_model,
-        out,
-        num_rounds=2,
-        use_peft=True,
-        lora_target_modules=["q_proj", "v_proj"],
-        eval_split=None,
-        report_to="none",
-        reward_funcs=["tests.scorers_for_tests.length_reward"],
-    )
+    argv = two_lora_rounds(tiny_model, out)
     command = f"{SERVE} serve --host {{host}} --port {{port}} --device cpu"
     gens = [{"name": "policy", "engine": "server", "command": command, "startup_timeout": 120}]
     code, err = run(write_recipe(tmp_path / "r.yaml", argv, gens), capsys)
@@ -228,16 +233,7 @@ def test_adapter_hot_load_against_a_server_without_that_api(tiny_model, sampling
     """Round 0 samples the base model behind the endpoint; round 1 asks the server to load round 0's adapter.
     `transformers serve` has no adapter-loading endpoint, and the run stops there with the URL and the answer."""
     out = tmp_path / "o"
-    argv = recipe_args(
-        tiny_model,
-        out,
-        num_rounds=2,
-        use_peft=True,
-        lora_target_modules=["q_proj", "v_proj"],
-        eval_split=None,
-        report_to="none",
-        reward_funcs=["tests.scorers_for_tests.length_reward"],
-    )
+    argv = two_lora_rounds(tiny_model, out)
     gens = [{**teacher(server.base_url, sampling_model), "name": "policy", "adapter_api": "vllm"}]
     code, err = run(write_recipe(tmp_path / "r.yaml", argv, gens), capsys)
     assert code == 1, err
