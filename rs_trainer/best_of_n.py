@@ -228,6 +228,8 @@ def run(args, model_args, candidate_models: list[str] | None = None) -> dict:
 
     if PartialState().num_processes > 1:
         raise ConfigError("best_of_n runs in one process; start it with `python -m rs_trainer.best_of_n`.")
+    if args.for_round("temperature", 0) == "auto":
+        raise ConfigError("`temperature: auto` is for training rounds; give best_of_n a number, such as 0.8.")
     models = [model_args.model_name_or_path, *(candidate_models or [])]
     if len(set(models)) != len(models):
         raise ConfigError(f"A model is named twice among the candidates {models}; name each once.")

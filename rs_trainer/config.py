@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from .filters import DEDUPE_MODES
 
 SELECTION_STRATEGIES = ("best_of_n", "top_k_per_prompt", "threshold", "percentile", "top_k", "top_fraction", "rso")
+AUTO = "auto"  # `temperature: auto`
 PER_ROUND_FIELDS = ("temperature", "top_p", "sampling_top_k", "max_new_tokens")
 # Keys that only some selection strategies read.
 SELECTION_KEYS = {
@@ -93,8 +94,24 @@ class RSConfig:
     task_max_operand: int = field(default=20, metadata={"help": "builtin:arithmetic: largest operand."})
     # ---- generation ----
     num_samples_per_prompt: int = field(default=8, metadata={"help": "N: completions sampled per prompt."})
-    temperature: list[float] = field(
-        default_factory=lambda: [0.8], metadata={"help": "Sampling temperature (per round)."}
+    temperature: list[str] = field(
+        default_factory=lambda: [0.8],
+        metadata={
+            "help": "Sampling temperature (per round), or `auto`: the round probes `temperature_grid` on "
+            "`temperature_probe_prompts` of its prompts and samples at the one with the best expected best-of-N "
+            "reward (rs_trainer/temperature.py)."
+        },
+    )
+    temperature_grid: list[float] = field(
+        default_factory=lambda: [0.6, 0.8, 1.0, 1.2],
+        metadata={"help": "`temperature: auto`: the temperatures the probe tries."},
+    )
+    temperature_probe_prompts: int = field(
+        default=8,
+        metadata={
+            "help": "`temperature: auto`: prompts of the round sampled N times at every temperature of the grid; "
+            "the extra cost is (grid size - 1) x these prompts' samples."
+        },
     )
     top_p: list[float] = field(default_factory=lambda: [1.0], metadata={"help": "Nucleus sampling p (per round)."})
     sampling_top_k: list[int] = field(
@@ -337,7 +354,20 @@ class RSConfig:
             raise ConfigError("`max_kl` needs a positive value and `kl_to_base` auto or on.")
         if self.sft_from not in ("previous", "base"):
             raise ConfigError(f"`sft_from` must be `previous` or `base`, got {self.sft_from!r}.")
+        self.temperature = [self._temperature_value(r, t) for r, t in enumerate(self.temperature)]
+        if AUTO in self.temperature:
+            if not self.temperature_grid or any(t <= 0 for t in self.temperature_grid):
+                raise ConfigError(
+                    f"`temperature_grid` must list temperatures above 0 for `temperature: auto`, got "
+                    f"{self.temperature_grid}."
+                )
+            if self.temperature_probe_prompts < 1:
+                raise ConfigError(
+                    f"`temperature_probe_prompts` must be at least 1, got {self.temperature_probe_prompts}."
+                )
         for r, t in enumerate(self.temperature):
+            if t == AUTO:
+                continue
             if t < 0:
                 raise ConfigError(f"`temperature` for round {r} is negative ({t}).")
             if t == 0 and self.num_samples_per_prompt > 1:
@@ -455,6 +485,17 @@ class RSConfig:
                 f"`top_k` ({self.top_k}) is larger than prompts x samples ({num_prompts} x "
                 f"{n} = {total}); lower `top_k` or raise `num_samples_per_prompt`."
             )
+
+    @staticmethod
+    def _temperature_value(r: int, value) -> float | str:
+        if isinstance(value, str) and value.strip().lower() == AUTO:
+            return AUTO
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"`temperature` for round {r} is {value!r}; give a number or `auto` (chosen each round by a probe)."
+            ) from None
 
     def for_round(self, name: str, round_index: int):
         """The value of a per-round field in round `round_index` (0-based); the last value repeats."""

@@ -9,15 +9,15 @@ from pathlib import Path
 
 def plot_report(history: list[dict], samples: list[dict], base_accuracy: float | None, path: str | Path) -> Path:
     """Draw reward mean and max, acceptance and pass rates (per generator too), held-out accuracy, KL to the base
-    model and entropy per round, and the last round's reward distribution before and after selection, into `path`
-    (written atomically)."""
+    model and entropy per round, the last round's reward distribution before and after selection, the sampling
+    temperature per round and the `temperature: auto` probes' tables, into `path` (written atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rounds = [m["round"] for m in history]
-    fig, axes = plt.subplots(3, 2, figsize=(10, 10))
+    fig, axes = plt.subplots(4, 2, figsize=(10, 13))
     ax = axes[0][0]
     ax.plot(rounds, [m.get("rs/reward_mean") for m in history], "o-", label="mean (all samples)")
     ax.plot(rounds, [m.get("rs/reward_max") for m in history], "s--", label="max")
@@ -79,9 +79,26 @@ def plot_report(history: list[dict], samples: list[dict], base_accuracy: float |
             ax.text(0.5, 0.5, "not measured\n(kl_to_base: off, or no LoRA)", ha="center", va="center", fontsize=9)
         ax.set(title=title, xlabel="round")
         ax.title.set_fontsize(9)
+    ax = axes[3][0]
+    probed = [m for m in history if m.get("probe/temperature") is not None]
+    for m in probed:
+        grid = sorted(float(k.split("=")[1].split("/")[0]) for k in m if k.endswith("/best_of_n"))
+        line = ax.plot(grid, [m[f"probe/T={t:g}/best_of_n"] for t in grid], "o-", label=f"round {m['round']}")
+        best = m["probe/temperature"]
+        ax.plot([best], [m[f"probe/T={best:g}/best_of_n"]], "*", markersize=14, color=line[0].get_color())
+    if probed:
+        ax.legend(fontsize=8, title="★ chosen", title_fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no probe (no round with `temperature: auto`)", ha="center", va="center", fontsize=9)
+    ax.set(title="Temperature probe: expected best-of-N reward", xlabel="temperature", ylabel="reward")
+    ax = axes[3][1]
+    ax.plot(rounds, [m.get("rs/temperature") for m in history], "o-", color="tab:red")
+    ax.set(title="Sampling temperature (★ chosen by a probe)", xlabel="round")
+    for m in probed:
+        ax.plot([m["round"]], [m["probe/temperature"]], "*", markersize=14, color="tab:red")
     from matplotlib.ticker import MaxNLocator
 
-    for ax in (axes[0][0], axes[0][1], axes[1][0], axes[2][0], axes[2][1]):
+    for ax in (axes[0][0], axes[0][1], axes[1][0], axes[2][0], axes[2][1], axes[3][1]):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     fig.tight_layout()
     return save_figure(fig, path)

@@ -20,7 +20,7 @@ from accelerate.utils import DistributedType, broadcast_object_list, gather_obje
 from tqdm.auto import tqdm
 
 from . import data, filters, resume, selection
-from .config import NON_SEMANTIC_KEYS, ConfigError, RSConfig, first_line
+from .config import AUTO, NON_SEMANTIC_KEYS, ConfigError, RSConfig, first_line
 from .export import sft_rows
 from .generation import SamplingParams, encode_prompts, generate
 from .generators.openai_client import GeneratorError
@@ -40,6 +40,7 @@ from .sft import (
     train_steps,
     trainable_state,
 )
+from .temperature import choose_temperature, probe_metrics, probe_prompts
 
 RUN_CONFIG = "run_config.json"
 
@@ -100,6 +101,11 @@ class RejectionSamplingTrainer:
 
         self.model_path, self.tokenizer = self._load_tokenizer()
         self._setup_generators()
+        if AUTO in args.temperature and not any(s.is_policy and s.temperature is None for s in self.generator_specs):
+            raise ConfigError(
+                "`temperature: auto` probes the policy at the round's temperature, but no generator is the policy "
+                "without its own `temperature`; list one, or give `temperature` numbers."
+            )
         self.prompt_ids = self._encode_and_check_lengths(self.train_prompts)
         self.eval_prompt_ids = self._encode_and_check_lengths(self.eval_prompts)
         self._check_output_dir()
@@ -289,6 +295,9 @@ class RejectionSamplingTrainer:
             fresh = samples is None
             if fresh:
                 prompts = data.draw_round_prompts(self.train_prompts, args.prompts_per_round, args.seed, r)
+                if args.for_round("temperature", r) == AUTO:
+                    with self.timer(timings, "temperature_probe"):
+                        self.probe_temperature(prompts, r)
                 with self.timer(timings, "generate"):
                     local = self.generate_samples(prompts, r, timings)
                 with self.timer(timings, "score"):
@@ -338,6 +347,12 @@ class RejectionSamplingTrainer:
                         {s["prompt_id"] for s in samples if s.get("rationalized")}
                     )
                 metrics["rs/filtered_out"] = sum(s.get("filtered_out", False) for s in samples)
+                probe = self.probe_file(r)
+                auto = args.for_round("temperature", r) == AUTO
+                metrics["rs/temperature"] = self.round_temperature(r) if probe.exists() or not auto else None
+                if probe.exists():
+                    found = json.loads(probe.read_text())
+                    metrics.update(probe_metrics(found["table"], found["temperature"], found["extra_tokens"]))
                 metrics.update({"eval/accuracy_before": before, **evaluation})
                 metrics.update({f"timing/{k}": v for k, v in timings.items()})
                 for spec in self.generator_specs:  # this run's seconds; rows reused from disk count no time
@@ -414,15 +429,10 @@ class RejectionSamplingTrainer:
             if not missing:
                 continue
             todo = data.shard(missing, acc.process_index, acc.num_processes)
-            offset, n = self.layout[spec.name].start, spec.num_samples_per_prompt
+            n = spec.num_samples_per_prompt
 
-            def on_batch(rows: list[dict], name=spec.name, offset=offset) -> None:
-                now = time.time()
-                rows = [
-                    {**row, "sample_index": offset + row["sample_index"], "generator": name, "round": r}
-                    for row in rows
-                ]
-                append_jsonl(shard_file, [{**row, "generated_at": now} for row in rows])
+            def on_batch(rows: list[dict], spec=spec) -> None:
+                self.append_rows(shard_file, rows, spec, r)
                 bar.update(len(rows))
 
             desc = f"round {r} generate" + (f" [{spec.name}]" if len(self.generator_specs) > 1 else "")
@@ -478,15 +488,90 @@ class RejectionSamplingTrainer:
             "rs/entropy": total["entropy_sum"] / max(total["tokens"], 1),
         }
 
-    def sampling_params(self, spec, r: int) -> SamplingParams:
-        """The round's sampling values, with the generator's own where it sets them."""
+    def round_temperature(self, r: int) -> float:
+        """The round's temperature: the recipe's, or with `auto` the one its probe chose (read back when resumed)."""
+        value = self.args.for_round("temperature", r)
+        if value != AUTO:
+            return value
+        return json.loads(self.probe_file(r).read_text())["temperature"]
+
+    def probe_file(self, r: int) -> Path:
+        return resume.round_dir(self.output_dir, r) / "temperature_probe.json"
+
+    def probe_temperature(self, prompts: list[dict], r: int) -> None:
+        """`temperature: auto`: sample `temperature_probe_prompts` of the round's prompts N times at each
+        temperature of `temperature_grid` with the policy, score them, and keep the temperature with the best
+        expected best-of-N reward (`rs_trainer.temperature`), in `temperature_probe.json`. The probe prompts'
+        rows at that temperature are kept as their rows of the round. A probe cut short by a kill runs again."""
+        args, acc = self.args, self.accelerator
+        path = self.probe_file(r)
+        if path.exists():
+            return
+        spec = next(s for s in self.generator_specs if s.is_policy and s.temperature is None)
+        n = spec.num_samples_per_prompt
+        chosen = probe_prompts(prompts, args.temperature_probe_prompts, args.seed, r)
+        todo = data.shard(chosen, acc.process_index, acc.num_processes)
+        ids = [self.prompt_ids[p["prompt_id"]] for p in todo]
+        by_id = {p["prompt_id"]: p for p in todo}
+        raw: dict[float, list[dict]] = {}
+        found = []  # (temperature, prompt_id, reward, completion tokens) of this rank's probe samples
+        with self.open_generator(spec, r) as generator:
+            for i, t in enumerate(args.temperature_grid):
+                seed = args.seed * 1_000_003 + r * 1009 + 31337 * (i + 1) + acc.process_index
+                params = self.sampling_params(spec, r, temperature=t)
+                with self.progress(len(todo) * n, f"round {r} temperature probe T={t:g}", "samples") as bar:
+                    raw[t] = generator.generate(todo, ids, n, params, seed=seed) if todo else []
+                    bar.update(len(raw[t]))
+                scored = self.score_samples([{**by_id[row["prompt_id"]], **row} for row in raw[t]])
+                found += [(t, s["prompt_id"], s["reward"], s["completion_tokens"]) for s in scored]
+            del generator
+        everything = gather_object(found)
+        rewards: dict[float, dict[str, list[float]]] = {t: {} for t in args.temperature_grid}
+        for t, prompt_id, reward, _ in everything:
+            rewards[t].setdefault(prompt_id, []).append(reward)
+        best, table = choose_temperature(rewards, n)
+        extra = sum(tokens for t, _, _, tokens in everything if t != best)
+        self.log(
+            f"round {r}: temperature probe on {len(chosen)} prompts: "
+            + ", ".join(f"T={row['temperature']:g} best-of-{n} {row['best_of_n']:.3f}" for row in table)
+            + f" -> {best:g}"
+        )
+        if acc.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, {"temperature": best, "table": table, "extra_tokens": extra, "prompts": len(chosen)})
+        acc.wait_for_everyone()
+        # The probe prompts' samples at the chosen temperature are theirs for the round: not generated again.
+        shard_file = resume.shard_path(self.output_dir, r, acc.process_index)
+        self.append_rows(shard_file, raw[best], spec, r)
+        acc.wait_for_everyone()
+
+    def append_rows(self, shard_file: Path, rows: list[dict], spec, r: int) -> None:
+        """Generated rows into this rank's shard file, keyed by (round, prompt_id, generator, sample_index)."""
+        offset, now = self.layout[spec.name].start, time.time()
+        rows = [
+            {
+                **row,
+                "sample_index": offset + row["sample_index"],
+                "generator": spec.name,
+                "round": r,
+                "generated_at": now,
+            }
+            for row in rows
+        ]
+        append_jsonl(shard_file, rows)
+
+    def sampling_params(self, spec, r: int, temperature: float | None = None) -> SamplingParams:
+        """The round's sampling values, with the generator's own where it sets them (`temperature` overrides the
+        round's, for the probe of `temperature: auto`)."""
         args = self.args
 
         def pick(own, key):
             return args.for_round(key, r) if own is None else own
 
+        if temperature is None:
+            temperature = spec.temperature if spec.temperature is not None else self.round_temperature(r)
         return SamplingParams(
-            temperature=pick(spec.temperature, "temperature"),
+            temperature=temperature,
             top_p=pick(spec.top_p, "top_p"),
             top_k=pick(spec.top_k, "sampling_top_k"),
             max_new_tokens=pick(spec.max_new_tokens, "max_new_tokens"),

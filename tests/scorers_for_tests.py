@@ -33,3 +33,13 @@ def slow_length_reward(prompts, completions, **kwargs):
 def prefers_teacher(prompts, completions, generator=None, **kwargs):
     """1 for the `teacher` generator's samples, 0 for the others': a known winner for cross-generator tests."""
     return [1.0 if g == "teacher" else 0.0 for g in generator]
+
+
+def variety(prompts, completions, **kwargs):
+    """The number of distinct characters: a random tiny model's greedy text repeats itself, its hot samples do not."""
+    return [float(len(set(c[0]["content"]))) for c in completions]
+
+
+def sameness(prompts, completions, **kwargs):
+    """Minus `variety`: the near-greedy temperature wins."""
+    return [-v for v in variety(prompts, completions)]
