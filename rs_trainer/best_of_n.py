@@ -259,22 +259,7 @@ def run(args, model_args, candidate_models: list[str] | None = None) -> dict:
     return metrics
 
 
-def main(argv: list[str] | None = None, candidate_models: list[str] | None = None) -> int:
-    from .cli import parse_args
+if __name__ == "__main__":  # `python -m rs_trainer.best_of_n`; the command itself lives in rs_trainer.cli
+    from .cli import best_of_n_main
 
-    try:
-        args, model_args = parse_args(argv)
-        if candidate_models is None:
-            candidate_models = args.candidate_models
-        metrics = run(args, model_args, candidate_models)
-    except ConfigError as err:
-        print(f"rs_trainer.best_of_n: error: {err}", file=sys.stderr)
-        return 2
-    curve = ", ".join(f"n={n}: {r:.3f}" for n, r in zip(metrics["n"], metrics["expected_reward"], strict=True))
-    print(f"expected best-of-n reward over {metrics['num_prompts_in_curve']} prompts: {curve}")
-    print(f"wrote the best completions, metrics and plot to {args.output_dir}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(best_of_n_main())

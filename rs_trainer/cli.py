@@ -1,7 +1,12 @@
-"""Command line: `accelerate launch -m rs_trainer --config recipes/<model>/<recipe>.yaml [--key value ...]`.
+"""Every command of the project, and their one error wrapper (`run_command`):
 
-The recipe and the overrides are parsed by `trl.TrlParser` into `RSConfig` and TRL's `ModelConfig`; a key that
-neither knows is refused with its name.
+- `accelerate launch -m rs_trainer --config recipes/<model>/<recipe>.yaml [--key value ...]` (`main`);
+- `python -m rs_trainer.best_of_n --config <recipe>` (`best_of_n_main`);
+- `python -m rs_trainer.reward_training --config <recipe>` (`reward_training_main`);
+- `python -m rs_trainer.export {dpo,sft} --output_dir <run> --out <file>` (`export_main`).
+
+Recipes and overrides are parsed by `trl.TrlParser` into `RSConfig` and TRL's `ModelConfig`; a key that neither
+knows is refused with its name. The library modules hold no argument parsing and no exit codes.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 
 from .config import ConfigError, RSConfig, check_peft_keys, first_line
 from .generators.openai_client import GeneratorError
@@ -135,8 +141,34 @@ def dry_run(args, model_args) -> str:
     return json.dumps(plan, indent=2, default=str)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_command(prog: str, body: Callable[[], int | None]) -> int:
+    """Every command's error handling, in one place: a user's mistake (`ConfigError`) is one `<prog>: error:`
+    line and exit code 2; a generator that failed mid-run, or a full disk, one line and exit code 1 (what was
+    written before is intact, and the same command resumes). Anything else is a bug and keeps its traceback."""
     try:
+        return body() or 0
+    except ConfigError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except GeneratorError as err:  # an endpoint or a managed server failed mid-run; finished rows are on disk
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        detail = first_line(err)[:200]
+        print(
+            f"{prog}: error: a write failed for lack of disk space ({detail}); the files written before are "
+            "intact: free some space, then rerun the same command to resume.",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`accelerate launch -m rs_trainer --config <recipe> [--key value ...]`: rejection-sampling rounds."""
+
+    def body():
         args, model_args = parse_args(argv)
         check_launch_matches_devices()
         if args.dry_run:
@@ -148,20 +180,92 @@ def main(argv: list[str] | None = None) -> int:
         trainer.setup()
         trainer.train()
         trainer.cleanup()
-    except ConfigError as err:
-        print(f"rs_trainer: error: {err}", file=sys.stderr)
-        return 2
-    except GeneratorError as err:  # an endpoint or a managed server failed mid-run; finished rows are on disk
-        print(f"rs_trainer: error: {err}", file=sys.stderr)
-        return 1
-    except Exception as err:
-        if not is_disk_full(err):
-            raise
-        detail = first_line(err)[:200]
+
+    return run_command("rs_trainer", body)
+
+
+def best_of_n_main(argv: list[str] | None = None, candidate_models: list[str] | None = None) -> int:
+    """`python -m rs_trainer.best_of_n --config <recipe>`: Best-of-N at inference time, no training."""
+    from .best_of_n import run
+
+    def body():
+        args, model_args = parse_args(argv)
+        metrics = run(args, model_args, args.candidate_models if candidate_models is None else candidate_models)
+        curve = ", ".join(f"n={n}: {r:.3f}" for n, r in zip(metrics["n"], metrics["expected_reward"], strict=True))
+        print(f"expected best-of-n reward over {metrics['num_prompts_in_curve']} prompts: {curve}")
+        print(f"wrote the best completions, metrics and plot to {args.output_dir}")
+
+    return run_command("rs_trainer.best_of_n", body)
+
+
+def parse_reward_training_args(argv: list[str] | None = None):
+    """The reward-model recipe: `RewardDataArguments`, `trl.RewardConfig` and `trl.ModelConfig`."""
+    from trl import ModelConfig, RewardConfig, TrlParser
+
+    from .export import PAIR_RULES
+    from .reward_training import RewardDataArguments
+
+    parser = TrlParser((RewardDataArguments, RewardConfig, ModelConfig))
+    try:
+        data_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    except ValueError as err:
+        hint = ""
+        if "Unknown arguments" in str(err) or "not used" in str(err):
+            hint = "\nEvery key must be a field of RewardDataArguments, trl.RewardConfig or trl.ModelConfig."
+        raise ConfigError(f"{err}{hint}") from None
+    if data_args.pair_rule not in PAIR_RULES:
+        raise ConfigError(f"`pair_rule` {data_args.pair_rule!r} is unknown; choose one of {PAIR_RULES}.")
+    if model_args.model_name_or_path is None:
+        raise ConfigError("`model_name_or_path` is not set; name a hub id, a local folder or `embedded:<name>`.")
+    return data_args, training_args, model_args
+
+
+def reward_training_main(argv: list[str] | None = None) -> int:
+    """`python -m rs_trainer.reward_training --config <recipe>`: a reward model from finished runs' generations."""
+    from .reward_training import train_reward_model
+
+    def fmt(x):
+        return "-" if x is None else f"{x:.3f}"  # no held-out pairs with `eval_fraction: 0`
+
+    def body():
+        metrics = train_reward_model(*parse_reward_training_args(argv))
         print(
-            f"rs_trainer: error: a write failed for lack of disk space ({detail}); the files written before are "
-            "intact: free some space, then rerun the same command to resume.",
-            file=sys.stderr,
+            f"reward model: {metrics['num_train_pairs']} train / {metrics['num_eval_pairs']} held-out pairs; "
+            f"held-out pairwise accuracy {fmt(metrics['eval/pairwise_accuracy_before'])} untrained -> "
+            f"{fmt(metrics['eval/pairwise_accuracy'])} trained"
         )
-        return 1
-    return 0
+
+    return run_command("rs_trainer.reward_training", body)
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    """`python -m rs_trainer.export {dpo,sft} --output_dir <run> --out <file>`: datasets for other trainers."""
+    import argparse
+
+    from . import export
+
+    parser = argparse.ArgumentParser(prog="python -m rs_trainer.export", description=export.__doc__.split("\n\n")[0])
+    parser.add_argument("kind", choices=("dpo", "sft"), help="Preference pairs or an SFT set.")
+    parser.add_argument("--output_dir", required=True, help="A run's output_dir (holding round_<r>/).")
+    parser.add_argument("--out", required=True, help="The JSONL file to write.")
+    parser.add_argument("--rounds", type=int, nargs="*", default=None, help="Rounds to export; default all.")
+    parser.add_argument("--rule", choices=export.PAIR_RULES, default="best_vs_worst", help="dpo: the pairing rule.")
+    parser.add_argument("--min_margin", type=float, default=0.0, help="dpo: smallest ranking-score gap of a pair.")
+    parser.add_argument("--length_penalty", type=float, default=0.0, help="dpo: score = reward - this * tokens.")
+    parser.add_argument("--seed", type=int, default=0, help="dpo: seed of tie-breaks and random draws.")
+    parser.add_argument("--all_samples", action="store_true", help="sft: every sample, not only the selected.")
+    parser.add_argument("--drop_truncated", action="store_true", help="sft: leave out truncated completions.")
+    ns = parser.parse_args(argv)
+
+    def body():
+        try:
+            if ns.kind == "dpo":
+                options = {"rule": ns.rule, "min_margin": ns.min_margin, "length_penalty": ns.length_penalty}
+                rows = export.export_dpo(ns.output_dir, ns.out, ns.rounds, seed=ns.seed, **options)
+            else:
+                rows = export.export_sft(ns.output_dir, ns.out, ns.rounds, not ns.all_samples, ns.drop_truncated)
+        except (FileNotFoundError, ValueError) as err:  # no such round, a run still generating, a bad option
+            raise ConfigError(str(err)) from None
+        print(f"wrote {len(rows)} {ns.kind} rows to {ns.out}")
+
+    return run_command("rs_trainer.export", body)

@@ -11,15 +11,14 @@ atomically. Each row keeps `round`, `prompt_id` and the sample indices it came f
 
 from __future__ import annotations
 
-import argparse
 import random
-import re
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 from .filters import MARGIN_TOLERANCE
 from .io import read_jsonl, write_jsonl
+from .layout import RunLayout
 from .selection import rank_key, scored
 
 PAIR_RULES = ("best_vs_worst", "best_vs_random", "best_vs_each_lower")
@@ -144,12 +143,8 @@ def round_numbers(output_dir: str | Path) -> list[int]:
 
     Example: a folder with round_0/, round_2/ and round_10/, each holding generations.jsonl -> [0, 2, 10].
     """
-    found = []
-    for path in Path(output_dir).glob("round_*/generations.jsonl"):
-        match = re.fullmatch(r"round_(\d+)", path.parent.name)
-        if match:
-            found.append(int(match.group(1)))
-    return sorted(found)
+    files = RunLayout(output_dir)
+    return [r for r in files.rounds() if files.generations(r).exists()]
 
 
 def load_generations(output_dir: str | Path, rounds: int | list[int] | None = None) -> list[dict]:
@@ -164,7 +159,7 @@ def load_generations(output_dir: str | Path, rounds: int | list[int] | None = No
         )
     rows = []
     for r in wanted:
-        rows.extend({"round": r, **row} for row in read_jsonl(Path(output_dir) / f"round_{r}" / "generations.jsonl"))
+        rows.extend({"round": r, **row} for row in read_jsonl(RunLayout(output_dir).generations(r)))
     return rows
 
 
@@ -191,31 +186,7 @@ def export_dpo(
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rs_trainer.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=("dpo", "sft"), help="Preference pairs or an SFT set.")
-    parser.add_argument("--output_dir", required=True, help="A run's output_dir (holding round_<r>/).")
-    parser.add_argument("--out", required=True, help="The JSONL file to write.")
-    parser.add_argument("--rounds", type=int, nargs="*", default=None, help="Rounds to export; default all.")
-    parser.add_argument("--rule", choices=PAIR_RULES, default="best_vs_worst", help="dpo: the pairing rule.")
-    parser.add_argument("--min_margin", type=float, default=0.0, help="dpo: smallest ranking-score gap of a pair.")
-    parser.add_argument("--length_penalty", type=float, default=0.0, help="dpo: score = reward - this * tokens.")
-    parser.add_argument("--seed", type=int, default=0, help="dpo: seed of tie-breaks and random draws.")
-    parser.add_argument("--all_samples", action="store_true", help="sft: every sample, not only the selected.")
-    parser.add_argument("--drop_truncated", action="store_true", help="sft: leave out truncated completions.")
-    ns = parser.parse_args(argv)
-    try:
-        if ns.kind == "dpo":
-            options = {"rule": ns.rule, "min_margin": ns.min_margin, "length_penalty": ns.length_penalty}
-            rows = export_dpo(ns.output_dir, ns.out, ns.rounds, seed=ns.seed, **options)
-        else:
-            rows = export_sft(ns.output_dir, ns.out, ns.rounds, not ns.all_samples, ns.drop_truncated)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"rs_trainer.export: error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(rows)} {ns.kind} rows to {ns.out}")
-    return 0
+if __name__ == "__main__":  # `python -m rs_trainer.export`; the command itself lives in rs_trainer.cli
+    from .cli import export_main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(export_main())

@@ -18,52 +18,43 @@ import json
 from pathlib import Path
 
 from .io import read_jsonl, read_jsonl_prefix
+from .layout import TRAIN_METRICS, RunLayout
 
-TRAIN_METRICS = "rs_train_metrics.json"
-
-
-def round_dir(output_dir: Path, r: int) -> Path:
-    return Path(output_dir) / f"round_{r}"
+__all__ = ["TRAIN_METRICS", "finished_rounds", "generated_rows", "load_weights", "scored_rows", "trained_round"]
 
 
-def finished_rounds(output_dir: Path) -> list[dict]:
+def finished_rounds(files: RunLayout) -> list[dict]:
     """Metrics of rounds 0, 1, ... that finished, stopping at the first that did not."""
     history = []
-    r = 0
-    while (round_dir(output_dir, r) / "metrics.json").exists():
-        history.append(json.loads((round_dir(output_dir, r) / "metrics.json").read_text()))
-        r += 1
+    while files.metrics(len(history)).exists():
+        history.append(json.loads(files.metrics(len(history)).read_text()))
     return history
 
 
-def scored_rows(output_dir: Path, r: int) -> list[dict] | None:
+def scored_rows(files: RunLayout, r: int) -> list[dict] | None:
     """The round's scored and selected rows, if that phase finished."""
-    path = round_dir(output_dir, r) / "generations.jsonl"
+    path = files.generations(r)
     return read_jsonl(path) if path.exists() else None
 
 
-def trained_round(checkpoint: Path) -> dict | None:
+def trained_round(files: RunLayout, r: int) -> dict | None:
     """The SFT statistics saved with a round's checkpoint, if that round's training finished and was saved."""
-    path = Path(checkpoint) / TRAIN_METRICS
+    path = files.checkpoint(r) / TRAIN_METRICS
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def shard_path(output_dir: Path, r: int, rank: int) -> Path:
-    return round_dir(output_dir, r) / "shards" / f"generations.rank{rank}.jsonl"
-
-
-def generated_rows(output_dir: Path, r: int, layout: dict[str, range]) -> dict[str, dict[str, list[dict]]]:
+def generated_rows(files: RunLayout, r: int, sample_ranges: dict[str, range]) -> dict[str, dict[str, list[dict]]]:
     """Rows already generated in round `r` by any rank, as {generator: {prompt_id: rows}}, keeping only the
-    prompts for which that generator has every one of its sample indices (`layout[generator]`)."""
+    prompts for which that generator has every one of its sample indices (`sample_ranges[generator]`)."""
     by_key: dict[tuple[str, str], dict[int, dict]] = {}
-    for path in sorted((round_dir(output_dir, r) / "shards").glob("generations.rank*.jsonl")):
+    for path in sorted(files.shards(r).glob("generations.rank*.jsonl")):
         for row in read_jsonl_prefix(path):
             key = (row.get("generator", "policy"), row["prompt_id"])
             by_key.setdefault(key, {})[row["sample_index"]] = row
-    done: dict[str, dict[str, list[dict]]] = {name: {} for name in layout}
+    done: dict[str, dict[str, list[dict]]] = {name: {} for name in sample_ranges}
     for (name, pid), rows in by_key.items():
-        if name in layout and all(i in rows for i in layout[name]):
-            done[name][pid] = [rows[i] for i in layout[name]]
+        if name in sample_ranges and all(i in rows for i in sample_ranges[name]):
+            done[name][pid] = [rows[i] for i in sample_ranges[name]]
     return done
 
 

@@ -190,41 +190,7 @@ def train_reward_model(data_args: RewardDataArguments, training_args, model_args
     return metrics
 
 
-def parse_args(argv: list[str] | None = None):
-    from trl import ModelConfig, RewardConfig, TrlParser
+if __name__ == "__main__":  # `python -m rs_trainer.reward_training`; the command itself lives in rs_trainer.cli
+    from .cli import reward_training_main
 
-    parser = TrlParser((RewardDataArguments, RewardConfig, ModelConfig))
-    try:
-        data_args, training_args, model_args = parser.parse_args_and_config(args=argv)
-    except ValueError as err:
-        hint = ""
-        if "Unknown arguments" in str(err) or "not used" in str(err):
-            hint = "\nEvery key must be a field of RewardDataArguments, trl.RewardConfig or trl.ModelConfig."
-        raise ConfigError(f"{err}{hint}") from None
-    if data_args.pair_rule not in PAIR_RULES:
-        raise ConfigError(f"`pair_rule` {data_args.pair_rule!r} is unknown; choose one of {PAIR_RULES}.")
-    if model_args.model_name_or_path is None:
-        raise ConfigError("`model_name_or_path` is not set; name a hub id, a local folder or `embedded:<name>`.")
-    return data_args, training_args, model_args
-
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        metrics = train_reward_model(*parse_args(argv))
-    except ConfigError as err:
-        print(f"rs_trainer.reward_training: error: {err}", file=sys.stderr)
-        return 2
-
-    def fmt(x):
-        return "-" if x is None else f"{x:.3f}"  # no held-out pairs with `eval_fraction: 0`
-
-    print(
-        f"reward model: {metrics['num_train_pairs']} train / {metrics['num_eval_pairs']} held-out pairs; held-out "
-        f"pairwise accuracy {fmt(metrics['eval/pairwise_accuracy_before'])} untrained -> "
-        f"{fmt(metrics['eval/pairwise_accuracy'])} trained"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(reward_training_main())

@@ -25,6 +25,7 @@ from .export import sft_rows
 from .generation import SamplingParams, encode_prompts, generate
 from .generators.openai_client import GeneratorError
 from .io import append_jsonl, atomic_dir, recover_dir, write_atomic, write_json, write_jsonl
+from .layout import TRAIN_METRICS, RunLayout
 from .metrics import round_metrics, summary_table
 from .models import check_model_folder, load_policy, load_tokenizer, resolve_model_path
 from .progress import progress_bar
@@ -42,7 +43,22 @@ from .sft import (
 )
 from .temperature import choose_temperature, probe_metrics, probe_prompts
 
-RUN_CONFIG = "run_config.json"
+
+class RoundClock:
+    """A round's timings: seconds per phase (`timing/<phase>` in the metrics) and when the round began."""
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+        self.wall_start, self._start = time.time(), time.perf_counter()
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - start
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start
 
 
 def by_key(rows: list[dict]) -> list[dict]:
@@ -68,6 +84,7 @@ class RejectionSamplingTrainer:
         self.model_args = model_args
         self.accelerator = accelerator or Accelerator(log_with=args.trackers(), project_dir=args.output_dir)
         self.output_dir = Path(args.output_dir)
+        self.files = RunLayout(self.output_dir)  # every path of the run's output folder
         self.history: list[dict] = []
         self.pool: list[dict] = []  # selected samples of earlier rounds, for `pool_previous_rounds`
 
@@ -141,7 +158,7 @@ class RejectionSamplingTrainer:
         self.base_state = trainable_state(self.model) if args.sft_from == "base" else None
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            write_json(self.output_dir / RUN_CONFIG, self._run_config())
+            write_json(self.files.run_config, self._run_config())
         acc.wait_for_everyone()
         if acc.log_with:
             flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in args.to_dict().items()}
@@ -173,11 +190,11 @@ class RejectionSamplingTrainer:
         return model
 
     def _setup_generators(self) -> None:
-        """Check every generator before anything is sampled; `self.layout` gives each its sample indices."""
-        from .generators.setup import check_generators, sample_layout
+        """Check every generator before anything is sampled; `self.sample_ranges` gives each its sample indices."""
+        from .generators.setup import check_generators, sample_ranges
 
         self.generator_specs = self.args.generator_specs()
-        self.layout = sample_layout(self.generator_specs)
+        self.sample_ranges = sample_ranges(self.generator_specs)
         self.endpoints = check_generators(
             self.generator_specs,
             self.tokenizer,
@@ -253,7 +270,7 @@ class RejectionSamplingTrainer:
     def _check_output_dir(self) -> None:
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise ConfigError(f"`output_dir` {self.output_dir} is a file; name a folder (new or holding a run).")
-        path = self.output_dir / RUN_CONFIG
+        path = self.files.run_config
         if not path.exists():
             return
         old = json.loads(path.read_text())
@@ -272,131 +289,160 @@ class RejectionSamplingTrainer:
         if self.args.overwrite_output_dir:
             self.accelerator.wait_for_everyone()
             if self.accelerator.is_main_process:
-                for old_round in self.output_dir.glob("round_*"):
-                    shutil.rmtree(old_round)
-                for name in ("summary.json", "base_eval.json", "report.png"):
-                    (self.output_dir / name).unlink(missing_ok=True)
+                for r in self.files.rounds():
+                    shutil.rmtree(self.files.round(r))
+                for path in self.files.run_files():
+                    path.unlink(missing_ok=True)
             self.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------ the round loop
     def train(self) -> list[dict]:
-        args, acc = self.args, self.accelerator
-        accuracy = self.base_accuracy = self.evaluate_base()
-        start_round = self.resume()
-        if self.history:
-            accuracy = self.history[-1]["eval/accuracy"]
-        for r in range(start_round, args.num_rounds):
-            t_round, wall_start = time.perf_counter(), time.time()
-            timings = {}
-            set_seed(args.seed + r)  # dropout and any other global draw: the same path when resumed
-            # `samples`: every row of the round where it is needed (the main process; all of them when resumed);
-            # `chosen`: the selected rows, on every rank, for SFT.
-            samples = resume.scored_rows(self.output_dir, r)  # a round interrupted after selection is not re-sampled
-            fresh = samples is None
-            if fresh:
-                prompts = data.draw_round_prompts(self.train_prompts, args.prompts_per_round, args.seed, r)
-                if args.for_round("temperature", r) == AUTO:
-                    with self.timer(timings, "temperature_probe"):
-                        self.probe_temperature(prompts, r)
-                with self.timer(timings, "generate"):
-                    local = self.generate_samples(prompts, r, timings)
-                with self.timer(timings, "score"):
-                    local = self.score_samples(local)
-                with self.timer(timings, "select"):
-                    self.select_samples(local, r)
-                if args.rationalize:
-                    with self.timer(timings, "rationalize"):
-                        local += self.rationalize(local, r)
-                samples = self.save_generations(r, local)
-                chosen = by_key(gather_object([s for s in local if s["selected"]]))
-            else:
-                chosen = [s for s in samples if s["selected"]]
-            with self.timer(timings, "kl"):
-                drift = self.measure_drift(local if fresh else samples, local_only=fresh)
-            if drift.get("rs/kl_ref") is not None and args.max_kl is not None and drift["rs/kl_ref"] > args.max_kl:
-                message = f"round {r}: KL to the base model {drift['rs/kl_ref']:.3f} passed `max_kl` {args.max_kl}"
-                if args.max_kl_action == "stop":
-                    self.log(message + "; stopping before this round's SFT (`max_kl_action: stop`).")
-                    break
-                self.log(message + ".")
-            self.pool.extend(chosen)
-            train_set = self.pool if args.pool_previous_rounds else chosen
-
-            checkpoint = resume.round_dir(self.output_dir, r) / "checkpoint"
-            sft_stats = resume.trained_round(checkpoint)  # a round interrupted after its save is not re-trained
-            if sft_stats is None:
-                set_seed(args.seed + r)  # the same draws (dropout) whether the round's samples were made or read
-                with self.timer(timings, "sft"):
-                    sft_stats = self.sft(train_set, r)
-                with self.timer(timings, "save"):
-                    self.save_checkpoint(checkpoint, sft_stats)
-            else:
-                resume.load_weights(acc.unwrap_model(self.model), checkpoint)
-            with self.timer(timings, "eval"):
-                evaluation = self.evaluate() if self.eval_prompts else {"eval/accuracy": None, "eval/reward": None}
-                before, accuracy = accuracy, evaluation["eval/accuracy"]
-
-            metrics = None
-            if acc.is_main_process:
-                keys = {(s["prompt_id"], s["sample_index"]) for s in chosen}
-                sampled = [s for s in samples if not s.get("rationalized")]  # hinted samples distort pass@k
-                metrics = {"round": r, **round_metrics(sampled, keys, args.pass_threshold), **sft_stats, **drift}
-                if args.rationalize:
-                    metrics["rs/rationalized"] = sum(bool(s.get("rationalized") and s["selected"]) for s in samples)
-                    metrics["rs/rationalization_prompts"] = len(
-                        {s["prompt_id"] for s in samples if s.get("rationalized")}
-                    )
-                metrics["rs/filtered_out"] = sum(s.get("filtered_out", False) for s in samples)
-                probe = self.probe_file(r)
-                auto = args.for_round("temperature", r) == AUTO
-                metrics["rs/temperature"] = self.round_temperature(r) if probe.exists() or not auto else None
-                if probe.exists():
-                    found = json.loads(probe.read_text())
-                    metrics.update(probe_metrics(found["table"], found["temperature"], found["extra_tokens"]))
-                metrics.update({"eval/accuracy_before": before, **evaluation})
-                metrics.update({f"timing/{k}": v for k, v in timings.items()})
-                for spec in self.generator_specs:  # this run's seconds; rows reused from disk count no time
-                    seconds = timings.get(f"generate/{spec.name}")
-                    fresh = [s for s in samples if s.get("generator", "policy") == spec.name]
-                    if seconds and fresh:
-                        new_tokens = sum(
-                            s["completion_tokens"] for s in fresh if s.get("generated_at", 0) >= wall_start
-                        )
-                        metrics[f"gen/{spec.name}/tokens_per_s"] = new_tokens / seconds
-                metrics["timing/round"] = time.perf_counter() - t_round
-            metrics = broadcast_object_list([metrics])[0]  # every rank keeps the main process's history
-            self.history.append(metrics)
-            self.report(r, samples, metrics)
-            self.log(summary_table(self.history[-1:]))
+        """Every round not yet finished in `output_dir`; returns the rounds' metrics."""
+        self.base_accuracy = self.evaluate_base()
+        for r in range(self.resume(), self.args.num_rounds):
+            if not self.run_round(r):
+                break
         self.log("\n" + summary_table(self.history))
-        if acc.is_main_process:
-            write_json(self.output_dir / "summary.json", self.history)
+        if self.accelerator.is_main_process:
+            write_json(self.files.summary, self.history)
         return self.history
+
+    def run_round(self, r: int) -> bool:
+        """One round: sample, score and select (or read them back), train, evaluate, report. Returns False when
+        the run stops here (`max_kl_action: stop`).
+
+        Data stages, each with one name: `rows` (this rank's rows of the round, every generator's), `candidates`
+        (after the filters; inside `select`), `selected` (the selected rows, on every rank) and `train_set` (what
+        SFT trains on: `selected`, or with `pool_previous_rounds` every round's)."""
+        args = self.args
+        clock = RoundClock()
+        set_seed(args.seed + r)  # dropout and any other global draw: the same path when resumed
+        rows, selected = self.sample_score_select(r, clock)
+        with clock.phase("kl"):
+            drift = self.measure_drift(rows)
+        if self.drifted_too_far(r, drift):
+            return False
+        self.pool.extend(selected)
+        train_set = self.pool if args.pool_previous_rounds else selected
+        sft_stats = self.train_round(r, train_set, clock)
+        with clock.phase("eval"):
+            evaluation = self.evaluate() if self.eval_prompts else {"eval/accuracy": None, "eval/reward": None}
+        every_row = resume.scored_rows(self.files, r) if self.accelerator.is_main_process else None
+        metrics = self.collect_metrics(r, every_row, selected, {**sft_stats, **drift, **evaluation}, clock)
+        self.history.append(metrics)
+        self.report(r, every_row, metrics)
+        self.log(summary_table(self.history[-1:]))
+        return True
+
+    def sample_score_select(self, r: int, clock: RoundClock) -> tuple[list[dict], list[dict]]:
+        """This rank's rows of the round, scored and marked, and the selected rows on every rank. A round that
+        got as far as its `generations.jsonl` before a kill is read back, not sampled again."""
+        acc = self.accelerator
+        saved = resume.scored_rows(self.files, r)
+        if saved is not None:
+            return data.shard(saved, acc.process_index, acc.num_processes), [s for s in saved if s["selected"]]
+        prompts = data.draw_round_prompts(self.train_prompts, self.args.prompts_per_round, self.args.seed, r)
+        if self.args.for_round("temperature", r) == AUTO:
+            with clock.phase("temperature_probe"):
+                self.probe_temperature(prompts, r)
+        with clock.phase("generate"):
+            rows = self.generate_samples(prompts, r, clock)
+        with clock.phase("score"):
+            rows = self.score_samples(rows)
+        with clock.phase("select"):
+            self.select_samples(rows, r)
+        if self.args.rationalize:
+            with clock.phase("rationalize"):
+                rows += self.rationalize(rows, r)
+        self.save_generations(r, rows)
+        return rows, by_key(gather_object([s for s in rows if s["selected"]]))
+
+    def drifted_too_far(self, r: int, drift: dict) -> bool:
+        """`max_kl`: warn, or (`max_kl_action: stop`) end the run before this round's SFT."""
+        kl, limit = drift.get("rs/kl_ref"), self.args.max_kl
+        if kl is None or limit is None or kl <= limit:
+            return False
+        message = f"round {r}: KL to the base model {kl:.3f} passed `max_kl` {limit}"
+        if self.args.max_kl_action == "stop":
+            self.log(message + "; stopping before this round's SFT (`max_kl_action: stop`).")
+            return True
+        self.log(message + ".")
+        return False
+
+    def train_round(self, r: int, train_set: list[dict], clock: RoundClock) -> dict:
+        """SFT on `train_set` and the checkpoint; a round killed after its save loads that checkpoint instead."""
+        sft_stats = resume.trained_round(self.files, r)
+        if sft_stats is not None:
+            resume.load_weights(self.accelerator.unwrap_model(self.model), self.files.checkpoint(r))
+            return sft_stats
+        set_seed(self.args.seed + r)  # the same draws (dropout) whether the round's samples were made or read
+        with clock.phase("sft"):
+            sft_stats = self.sft(train_set, r)
+        with clock.phase("save"):
+            self.save_checkpoint(self.files.checkpoint(r), sft_stats)
+        return sft_stats
+
+    def collect_metrics(
+        self, r: int, rows: list[dict] | None, selected: list[dict], measured: dict, clock: RoundClock
+    ) -> dict:
+        """The round's metrics, computed on the main process from every row of the round (`rows`, None on the
+        other ranks) and shared with every rank: sample and selection statistics, per generator too, the
+        temperature and its probe, `measured` (SFT, drift and evaluation) and the timings."""
+        args, acc = self.args, self.accelerator
+        metrics = None
+        if acc.is_main_process:
+            keys = {(s["prompt_id"], s["sample_index"]) for s in selected}
+            sampled = [s for s in rows if not s.get("rationalized")]  # hinted samples distort pass@k
+            metrics = {"round": r, **round_metrics(sampled, keys, args.pass_threshold)}
+            if args.rationalize:
+                metrics["rs/rationalized"] = sum(bool(s.get("rationalized") and s["selected"]) for s in rows)
+                metrics["rs/rationalization_prompts"] = len({s["prompt_id"] for s in rows if s.get("rationalized")})
+            metrics["rs/filtered_out"] = sum(s.get("filtered_out", False) for s in rows)
+            probe = self.files.temperature_probe(r)
+            auto = args.for_round("temperature", r) == AUTO
+            metrics["rs/temperature"] = self.round_temperature(r) if probe.exists() or not auto else None
+            if probe.exists():
+                found = json.loads(probe.read_text())
+                metrics.update(probe_metrics(found["table"], found["temperature"], found["extra_tokens"]))
+            before = self.history[-1]["eval/accuracy"] if self.history else self.base_accuracy
+            metrics.update({**measured, "eval/accuracy_before": before})
+            metrics.update({f"timing/{k}": v for k, v in clock.timings.items()})
+            for spec in self.generator_specs:  # this run's seconds; rows reused from disk count no time
+                seconds = clock.timings.get(f"generate/{spec.name}")
+                new_tokens = sum(
+                    s["completion_tokens"]
+                    for s in rows
+                    if s.get("generator", "policy") == spec.name and s.get("generated_at", 0) >= clock.wall_start
+                )
+                if seconds and new_tokens:
+                    metrics[f"gen/{spec.name}/tokens_per_s"] = new_tokens / seconds
+            metrics["timing/round"] = clock.elapsed()
+        return broadcast_object_list([metrics])[0]  # every rank keeps the main process's history
 
     def resume(self) -> int:
         """Pick up the finished rounds of an earlier run in `output_dir`; return the first round still to run."""
         acc = self.accelerator
         if acc.is_main_process:  # a checkpoint swap cut short by a kill is finished or undone before anyone reads
-            for rdir in self.output_dir.glob("round_*"):
-                recover_dir(rdir / "checkpoint")
+            for r in self.files.rounds():
+                recover_dir(self.files.checkpoint(r))
         acc.wait_for_everyone()
-        self.history = resume.finished_rounds(self.output_dir)[: self.args.num_rounds]
+        self.history = resume.finished_rounds(self.files)[: self.args.num_rounds]
         if not self.history:
             return 0
         last = len(self.history) - 1
-        checkpoint = resume.round_dir(self.output_dir, last) / "checkpoint"
+        checkpoint = self.files.checkpoint(last)
         if not checkpoint.exists():
             raise ConfigError(f"Cannot resume from round {last}: {checkpoint} is missing (`save_checkpoints` false?).")
         # The next round samples from the model the last round trained (with `sft_from: base` too).
         resume.load_weights(self.accelerator.unwrap_model(self.model), checkpoint)
         for r in range(len(self.history)):
-            self.pool.extend(s for s in resume.scored_rows(self.output_dir, r) if s["selected"])
+            self.pool.extend(s for s in resume.scored_rows(self.files, r) if s["selected"])
         self.log(f"resuming {self.output_dir}: rounds 0..{last} are finished")
         return len(self.history)
 
     def evaluate_base(self) -> float | None:
         """Held-out accuracy of the base model, computed once per run and kept in `base_eval.json`."""
-        path = self.output_dir / "base_eval.json"
+        path = self.files.base_eval
         if not self.eval_prompts:
             return None
         if path.exists():
@@ -409,21 +455,21 @@ class RejectionSamplingTrainer:
         return evaluation["eval/accuracy"]
 
     # ------------------------------------------------------------------ phases
-    def generate_samples(self, prompts: list[dict], r: int, timings: dict) -> list[dict]:
+    def generate_samples(self, prompts: list[dict], r: int, clock: RoundClock) -> list[dict]:
         """This rank's share of the round's samples, from every generator in turn.
 
         Each prompt gets its N samples from each generator, under sample indices that follow one another in the
-        recipe's order (`self.layout`), and every row says which generator wrote it. Rows already on disk (an
+        recipe's order (`self.sample_ranges`), and every row says which generator wrote it. Rows already on disk (an
         interrupted run) are reused; new rows are appended to this rank's shard file as they finish, so a kill
         loses at most one batch or request. The work is spread over the ranks per generator, and each rank then
         takes all the rows of its own prompts, whoever wrote them, so the per-prompt filters see every sample."""
         args, acc = self.args, self.accelerator
-        done = resume.generated_rows(self.output_dir, r, self.layout)
+        done = resume.generated_rows(self.files, r, self.sample_ranges)
         acc.wait_for_everyone()  # every rank has read the same `done` before any rank appends new rows
         reused = sum(len(rows) for rows in done.values())
         if reused:
             self.log(f"round {r}: reusing {reused} prompts' generations from disk")
-        shard_file = resume.shard_path(self.output_dir, r, acc.process_index)
+        shard_file = self.files.shard(r, acc.process_index)
         for g, spec in enumerate(self.generator_specs):
             missing = [p for p in prompts if p["prompt_id"] not in done[spec.name]]
             if not missing:
@@ -438,7 +484,7 @@ class RejectionSamplingTrainer:
             desc = f"round {r} generate" + (f" [{spec.name}]" if len(self.generator_specs) > 1 else "")
             # Servers seed each request by (seed, prompt, sample), so their rows do not depend on the rank.
             seed = args.seed * 1_000_003 + r * 1009 + 7919 * g + (acc.process_index if spec.engine == "local" else 0)
-            with self.timer(timings, f"generate/{spec.name}"), self.open_generator(spec, r) as generator:
+            with clock.phase(f"generate/{spec.name}"), self.open_generator(spec, r) as generator:
                 error = None
                 with self.progress(len(todo) * n, desc, "samples") as bar:
                     try:
@@ -450,16 +496,16 @@ class RejectionSamplingTrainer:
                 if errors:
                     raise GeneratorError(errors[0])
             del generator
-        on_disk = resume.generated_rows(self.output_dir, r, self.layout)
+        on_disk = resume.generated_rows(self.files, r, self.sample_ranges)
         mine = data.shard(prompts, acc.process_index, acc.num_processes)
         return [
             {**p, **row} for p in mine for spec in self.generator_specs for row in on_disk[spec.name][p["prompt_id"]]
         ]
 
-    def measure_drift(self, rows: list[dict], local_only: bool) -> dict:
+    def measure_drift(self, rows: list[dict]) -> dict:
         """`rs/kl_ref` (nats per sample) and `rs/entropy` (nats per token) of the policy on its own samples of the
         round, before this round's SFT (the weights that sampled them); see `rs_trainer.divergence`. `rows` are
-        this rank's (`local_only`) or every rank's rows (a resumed round), of which each rank takes its share."""
+        this rank's rows of the round."""
         from .divergence import kl_and_entropy
 
         acc = self.accelerator
@@ -471,8 +517,6 @@ class RejectionSamplingTrainer:
             return {}
         own = {spec.name for spec in self.generator_specs if spec.is_policy and spec.engine == "local"}
         mine = [s for s in rows if s.get("generator", "policy") in own]
-        if not local_only:
-            mine = data.shard(mine, acc.process_index, acc.num_processes)
         examples = self.training_examples(mine)
         model = acc.unwrap_model(self.model)
         ref = None if self.kl_reference == "adapter" else self.kl_reference
@@ -496,7 +540,7 @@ class RejectionSamplingTrainer:
         return json.loads(self.probe_file(r).read_text())["temperature"]
 
     def probe_file(self, r: int) -> Path:
-        return resume.round_dir(self.output_dir, r) / "temperature_probe.json"
+        return self.files.temperature_probe(r)
 
     def probe_temperature(self, prompts: list[dict], r: int) -> None:
         """`temperature: auto`: sample `temperature_probe_prompts` of the round's prompts N times at each
@@ -541,13 +585,13 @@ class RejectionSamplingTrainer:
             write_json(path, {"temperature": best, "table": table, "extra_tokens": extra, "prompts": len(chosen)})
         acc.wait_for_everyone()
         # The probe prompts' samples at the chosen temperature are theirs for the round: not generated again.
-        shard_file = resume.shard_path(self.output_dir, r, acc.process_index)
+        shard_file = self.files.shard(r, acc.process_index)
         self.append_rows(shard_file, raw[best], spec, r)
         acc.wait_for_everyone()
 
     def append_rows(self, shard_file: Path, rows: list[dict], spec, r: int) -> None:
         """Generated rows into this rank's shard file, keyed by (round, prompt_id, generator, sample_index)."""
-        offset, now = self.layout[spec.name].start, time.time()
+        offset, now = self.sample_ranges[spec.name].start, time.time()
         rows = [
             {
                 **row,
@@ -617,7 +661,7 @@ class RejectionSamplingTrainer:
         from .generators.openai_client import OpenAIGenerator, post_adapter
 
         acc = self.accelerator
-        checkpoint = resume.round_dir(self.output_dir, r - 1) / "checkpoint" if r > 0 else None
+        checkpoint = self.files.checkpoint(r - 1) if r > 0 else None
         name = f"{spec.name}-round{r - 1}" if checkpoint else spec.model
         error = None
         if checkpoint and acc.is_main_process:
@@ -645,12 +689,13 @@ class RejectionSamplingTrainer:
         from .generators.server import ManagedServer
 
         acc = self.accelerator
-        rdir = resume.round_dir(self.output_dir, r)
         server, error, address = None, None, None
         if acc.is_main_process:
             try:
-                folder = self.write_served_model(r) if spec.is_policy else spec.model
-                server = ManagedServer(spec.command, folder, rdir / f"server-{spec.name}.log", spec.startup_timeout)
+                folder = (
+                    self.write_served_model(r, self.sampling_params(spec, r).top_k) if spec.is_policy else spec.model
+                )
+                server = ManagedServer(spec.command, folder, self.files.server_log(r, spec.name), spec.startup_timeout)
                 server.name = spec.name
                 server.start()
                 address = (server.base_url, spec.served_model or folder)
@@ -667,16 +712,18 @@ class RejectionSamplingTrainer:
             if server is not None:
                 server.stop()
             if acc.is_main_process and spec.is_policy:
-                shutil.rmtree(rdir / "served_model", ignore_errors=True)
+                shutil.rmtree(self.files.served_model(r), ignore_errors=True)
 
-    def write_served_model(self, r: int) -> str:
+    def write_served_model(self, r: int, top_k: int) -> str:
         """The policy's current weights for round `r` as a plain model folder a server can load."""
         from .generators.setup import write_served_model
         from .models import torch_dtype
 
-        last = resume.round_dir(self.output_dir, r - 1) / "checkpoint" if r > 0 else None
-        path = resume.round_dir(self.output_dir, r) / "served_model"
-        return write_served_model(path, self.model_path, last, torch_dtype(self.model_args.dtype), self.tokenizer)
+        last = self.files.checkpoint(r - 1) if r > 0 else None
+        path = self.files.served_model(r)
+        return write_served_model(
+            path, self.model_path, last, torch_dtype(self.model_args.dtype), self.tokenizer, top_k
+        )
 
     def select_samples(self, local: list[dict], r: int) -> None:
         """Mark this rank's rows `filtered_out` (taken out by the recipe's filters) and `selected`.
@@ -715,7 +762,7 @@ class RejectionSamplingTrainer:
             last = max(i for i, m in enumerate(messages) if m["role"] == "user")
             messages[last]["content"] += args.rationalization_hint.format(**prompt)
             hinted.append({**prompt, "prompt": messages})
-        offset = sum(len(span) for span in self.layout.values())
+        offset = sum(len(span) for span in self.sample_ranges.values())
         params = self.sampling_params(self.generator_specs[0], r)
         ids = encode_prompts(self.tokenizer, hinted)
         fits = [i for i, seq in enumerate(ids) if len(seq) + params.max_new_tokens <= self.context]
@@ -844,39 +891,37 @@ class RejectionSamplingTrainer:
         }
 
     # ------------------------------------------------------------------ report and save
-    def report(self, r: int, samples: list[dict], metrics: dict) -> None:
+    def report(self, r: int, samples: list[dict] | None, metrics: dict) -> None:
         """Trackers, the samples table, report.png, then metrics.json (last: it marks the round as finished)."""
         acc = self.accelerator
         acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "round"}, step=r + 1)
         if not acc.is_main_process:
             return
-        round_dir = self.output_dir / f"round_{r}"
+
         table = sample_table(samples)
-        write_atomic(round_dir / "samples.md", f"# Round {r}: best and worst samples\n\n" + markdown_table(table))
+        write_atomic(self.files.samples_table(r), f"# Round {r}: best and worst samples\n\n" + markdown_table(table))
         for tracker in acc.trackers:
             if tracker.name == "wandb" and table:
                 tracker.log_table("samples", columns=list(table[0]), data=[list(t.values()) for t in table], step=r)
-        plot_report(self.history, samples, self.base_accuracy, self.output_dir / "report.png")
-        write_json(round_dir / "metrics.json", metrics)
+        plot_report(self.history, samples, self.base_accuracy, self.files.report)
+        write_json(self.files.metrics(r), metrics)
 
-    def save_generations(self, r: int, local: list[dict]) -> list[dict] | None:
+    def save_generations(self, r: int, rows: list[dict]) -> None:
         """Gather every rank's scored rows on the main process, which writes the round's rows and its selected SFT
-        set, each atomically, then removes the shards. Returns all rows there, None on the other ranks."""
+        set, each atomically, then removes the shards."""
         acc = self.accelerator
-        rdir = resume.round_dir(self.output_dir, r)
-        samples = gather_to_main(local, acc)
+        every_row = gather_to_main(rows, acc)
         if acc.is_main_process:
-            samples = by_key(samples)
+            every_row = by_key(every_row)
             # generations.jsonl last: it marks the phase as done, so a kill before it redoes scoring and selection.
-            write_jsonl(rdir / "sft.jsonl", sft_rows(samples))
-            write_jsonl(rdir / "generations.jsonl", samples)
-            shutil.rmtree(rdir / "shards", ignore_errors=True)
+            write_jsonl(self.files.sft_set(r), sft_rows(every_row))
+            write_jsonl(self.files.generations(r), every_row)
+            shutil.rmtree(self.files.shards(r), ignore_errors=True)
         acc.wait_for_everyone()
-        return samples
 
     def save_checkpoint(self, path: Path, sft_stats: dict) -> None:
         """Save the adapter (LoRA) or the full model with its tokenizer, loadable without this package, and the
-        round's SFT statistics beside them (`resume.TRAIN_METRICS`): a run killed later in the round resumes from
+        round's SFT statistics beside them (`TRAIN_METRICS`): a run killed later in the round resumes from
         here without training again. The folder is swapped in whole (`atomic_dir`)."""
         acc = self.accelerator
         if not self.args.save_checkpoints:
@@ -887,7 +932,7 @@ class RejectionSamplingTrainer:
             with atomic_dir(path) as tmp:
                 acc.unwrap_model(self.model).save_pretrained(tmp, state_dict=state, safe_serialization=True)
                 self.tokenizer.save_pretrained(tmp)
-                write_json(tmp / resume.TRAIN_METRICS, sft_stats)
+                write_json(tmp / TRAIN_METRICS, sft_stats)
         acc.wait_for_everyone()
 
     def cleanup(self) -> None:
@@ -900,9 +945,3 @@ class RejectionSamplingTrainer:
 
     def progress(self, total: int, desc: str, unit: str):
         return progress_bar(total, desc, unit, enabled=self.accelerator.is_main_process)
-
-    @contextlib.contextmanager
-    def timer(self, timings: dict, name: str):
-        start = time.perf_counter()
-        yield
-        timings[name] = time.perf_counter() - start

@@ -11,6 +11,7 @@ import pytest
 from conftest import build_tiny_model, recipe_args
 
 from rs_trainer import best_of_n
+from rs_trainer.cli import best_of_n_main
 from rs_trainer.config import ConfigError
 from rs_trainer.io import read_jsonl
 
@@ -103,7 +104,7 @@ def test_entry_point_end_to_end(tiny_model, tmp_path, capsys):
         max_new_tokens=6,
         reward_funcs=["tests.scorers_for_tests.length_reward"],
     )
-    assert best_of_n.main(argv) == 0
+    assert best_of_n_main(argv) == 0
     rows, metrics = check_outputs(out, num_prompts=3, candidates=4)
     assert {c["model"] for r in rows for c in r["candidates"]} == {str(tiny_model)}
     # Length rewards differ on a random model: best-of-4 beats one sample.

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rs_trainer import export
+from rs_trainer.cli import export_main
 from rs_trainer.io import read_jsonl, write_jsonl
 
 
@@ -146,9 +147,9 @@ def test_round_selection_and_missing_rounds(tmp_path):
 
 def test_cli_writes_files_and_names_missing_rounds(tmp_path, capsys):
     run = write_run(tmp_path)
-    assert export.main(["dpo", "--output_dir", str(run), "--out", str(tmp_path / "p.jsonl")]) == 0
+    assert export_main(["dpo", "--output_dir", str(run), "--out", str(tmp_path / "p.jsonl")]) == 0
     assert len(read_jsonl(tmp_path / "p.jsonl")) == 8  # 4 prompts x 2 rounds, best vs worst
-    assert export.main(["sft", "--output_dir", str(run), "--rounds", "3", "--out", str(tmp_path / "s.jsonl")]) == 2
+    assert export_main(["sft", "--output_dir", str(run), "--rounds", "3", "--out", str(tmp_path / "s.jsonl")]) == 2
     assert "round(s) [3]" in capsys.readouterr().err
 
 

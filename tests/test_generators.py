@@ -267,3 +267,20 @@ def test_a_continuous_batching_server_samples_at_the_recipes_temperature(tiny_mo
     for x in read_jsonl(out / "round_0" / "generations.jsonl"):
         by_prompt.setdefault(x["prompt_id"], set()).add(x["completion"])
     assert len(by_prompt) == 6 and all(len(texts) == 1 for texts in by_prompt.values()), by_prompt
+
+
+@pytest.mark.parametrize("top_k", [0, 5])
+def test_the_served_model_samples_with_the_rounds_top_k_and_no_default_one(tiny_model, tmp_path, top_k):
+    """A server reads its sampling defaults from the folder's generation config: `transformers serve` takes no
+    `top_k` in a request and would apply transformers' default of 50, which in-process sampling does not."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from rs_trainer.generators.setup import write_served_model
+
+    folder = write_served_model(
+        tmp_path / "served", str(tiny_model), None, torch.float32, AutoTokenizer.from_pretrained(tiny_model), top_k
+    )
+    config = json.loads((tmp_path / "served" / "generation_config.json").read_text())
+    assert folder == str(tmp_path / "served")
+    assert config["do_sample"] is True and config["top_k"] == top_k

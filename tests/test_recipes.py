@@ -20,7 +20,7 @@ def test_there_are_recipes_and_configs():
 def test_recipe_parses(recipe: Path, tmp_path):
     argv = ["--config", str(recipe), "--output_dir", str(tmp_path)]
     if "generations_from" in yaml.safe_load(recipe.read_text()):  # a reward-model training recipe
-        from rs_trainer.reward_training import parse_args as parse_reward_args
+        from rs_trainer.cli import parse_reward_training_args as parse_reward_args
 
         data_args, training_args, model_args = parse_reward_args(argv)
         assert data_args.generations_from and training_args.output_dir == str(tmp_path)

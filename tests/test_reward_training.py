@@ -12,12 +12,12 @@ import torch
 from conftest import write_jsonl
 from test_scorers import build_tiny_bert_reward_model
 
+from rs_trainer.cli import reward_training_main as main
 from rs_trainer.io import read_jsonl
 from rs_trainer.reward_training import (
     ENCODER_CHAT_TEMPLATE,
     RewardDataArguments,
     build_pairs,
-    main,
     split_by_prompt,
 )
 from rs_trainer.rewards.reward_model import RewardModelScorer

@@ -13,15 +13,15 @@ from .spec import GeneratorSpec
 GPU_ONLY_SERVERS = ("vllm", "sglang", "text-generation-launcher")  # programs of engines that need a CUDA GPU
 
 
-def sample_layout(specs: list[GeneratorSpec]) -> dict[str, range]:
+def sample_ranges(specs: list[GeneratorSpec]) -> dict[str, range]:
     """Each generator's sample indices: consecutive ranges in the recipe's order.
 
     Example: policy with 4 samples, then teacher with 2 -> {"policy": range(0, 4), "teacher": range(4, 6)}."""
-    layout, start = {}, 0
+    ranges, start = {}, 0
     for spec in specs:
-        layout[spec.name] = range(start, start + spec.num_samples_per_prompt)
+        ranges[spec.name] = range(start, start + spec.num_samples_per_prompt)
         start += spec.num_samples_per_prompt
-    return layout
+    return ranges
 
 
 def check_generators(
@@ -71,11 +71,13 @@ def check_generators(
     return endpoints
 
 
-def write_served_model(path: Path, base: str, checkpoint: Path | None, dtype, tokenizer) -> str:
+def write_served_model(path: Path, base: str, checkpoint: Path | None, dtype, tokenizer, top_k: int = 0) -> str:
     """Write the policy as a plain model folder a server can load, and return its path: `base` alone (round 0),
     `base` with the LoRA adapter of `checkpoint` merged in (on the CPU, from the saved files, so the training
-    copy is untouched), or the full checkpoint. Its generation config samples: `transformers serve` would
-    otherwise decode greedily whatever the request's temperature."""
+    copy is untouched), or the full checkpoint. Its generation config samples, with the round's `top_k` (0: off)
+    and no other filter: `transformers serve` would otherwise decode greedily whatever the request's temperature,
+    and sample with transformers' default top-k of 50, which in-process sampling does not apply (the server
+    takes no `top_k` field in a request; vLLM reads the same file for its defaults)."""
     from transformers import AutoModelForCausalLM
 
     from ..io import atomic_dir
@@ -89,6 +91,7 @@ def write_served_model(path: Path, base: str, checkpoint: Path | None, dtype, to
         else:
             model = AutoModelForCausalLM.from_pretrained(checkpoint or base, dtype=dtype)
         model.generation_config.do_sample = True
+        model.generation_config.top_k = top_k
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return str(path)
