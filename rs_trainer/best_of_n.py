@@ -96,30 +96,19 @@ def _sample_model(name: str, index: int, prompts: list[dict], args, model_args) 
     import torch
     from accelerate import PartialState
 
-    from .generation import SamplingParams, encode_prompts, generate
+    from .generation import SamplingParams, check_prompt_lengths, encode_prompts, generate
     from .models import load_policy, load_tokenizer, resolve_model_path
     from .progress import progress_bar
 
-    n = args.num_samples_per_prompt
+    n = args.num_generations
     tokenizer = load_tokenizer(resolve_model_path(name))
     model, _ = load_policy(dataclasses.replace(model_args, model_name_or_path=name))
     if not (model_args.load_in_4bit or model_args.load_in_8bit):  # quantised models are placed by their device_map
         model.to(PartialState().device)
     prompt_ids = encode_prompts(tokenizer, prompts)
     context = getattr(model.config, "max_position_embeddings", None)
-    max_new = args.for_round("max_new_tokens", 0)
-    for p, seq in zip(prompts, prompt_ids, strict=True):
-        if context and len(seq) + max_new > context:
-            raise ConfigError(
-                f"Prompt {p['prompt_id']!r} is {len(seq)} tokens; with max_new_tokens {max_new} it exceeds the "
-                f"context of {name} ({context}). Shorten or drop it, or lower `max_new_tokens`."
-            )
-    params = SamplingParams(
-        temperature=args.for_round("temperature", 0),
-        top_p=args.for_round("top_p", 0),
-        top_k=args.for_round("sampling_top_k", 0),
-        max_new_tokens=max_new,
-    )
+    params = SamplingParams.for_round(args, 0)
+    check_prompt_lengths(prompts, prompt_ids, params.max_new_tokens, context)
     with progress_bar(len(prompts) * n, f"best-of-n sample {name}", "samples") as bar:
         rows = generate(
             model,
@@ -233,7 +222,7 @@ def run(args, model_args, candidate_models: list[str] | None = None) -> dict:
     models = [model_args.model_name_or_path, *(candidate_models or [])]
     if len(set(models)) != len(models):
         raise ConfigError(f"A model is named twice among the candidates {models}; name each once.")
-    prompts = data.load_prompts(args, args.dataset_split)
+    prompts = data.load_prompts(args, args.dataset_train_split)
     prompts = data.draw_round_prompts(prompts, args.prompts_per_round, args.seed, 0)
     scorers = {name: resolve_scorer(name, args.reward_model_device) for name in args.reward_funcs}
     check_scorer_columns(scorers, prompts, args.dataset_name)
@@ -250,7 +239,7 @@ def run(args, model_args, candidate_models: list[str] | None = None) -> dict:
     timings["timing/score"] = time.perf_counter() - start
 
     rows = prompt_rows(prompts, samples, args.seed, args.prefer_shorter)
-    metrics = {**summarise(rows, models, args.num_samples_per_prompt, args.pass_threshold), **timings}
+    metrics = {**summarise(rows, models, args.num_generations, args.pass_threshold), **timings}
     out = Path(args.output_dir)
     write_jsonl(out / "best_of_n.jsonl", rows)
     write_json(out / "best_of_n_metrics.json", metrics)

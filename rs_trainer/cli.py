@@ -123,16 +123,18 @@ def dry_run(args, model_args) -> str:
     from . import data
 
     state = PartialState()
-    train = data.load_prompts(args, args.dataset_split)
+    train = data.load_prompts(args, args.dataset_train_split)
     m = min(args.prompts_per_round or len(train), len(train))
     args.check_selection_size(m)
-    per_round = m * args.num_samples_per_prompt
+    per_round = m * args.num_generations
     plan = {
         "config": {"rs": args.to_dict(), "model": vars(model_args)},
         "train_prompts": len(train),
         "prompts_per_round": m,
         "generations_per_round": per_round,
-        "max_new_tokens_per_round": [per_round * args.for_round("max_new_tokens", r) for r in range(args.num_rounds)],
+        "max_completion_tokens_per_round": [
+            per_round * args.for_round("max_completion_length", r) for r in range(args.num_rounds)
+        ],
         "rounds": args.num_rounds,
         "device": str(state.device),
         "world_size": state.num_processes,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -17,10 +18,23 @@ from .filters import DEDUPE_MODES
 
 SELECTION_STRATEGIES = ("best_of_n", "top_k_per_prompt", "threshold", "percentile", "top_k", "top_fraction", "rso")
 AUTO = "auto"  # `temperature: auto`
-PER_ROUND_FIELDS = ("temperature", "top_p", "sampling_top_k", "max_new_tokens")
+UNSET = "<unset>"  # a deprecated key whose `null` means something (`eval_split: null`): given or not
+PER_ROUND_FIELDS = ("temperature", "top_p", "top_k", "max_completion_length")
+# The names of TRL's configs where a key means what a TRL key means; the old spelling is a deprecated alias for one
+# release. The "k"s, once: `top_k` is sampling's top-k (TRL, transformers); `selection: top_k` keeps the
+# `selection_top_k` best samples over all prompts; `selection: top_k_per_prompt` (and `rso`) keep `k_per_prompt`
+# per prompt; a generator's own `top_k` overrides the round's sampling one.
+RENAMED_KEYS = {
+    "num_samples_per_prompt": "num_generations",
+    "max_new_tokens": "max_completion_length",
+    "max_seq_length": "max_length",
+    "dataset_split": "dataset_train_split",
+    "eval_split": "dataset_test_split",
+    "sampling_top_k": "top_k",
+}
 # Keys that only some selection strategies read.
 SELECTION_KEYS = {
-    "top_k": ("top_k",),
+    "selection_top_k": ("top_k",),
     "top_fraction": ("top_fraction",),
     "k_per_prompt": ("top_k_per_prompt", "rso"),
     "rso_beta": ("rso",),
@@ -69,12 +83,16 @@ class RSConfig:
             "(questions generated from `seed`)."
         },
     )
-    dataset_split: str = field(default="train", metadata={"help": "Split of `dataset_name` to sample prompts from."})
+    dataset_train_split: str = field(
+        default="train", metadata={"help": "Split of `dataset_name` to sample prompts from."}
+    )
     eval_dataset_name: str | None = field(
         default=None,
-        metadata={"help": "Held-out prompts for greedy evaluation; default: the `eval_split` of `dataset_name`."},
+        metadata={
+            "help": "Held-out prompts for greedy evaluation; default: the `dataset_test_split` of `dataset_name`."
+        },
     )
-    eval_split: str | None = field(
+    dataset_test_split: str | None = field(
         default="test", metadata={"help": "Split for evaluation; `null` (or `none`) turns held-out evaluation off."}
     )
     prompt_column: str = field(
@@ -93,7 +111,7 @@ class RSConfig:
     task_min_operand: int = field(default=1, metadata={"help": "builtin:arithmetic: smallest operand."})
     task_max_operand: int = field(default=20, metadata={"help": "builtin:arithmetic: largest operand."})
     # ---- generation ----
-    num_samples_per_prompt: int = field(default=8, metadata={"help": "N: completions sampled per prompt."})
+    num_generations: int = field(default=8, metadata={"help": "N: completions sampled per prompt."})
     temperature: list[str] = field(
         default_factory=lambda: [0.8],
         metadata={
@@ -114,10 +132,10 @@ class RSConfig:
         },
     )
     top_p: list[float] = field(default_factory=lambda: [1.0], metadata={"help": "Nucleus sampling p (per round)."})
-    sampling_top_k: list[int] = field(
+    top_k: list[int] = field(
         default_factory=lambda: [0], metadata={"help": "Sample from the k most likely tokens; 0 = off (per round)."}
     )
-    max_new_tokens: list[int] = field(
+    max_completion_length: list[int] = field(
         default_factory=lambda: [64], metadata={"help": "Completion length cap in tokens (per round)."}
     )
     generators: list[dict] = field(
@@ -172,7 +190,9 @@ class RSConfig:
     selection: str = field(
         default="best_of_n", metadata={"help": f"Selection strategy: one of {', '.join(SELECTION_STRATEGIES)}."}
     )
-    top_k: int | None = field(default=None, metadata={"help": "`top_k`: samples kept over all prompts."})
+    selection_top_k: int | None = field(
+        default=None, metadata={"help": "`selection: top_k`: samples kept over all prompts."}
+    )
     top_fraction: float | None = field(
         default=None, metadata={"help": "`top_fraction`: fraction of all samples kept."}
     )
@@ -271,7 +291,7 @@ class RSConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm; 0 = off."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "SFT sequences per device per step."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
-    max_seq_length: int | None = field(
+    max_length: int | None = field(
         default=None, metadata={"help": "Longest prompt + completion trained on; default: the model's context."}
     )
     pool_previous_rounds: bool = field(
@@ -288,17 +308,25 @@ class RSConfig:
         metadata={"help": "Trackers, as in TRL: tensorboard (offline, under output_dir/runs), wandb, all, or none."},
     )
     save_checkpoints: bool = field(default=True, metadata={"help": "Save the model or adapter after every round."})
+    # ---- deprecated spellings (RENAMED_KEYS), accepted with a warning for one release ----
+    num_samples_per_prompt: int | None = field(default=None, metadata={"help": "Deprecated: `num_generations`."})
+    max_new_tokens: list[int] | None = field(default=None, metadata={"help": "Deprecated: `max_completion_length`."})
+    max_seq_length: int | None = field(default=None, metadata={"help": "Deprecated: `max_length`."})
+    dataset_split: str | None = field(default=None, metadata={"help": "Deprecated: `dataset_train_split`."})
+    eval_split: str | None = field(default=UNSET, metadata={"help": "Deprecated: `dataset_test_split`."})
+    sampling_top_k: list[int] | None = field(default=None, metadata={"help": "Deprecated: `top_k`."})
 
     def __post_init__(self):
+        self._apply_renamed_keys()
         for name in PER_ROUND_FIELDS:
             value = getattr(self, name)
             values = list(value) if isinstance(value, (list, tuple)) else [value]
             if not values:
                 raise ConfigError(f"`{name}` is an empty list; give one value or one per round.")
             setattr(self, name, values)
-        for name in ("eval_split", "eval_dataset_name", "id_column"):
+        for name in ("dataset_test_split", "eval_dataset_name", "id_column"):
             if isinstance(getattr(self, name), str) and getattr(self, name).lower() in ("", "none", "null"):
-                setattr(self, name, None)  # `--eval_split none` on the command line
+                setattr(self, name, None)  # `--dataset_test_split none` on the command line
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
         if isinstance(self.reward_funcs, str):
@@ -309,14 +337,17 @@ class RSConfig:
 
     def validate(self):
         """Checks that need no model or data; those that need M (prompt count) are in `check_selection_size`."""
-        if self.num_samples_per_prompt < 1:
-            raise ConfigError(f"`num_samples_per_prompt` must be at least 1, got {self.num_samples_per_prompt}.")
+        if self.num_generations < 1:
+            raise ConfigError(f"`num_generations` must be at least 1, got {self.num_generations}.")
         if self.num_rounds < 1:
             raise ConfigError(f"`num_rounds` must be at least 1, got {self.num_rounds}.")
         if self.selection not in SELECTION_STRATEGIES:
             raise ConfigError(f"`selection` {self.selection!r} is unknown; choose one of {SELECTION_STRATEGIES}.")
-        if self.selection == "top_k" and (self.top_k is None or self.top_k < 1):
-            raise ConfigError("`selection: top_k` needs `top_k` >= 1.")
+        if self.selection == "top_k" and (self.selection_top_k is None or self.selection_top_k < 1):
+            raise ConfigError(
+                "`selection: top_k` needs `selection_top_k` >= 1 (the samples kept). `top_k` is sampling's top-k, as "
+                "in TRL: if a recipe's `top_k` meant the samples kept, rename it `selection_top_k`."
+            )
         if self.selection == "top_fraction" and not (self.top_fraction and 0 < self.top_fraction <= 1):
             raise ConfigError("`selection: top_fraction` needs 0 < `top_fraction` <= 1.")
         if self.selection == "threshold" and self.reward_threshold is None:
@@ -333,10 +364,11 @@ class RSConfig:
             raise ConfigError(f"`reward_percentile` must not fall from round to round, got {self.reward_percentile}.")
         if isinstance(self.dedupe, str) and self.dedupe.lower() in ("", "none", "null"):
             self.dedupe = None
-        if self.eval_split is not None and self.eval_dataset_name is None and is_local_file(self.dataset_name):
+        if self.dataset_test_split is not None and self.eval_dataset_name is None and is_local_file(self.dataset_name):
             raise ConfigError(
-                f"`dataset_name` {self.dataset_name} is one file, so `eval_split` {self.eval_split!r} would evaluate "
-                "on the training prompts; set `eval_dataset_name` to a held-out file, or `eval_split: null`."
+                f"`dataset_name` {self.dataset_name} is one file, so `dataset_test_split` {self.dataset_test_split!r} "
+                "would evaluate on the training prompts; set `eval_dataset_name` to a held-out file, or "
+                "`dataset_test_split: null`."
             )
         if self.dedupe is not None and self.dedupe not in DEDUPE_MODES:
             raise ConfigError(f"`dedupe` must be one of {DEDUPE_MODES} or null, got {self.dedupe!r}.")
@@ -370,14 +402,14 @@ class RSConfig:
                 continue
             if t < 0:
                 raise ConfigError(f"`temperature` for round {r} is negative ({t}).")
-            if t == 0 and self.num_samples_per_prompt > 1:
+            if t == 0 and self.num_generations > 1:
                 raise ConfigError(
-                    f"`temperature` 0 (greedy) in round {r} with `num_samples_per_prompt` "
-                    f"{self.num_samples_per_prompt} would give N identical completions; raise the temperature "
-                    "or set `num_samples_per_prompt: 1`."
+                    f"`temperature` 0 (greedy) in round {r} with `num_generations` "
+                    f"{self.num_generations} would give N identical completions; raise the temperature "
+                    "or set `num_generations: 1`."
                 )
-        if any(m < 1 for m in self.max_new_tokens):
-            raise ConfigError(f"`max_new_tokens` must be >= 1, got {self.max_new_tokens}.")
+        if any(m < 1 for m in self.max_completion_length):
+            raise ConfigError(f"`max_completion_length` must be >= 1, got {self.max_completion_length}.")
         if self.generation_engine not in ("auto", "rs", "hf"):
             raise ConfigError(f"`generation_engine` must be auto, rs or hf, got {self.generation_engine!r}.")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
@@ -408,8 +440,8 @@ class RSConfig:
         names = [t.value for t in SchedulerType]
         if self.lr_scheduler_type not in names:
             raise ConfigError(f"`lr_scheduler_type` {self.lr_scheduler_type!r} is unknown; choose one of {names}.")
-        if self.max_seq_length is not None and self.max_seq_length < 2:
-            raise ConfigError(f"`max_seq_length` must be at least 2, got {self.max_seq_length}; or leave it unset.")
+        if self.max_length is not None and self.max_length < 2:
+            raise ConfigError(f"`max_length` must be at least 2, got {self.max_length}; or leave it unset.")
         if self.prompts_per_round is not None and self.prompts_per_round < 1:
             raise ConfigError(
                 f"`prompts_per_round` must be at least 1, got {self.prompts_per_round}; or leave it unset."
@@ -434,8 +466,8 @@ class RSConfig:
     def _validate_sampling(self):
         if any(not 0 < p <= 1 for p in self.top_p):
             raise ConfigError(f"`top_p` values must lie in (0, 1], got {self.top_p}; 1.0 turns nucleus sampling off.")
-        if any(k < 0 for k in self.sampling_top_k):
-            raise ConfigError(f"`sampling_top_k` values must be >= 0 (0 = off), got {self.sampling_top_k}.")
+        if any(k < 0 for k in self.top_k):
+            raise ConfigError(f"`top_k` values must be >= 0 (0 = off), got {self.top_k}.")
         if self.generation_batch_size < 0:
             raise ConfigError(
                 f"`generation_batch_size` must be >= 0 (0 picks by device), got {self.generation_batch_size}."
@@ -470,21 +502,43 @@ class RSConfig:
         """The `generators` as checked `GeneratorSpec`s (the policy in-process when none is listed)."""
         from .generators import parse_generators
 
-        return parse_generators(self.generators, self.num_samples_per_prompt)
+        return parse_generators(self.generators, self.num_generations)
 
     def samples_per_prompt(self) -> int:
         """N: the samples each prompt gets in a round, over all generators."""
-        return sum(spec.num_samples_per_prompt for spec in self.generator_specs())
+        return sum(spec.num_generations for spec in self.generator_specs())
 
     def check_selection_size(self, num_prompts: int):
-        """Refuse a `top_k` larger than what a round generates (M x N)."""
+        """Refuse a `selection_top_k` larger than what a round generates (M x N)."""
         n = self.samples_per_prompt()
         total = num_prompts * n
-        if self.selection == "top_k" and self.top_k > total:
+        if self.selection == "top_k" and self.selection_top_k > total:
             raise ConfigError(
-                f"`top_k` ({self.top_k}) is larger than prompts x samples ({num_prompts} x "
-                f"{n} = {total}); lower `top_k` or raise `num_samples_per_prompt`."
+                f"`selection_top_k` ({self.selection_top_k}) is larger than prompts x samples ({num_prompts} x "
+                f"{n} = {total}); lower `selection_top_k` or raise `num_generations`."
             )
+
+    def _apply_renamed_keys(self) -> None:
+        """Move each deprecated spelling's value to its new key, with a warning; both given is refused."""
+        defaults = {
+            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(self)
+        }
+        for old, new in RENAMED_KEYS.items():
+            value = getattr(self, old)
+            if value is (UNSET if old == "eval_split" else None) or value == UNSET:
+                continue
+            if getattr(self, new) != defaults[new] and getattr(self, new) != value:
+                raise ConfigError(
+                    f"`{old}` and `{new}` are both set; `{old}` is the old name of `{new}`: keep `{new}`."
+                )
+            warnings.warn(
+                f"`{old}` is deprecated and will be removed in the next release; use `{new}` (TRL's name).",
+                FutureWarning,
+                stacklevel=4,
+            )
+            setattr(self, new, value)
+            setattr(self, old, UNSET if old == "eval_split" else None)
 
     @staticmethod
     def _temperature_value(r: int, value) -> float | str:
@@ -504,7 +558,7 @@ class RSConfig:
 
     def top_k_count(self, total: int) -> int | None:
         if self.selection == "top_k":
-            return self.top_k
+            return self.selection_top_k
         if self.selection == "top_fraction":
             return max(1, math.ceil(self.top_fraction * total))
         return None
@@ -521,7 +575,24 @@ class RSConfig:
 
 
 # Keys that do not change what a run computes: a run may be continued with other values of these.
-NON_SEMANTIC_KEYS = frozenset({"output_dir", "overwrite_output_dir", "dry_run", "report_to"})
+NON_SEMANTIC_KEYS = frozenset({"output_dir", "overwrite_output_dir", "dry_run", "report_to", *RENAMED_KEYS})
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """The semantic keys whose values differ between a saved run config (`rs` section) and this one. A key saved
+    under its deprecated name counts under its new one; a key the saved config lacks (added in a later release)
+    counts only when this run sets it away from its default, so an upgrade alone never blocks a resume."""
+    if "sampling_top_k" in old:  # saved before the renames: its `top_k` was the selection's
+        old = {("selection_top_k" if k == "top_k" else k): v for k, v in old.items()}
+    old = {RENAMED_KEYS.get(k, k): v for k, v in old.items() if k not in NON_SEMANTIC_KEYS or k in RENAMED_KEYS}
+    new = {k: v for k, v in new.items() if k not in NON_SEMANTIC_KEYS}
+    defaults = json.loads(json.dumps(RSConfig().to_dict(), default=str))
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        before = old.get(key, defaults.get(key))
+        if before != new.get(key):
+            changed.append(key)
+    return changed
 
 
 def changed_lora_keys(model_args) -> list[str]:

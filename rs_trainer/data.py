@@ -98,7 +98,7 @@ def load_prompts(args, split: str, name: str | None = None, eval: bool = False) 
     """The prompts of `split` from `name` (default `args.dataset_name`); `eval` names the eval keys in errors."""
     name = name or args.dataset_name
     key = "eval_dataset_name" if eval and args.eval_dataset_name else "dataset_name"
-    split_key = "eval_split" if eval else "dataset_split"
+    split_key = "dataset_test_split" if eval else "dataset_train_split"
     if name == BUILTIN_PREFIX + "arithmetic":
         from .tasks.arithmetic import make_splits
 

@@ -59,7 +59,7 @@ def drop_duplicates(samples: list[dict], mode: str = "normalised") -> list[dict]
 
 
 def drop_unfinished(samples: list[dict]) -> list[dict]:
-    """Drop truncated completions (`finished` false: no end token before `max_new_tokens`) and empty ones (only
+    """Drop truncated completions (`finished` false: no end token before `max_completion_length`) and empty ones (only
     whitespace). A truncated sample teaches the model to stop mid-answer; an empty one teaches it to say nothing.
 
     Example: completions [("4", finished), ("4 +", truncated), ("  ", finished)] -> only the first.

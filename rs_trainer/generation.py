@@ -33,6 +33,35 @@ class SamplingParams:
             "max_new_tokens": self.max_new_tokens,
         }
 
+    @classmethod
+    def for_round(cls, args, r: int, spec=None, temperature: float | None = None) -> SamplingParams:
+        """Round `r`'s sampling values from the recipe's per-round keys, with a generator `spec`'s own where it
+        sets them; `temperature` (a number) replaces the round's, which may be `auto` in the recipe."""
+
+        def pick(key: str, own=None):
+            return args.for_round(key, r) if own is None else own
+
+        if temperature is None:
+            temperature = pick("temperature", getattr(spec, "temperature", None))
+        return cls(
+            temperature=temperature,
+            top_p=pick("top_p", getattr(spec, "top_p", None)),
+            top_k=pick("top_k", getattr(spec, "top_k", None)),
+            max_new_tokens=pick("max_completion_length", getattr(spec, "max_completion_length", None)),
+        )
+
+
+def check_prompt_lengths(prompts: list[dict], prompt_ids: list[list[int]], max_new: int, context: int | None) -> None:
+    """Refuse, naming it, the first prompt that leaves no room for `max_new` tokens in the model's `context`."""
+    from .config import ConfigError
+
+    for p, seq in zip(prompts, prompt_ids, strict=True):
+        if context and len(seq) + max_new > context:
+            raise ConfigError(
+                f"Prompt {p['prompt_id']!r} is {len(seq)} tokens; with max_completion_length {max_new} it exceeds "
+                f"the model's context of {context}. Shorten or drop it, or lower `max_completion_length`."
+            )
+
 
 def render_prompt(tokenizer, messages: list[dict]) -> str:
     """The text the model sees: the chat template with the generation prompt, or the plain contents."""

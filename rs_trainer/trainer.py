@@ -20,9 +20,9 @@ from accelerate.utils import DistributedType, broadcast_object_list, gather_obje
 from tqdm.auto import tqdm
 
 from . import data, filters, resume, selection
-from .config import AUTO, NON_SEMANTIC_KEYS, ConfigError, RSConfig, first_line
+from .config import AUTO, NON_SEMANTIC_KEYS, ConfigError, RSConfig, config_changes, first_line
 from .export import sft_rows
-from .generation import SamplingParams, encode_prompts, generate
+from .generation import SamplingParams, check_prompt_lengths, encode_prompts, generate
 from .generators.openai_client import GeneratorError
 from .io import append_jsonl, atomic_dir, recover_dir, write_atomic, write_json, write_jsonl
 from .layout import TRAIN_METRICS, RunLayout
@@ -93,7 +93,7 @@ class RejectionSamplingTrainer:
         """Validate everything that can be validated, then load. Nothing is written before all checks pass."""
         args, acc = self.args, self.accelerator
         set_seed(args.seed)
-        self.train_prompts = data.load_prompts(args, args.dataset_split)
+        self.train_prompts = data.load_prompts(args, args.dataset_train_split)
         self.eval_prompts = self._load_eval_prompts()
         self.prompt_by_id = {p["prompt_id"]: p for p in self.train_prompts}
         if args.rationalize:
@@ -101,7 +101,7 @@ class RejectionSamplingTrainer:
         if args.prompts_per_round and args.prompts_per_round > len(self.train_prompts):
             raise ConfigError(
                 f"`prompts_per_round` ({args.prompts_per_round}) is more than the {len(self.train_prompts)} prompts "
-                f"in {args.dataset_name} [{args.dataset_split}]; lower it, or leave it unset to use them all."
+                f"in {args.dataset_name} [{args.dataset_train_split}]; lower it, or leave it unset to use them all."
             )
         args.check_selection_size(args.prompts_per_round or len(self.train_prompts))
         self.scorers = self._resolve_scorers("reward_funcs", args.reward_funcs)
@@ -232,9 +232,9 @@ class RejectionSamplingTrainer:
 
     def _load_eval_prompts(self) -> list[dict]:
         args = self.args
-        if args.eval_split is None:
+        if args.dataset_test_split is None:
             return []
-        prompts = data.load_prompts(args, args.eval_split, args.eval_dataset_name, eval=True)
+        prompts = data.load_prompts(args, args.dataset_test_split, args.eval_dataset_name, eval=True)
         return prompts[: args.max_eval_prompts] if args.max_eval_prompts else prompts
 
     def _encode_and_check_lengths(self, prompts: list[dict]) -> dict[str, list[int]]:
@@ -242,22 +242,18 @@ class RejectionSamplingTrainer:
         from transformers import AutoConfig
 
         context = getattr(AutoConfig.from_pretrained(self.model_path), "max_position_embeddings", None)
-        longest_new = max(max(self.args.max_new_tokens), self.args.eval_max_new_tokens)
-        for p, seq in zip(prompts, ids, strict=True):
-            if context and len(seq) + longest_new > context:
-                raise ConfigError(
-                    f"Prompt {p['prompt_id']!r} is {len(seq)} tokens; with max_new_tokens {longest_new} it exceeds "
-                    f"the model's context of {context}. Shorten or drop it, or lower `max_new_tokens`."
-                )
+        check_prompt_lengths(
+            prompts, ids, max(max(self.args.max_completion_length), self.args.eval_max_new_tokens), context
+        )
         self.context = context or 10**9
-        self.max_len = self.args.max_seq_length or context or 4096
+        self.max_len = self.args.max_length or context or 4096
         if prompts:
             longest = max(range(len(ids)), key=lambda i: len(ids[i]))
             if len(ids[longest]) >= self.max_len:
                 raise ConfigError(
-                    f"`max_seq_length` ({self.max_len}) leaves no room for a completion after prompt "
+                    f"`max_length` ({self.max_len}) leaves no room for a completion after prompt "
                     f"{prompts[longest]['prompt_id']!r} ({len(ids[longest])} tokens); raise it above the longest "
-                    "prompt plus `max_new_tokens`, or leave it unset to use the model's context."
+                    "prompt plus `max_completion_length`, or leave it unset to use the model's context."
                 )
         return {p["prompt_id"]: seq for p, seq in zip(prompts, ids, strict=True)}
 
@@ -275,11 +271,9 @@ class RejectionSamplingTrainer:
             return
         old = json.loads(path.read_text())
         new = json.loads(json.dumps(self._run_config(), default=str))
-        changed = sorted(
-            f"{section}.{k}"
-            for section in ("rs", "model")
-            for k in set(old.get(section, {})) | set(new[section])
-            if old.get(section, {}).get(k) != new[section].get(k)
+        old_model = old.get("model", {})
+        changed = [f"rs.{k}" for k in config_changes(old.get("rs", {}), new["rs"])] + sorted(
+            f"model.{k}" for k in set(old_model) | set(new["model"]) if old_model.get(k) != new["model"].get(k)
         )
         if changed and not self.args.overwrite_output_dir:
             raise ConfigError(
@@ -475,7 +469,7 @@ class RejectionSamplingTrainer:
             if not missing:
                 continue
             todo = data.shard(missing, acc.process_index, acc.num_processes)
-            n = spec.num_samples_per_prompt
+            n = spec.num_generations
 
             def on_batch(rows: list[dict], spec=spec) -> None:
                 self.append_rows(shard_file, rows, spec, r)
@@ -533,11 +527,14 @@ class RejectionSamplingTrainer:
         }
 
     def round_temperature(self, r: int) -> float:
-        """The round's temperature: the recipe's, or with `auto` the one its probe chose (read back when resumed)."""
+        """The round's temperature: the recipe's, or with `auto` the one its probe chose (read back when resumed).
+        Before the probe has chosen, the grid's first value: only the endpoint checks that precede sampling (and
+        the probe's own server) see it."""
         value = self.args.for_round("temperature", r)
         if value != AUTO:
             return value
-        return json.loads(self.probe_file(r).read_text())["temperature"]
+        path = self.probe_file(r)
+        return json.loads(path.read_text())["temperature"] if path.exists() else self.args.temperature_grid[0]
 
     def probe_file(self, r: int) -> Path:
         return self.files.temperature_probe(r)
@@ -552,7 +549,7 @@ class RejectionSamplingTrainer:
         if path.exists():
             return
         spec = next(s for s in self.generator_specs if s.is_policy and s.temperature is None)
-        n = spec.num_samples_per_prompt
+        n = spec.num_generations
         chosen = probe_prompts(prompts, args.temperature_probe_prompts, args.seed, r)
         todo = data.shard(chosen, acc.process_index, acc.num_processes)
         ids = [self.prompt_ids[p["prompt_id"]] for p in todo]
@@ -605,21 +602,11 @@ class RejectionSamplingTrainer:
         append_jsonl(shard_file, rows)
 
     def sampling_params(self, spec, r: int, temperature: float | None = None) -> SamplingParams:
-        """The round's sampling values, with the generator's own where it sets them (`temperature` overrides the
-        round's, for the probe of `temperature: auto`)."""
-        args = self.args
-
-        def pick(own, key):
-            return args.for_round(key, r) if own is None else own
-
-        if temperature is None:
-            temperature = spec.temperature if spec.temperature is not None else self.round_temperature(r)
-        return SamplingParams(
-            temperature=temperature,
-            top_p=pick(spec.top_p, "top_p"),
-            top_k=pick(spec.top_k, "sampling_top_k"),
-            max_new_tokens=pick(spec.max_new_tokens, "max_new_tokens"),
-        )
+        """The round's sampling values, with the generator's own where it sets them; the round's temperature is
+        the recipe's or, with `auto`, the one its probe chose (`temperature` overrides both, for the probe)."""
+        if temperature is None and spec.temperature is None:
+            temperature = self.round_temperature(r)
+        return SamplingParams.for_round(self.args, r, spec, temperature)
 
     @contextlib.contextmanager
     def open_generator(self, spec, r: int):
@@ -806,8 +793,8 @@ class RejectionSamplingTrainer:
             self.log(f"round {r}: nothing selected; SFT skipped")
             return {"train/loss": None, "train/steps": 0, "train/tokens": 0}
         examples = self.training_examples(train_set)
-        if not examples:  # setup refuses a `max_seq_length` that leaves no room; this guards the arithmetic
-            self.log(f"round {r}: no example fits `max_seq_length`; SFT skipped")
+        if not examples:  # setup refuses a `max_length` that leaves no room; this guards the arithmetic
+            self.log(f"round {r}: no example fits `max_length`; SFT skipped")
             return {"train/loss": None, "train/steps": 0, "train/tokens": 0}
         steps = plan_steps(
             examples,

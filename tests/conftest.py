@@ -90,13 +90,13 @@ def recipe_args(model_path, output_dir, **overrides) -> list[str]:
         "task_num_train": 6,
         "task_num_eval": 4,
         "num_rounds": 1,
-        "num_samples_per_prompt": 2,
-        "max_new_tokens": 4,
+        "num_generations": 2,
+        "max_completion_length": 4,
         "eval_max_new_tokens": 4,
         "per_device_train_batch_size": 2,
         "sft_epochs": 1,
         "selection": "top_k",
-        "top_k": 4,
+        "selection_top_k": 4,
         "learning_rate": 1e-2,
     }
     base.update(overrides)

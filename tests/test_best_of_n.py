@@ -99,9 +99,9 @@ def test_entry_point_end_to_end(tiny_model, tmp_path, capsys):
     argv = recipe_args(
         tiny_model,
         out,
-        num_samples_per_prompt=4,
+        num_generations=4,
         prompts_per_round=3,
-        max_new_tokens=6,
+        max_completion_length=6,
         reward_funcs=["tests.scorers_for_tests.length_reward"],
     )
     assert best_of_n_main(argv) == 0
@@ -119,9 +119,9 @@ def test_heterogeneous_candidates_compete_alike(tiny_model, tmp_path, embedded_p
     argv = recipe_args(
         tiny_model,
         out,
-        num_samples_per_prompt=3,
+        num_generations=3,
         prompts_per_round=2,
-        max_new_tokens=6,
+        max_completion_length=6,
         reward_funcs=["tests.scorers_for_tests.length_reward"],
     )
     metrics = best_of_n.run(*best_of_n_args(argv), candidate_models=[str(other)])

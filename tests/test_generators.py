@@ -39,7 +39,7 @@ def two_lora_rounds(model, out) -> list[str]:
         num_rounds=2,
         use_peft=True,
         lora_target_modules=["q_proj", "v_proj"],
-        eval_split=None,
+        dataset_test_split=None,
         report_to="none",
         reward_funcs=["tests.scorers_for_tests.length_reward"],
     )
@@ -95,14 +95,14 @@ def test_policy_and_teacher_round(tiny_model, sampling_model, server, tmp_path, 
     argv = recipe_args(
         tiny_model,
         out,
-        eval_split=None,
+        dataset_test_split=None,
         selection="best_of_n",
-        top_k=None,
+        selection_top_k=None,
         reward_funcs=["tests.scorers_for_tests.prefers_teacher"],
         report_to="none",
     )
     gens = [
-        {"name": "policy", "num_samples_per_prompt": 2},
+        {"name": "policy", "num_generations": 2},
         teacher(server.base_url, sampling_model, max_concurrency=4),
     ]
     code, err = run(write_recipe(tmp_path / "r.yaml", argv, gens), capsys)
@@ -150,15 +150,15 @@ def test_server_killed_mid_round_then_resumed(tiny_model, sampling_model, tmp_pa
         tiny_model,
         out,
         task_num_train=16,
-        eval_split=None,
+        dataset_test_split=None,
         report_to="none",
-        top_k=8,
+        selection_top_k=8,
         reward_funcs=["tests.scorers_for_tests.length_reward"],
-        max_new_tokens=24,
+        max_completion_length=24,
     )
     gens = [
-        {"name": "policy", "num_samples_per_prompt": 1},
-        teacher(srv.base_url, sampling_model, max_concurrency=1, max_retries=1, timeout=20, num_samples_per_prompt=2),
+        {"name": "policy", "num_generations": 1},
+        teacher(srv.base_url, sampling_model, max_concurrency=1, max_retries=1, timeout=20, num_generations=2),
     ]
     argv = write_recipe(tmp_path / "r.yaml", argv, gens)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -251,12 +251,12 @@ def test_a_continuous_batching_server_samples_at_the_recipes_temperature(tiny_mo
     argv = recipe_args(
         tiny_model,
         out,
-        num_samples_per_prompt=3,
+        num_generations=3,
         temperature=0.01,
-        max_new_tokens=6,
-        eval_split=None,
+        max_completion_length=6,
+        dataset_test_split=None,
         report_to="none",
-        top_k=6,
+        selection_top_k=6,
         reward_funcs=["tests.scorers_for_tests.length_reward"],
     )
     command = f"{SERVE} serve --host {{host}} --port {{port}} --device cpu --continuous-batching"

@@ -1,5 +1,7 @@
 """Bad input is refused up front with a message that names the fix, and leaves no output behind."""
 
+import json
+
 import pytest
 from conftest import recipe_args, write_jsonl
 
@@ -35,14 +37,14 @@ def test_unknown_command_line_key_is_named(tiny_model, tmp_path, capsys):
 def test_missing_prompt_column(tiny_model, tmp_path, capsys):
     data = write_jsonl(tmp_path / "d.jsonl", [{"question": "hi", "answer": "1"}])
     out = tmp_path / "o"
-    argv = recipe_args(tiny_model, out, dataset_name=str(data), eval_split=None, top_k=1)
+    argv = recipe_args(tiny_model, out, dataset_name=str(data), dataset_test_split=None, selection_top_k=1)
     assert_refused(argv, capsys, out, "no prompt column `prompt`", "question", "prompt_column")
 
 
 def test_empty_prompt(tiny_model, tmp_path, capsys):
     data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "ok", "answer": "1"}, {"prompt": "  ", "answer": "2"}])
     out = tmp_path / "o"
-    argv = recipe_args(tiny_model, out, dataset_name=str(data), eval_split=None, top_k=1)
+    argv = recipe_args(tiny_model, out, dataset_name=str(data), dataset_test_split=None, selection_top_k=1)
     assert_refused(argv, capsys, out, "'train-000001' (row 1) is empty")
 
 
@@ -50,31 +52,31 @@ def test_malformed_jsonl_line_gives_its_number(tiny_model, tmp_path, capsys):
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer": "2"}\n{"prompt": "c", \n')
     out = tmp_path / "o"
-    argv = recipe_args(tiny_model, out, dataset_name=str(data), eval_split=None, top_k=1)
+    argv = recipe_args(tiny_model, out, dataset_name=str(data), dataset_test_split=None, selection_top_k=1)
     assert_refused(argv, capsys, out, "line 3 is not valid JSON")
 
 
 def test_top_k_larger_than_m_times_n(tiny_model, tmp_path, capsys):
     out = tmp_path / "o"
-    argv = recipe_args(tiny_model, out, top_k=13)  # 6 prompts x 2 samples = 12
-    assert_refused(argv, capsys, out, "`top_k` (13) is larger than prompts x samples (6 x 2 = 12)")
+    argv = recipe_args(tiny_model, out, selection_top_k=13)  # 6 prompts x 2 samples = 12
+    assert_refused(argv, capsys, out, "`selection_top_k` (13) is larger than prompts x samples (6 x 2 = 12)")
 
 
 def test_num_samples_below_one(tiny_model, tmp_path, capsys):
     out = tmp_path / "o"
-    assert_refused(recipe_args(tiny_model, out, num_samples_per_prompt=0), capsys, out, "num_samples_per_prompt")
+    assert_refused(recipe_args(tiny_model, out, num_generations=0), capsys, out, "num_generations")
 
 
 def test_prompt_longer_than_context(short_context_model, tmp_path, capsys):
     data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "word " * 80, "answer": "1"}])
     out = tmp_path / "o"
-    argv = recipe_args(short_context_model, out, dataset_name=str(data), eval_split=None, top_k=1)
+    argv = recipe_args(short_context_model, out, dataset_name=str(data), dataset_test_split=None, selection_top_k=1)
     assert_refused(argv, capsys, out, "'train-000000'", "exceeds the model's context of 64")
 
 
 def test_greedy_with_several_samples_is_refused():
     with pytest.raises(ConfigError, match="temperature` 0"):
-        RSConfig(temperature=[0.0], num_samples_per_prompt=4)
+        RSConfig(temperature=[0.0], num_generations=4)
 
 
 def test_lora_keys_without_peft_are_refused(tiny_model, tmp_path, capsys):
@@ -84,9 +86,9 @@ def test_lora_keys_without_peft_are_refused(tiny_model, tmp_path, capsys):
 
 
 def test_per_round_values_repeat_the_last():
-    args = RSConfig(temperature=[0.9, 0.7], max_new_tokens=32)
+    args = RSConfig(temperature=[0.9, 0.7], max_completion_length=32)
     assert [args.for_round("temperature", r) for r in range(4)] == [0.9, 0.7, 0.7, 0.7]
-    assert args.for_round("max_new_tokens", 3) == 32
+    assert args.for_round("max_completion_length", 3) == 32
 
 
 def test_per_round_list_from_command_line(tiny_model, tmp_path):
@@ -98,7 +100,12 @@ def test_verifier_without_its_ground_truth_column_is_refused(tiny_model, tmp_pat
     data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "What is 2 + 2?"}, {"prompt": "What is 3 + 3?"}])
     out = tmp_path / "o"
     argv = recipe_args(
-        tiny_model, out, dataset_name=str(data), eval_split=None, top_k=1, reward_funcs=["numeric_answer"]
+        tiny_model,
+        out,
+        dataset_name=str(data),
+        dataset_test_split=None,
+        selection_top_k=1,
+        reward_funcs=["numeric_answer"],
     )
     assert_refused(argv, capsys, out, "needs the ground-truth column `answer`", "reward_funcs")
 
@@ -116,9 +123,9 @@ def test_dry_run_prints_the_plan_without_loading_a_model(tmp_path, capsys):
         "true",
         "--prompts_per_round",
         "10",
-        "--num_samples_per_prompt",
+        "--num_generations",
         "4",
-        "--max_new_tokens",
+        "--max_completion_length",
         "16",
         "32",
         "--num_rounds",
@@ -127,7 +134,7 @@ def test_dry_run_prints_the_plan_without_loading_a_model(tmp_path, capsys):
     assert main(argv) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["prompts_per_round"] == 10 and plan["generations_per_round"] == 40
-    assert plan["max_new_tokens_per_round"] == [640, 1280]
+    assert plan["max_completion_tokens_per_round"] == [640, 1280]
     assert plan["world_size"] == 1 and plan["output_dir"] == str(out)
     assert not out.exists()  # nothing written, and the missing model was never loaded
 
@@ -178,3 +185,41 @@ def test_unknown_dedupe_mode_is_refused_and_null_turns_it_off():
     with pytest.raises(ConfigError, match=r"`dedupe` must be one of \('exact', 'normalised'\)"):
         RSConfig(dedupe="fuzzy")
     assert RSConfig(dedupe="none").dedupe is None
+
+
+def test_the_old_key_spellings_still_work_for_one_release_with_a_warning():
+    old = {
+        "num_samples_per_prompt": 3,
+        "max_new_tokens": [16, 8],
+        "max_seq_length": 128,
+        "dataset_split": "train",
+        "eval_split": None,
+        "sampling_top_k": [5],
+    }
+    with pytest.warns(FutureWarning, match="`num_samples_per_prompt` is deprecated"):
+        args = RSConfig(**old)
+    assert (args.num_generations, args.max_completion_length, args.max_length) == (3, [16, 8], 128)
+    assert (args.dataset_train_split, args.dataset_test_split, args.top_k) == ("train", None, [5])
+    with pytest.raises(ConfigError, match="`max_new_tokens` and `max_completion_length` are both set"):
+        RSConfig(max_new_tokens=[16], max_completion_length=[32])
+    with pytest.raises(ConfigError, match="rename it `selection_top_k`"):  # the old selection `top_k`
+        RSConfig(selection="top_k", top_k=[4])
+    with pytest.warns(FutureWarning, match="`max_new_tokens` is deprecated; use `max_completion_length`"):
+        specs = RSConfig(generators=[{"name": "policy", "max_new_tokens": 7}]).generator_specs()
+    assert specs[0].max_completion_length == 7
+
+
+def test_a_run_saved_under_the_old_names_or_without_new_keys_is_not_a_changed_config():
+    from rs_trainer.config import config_changes
+
+    new = json.loads(
+        json.dumps(RSConfig(num_generations=4, selection="top_k", selection_top_k=5).to_dict(), default=str)
+    )
+    old_names = {"num_samples_per_prompt": 4, "max_new_tokens": [64], "max_seq_length": None, "top_k": 5}
+    old_names.update(dataset_split="train", eval_split="test", sampling_top_k=[0])  # `top_k` was the selection's
+    renamed = {"num_generations", "max_completion_length", "max_length", "top_k", "selection_top_k"}
+    renamed |= {"dataset_train_split", "dataset_test_split", "temperature_grid"}  # `temperature_grid` is newer
+    saved = {**{k: v for k, v in new.items() if k not in renamed and k not in old_names}, **old_names}
+    assert config_changes(saved, new) == []
+    saved["num_samples_per_prompt"] = 8
+    assert config_changes(saved, new) == ["num_generations"]

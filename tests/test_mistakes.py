@@ -35,9 +35,18 @@ def refused(argv, capsys, *needles) -> str:
         ({"learning_rate": 0.0}, ["`learning_rate` must be > 0"]),
         ({"learning_rate": -1e-4}, ["`learning_rate` must be > 0"]),
         ({"num_rounds": 0}, ["`num_rounds` must be at least 1"]),
-        ({"selection": "best_of_n", "top_k": 5}, ["`top_k` is set but `selection` is 'best_of_n'"]),
-        ({"selection": "top_k", "top_k": 2, "reward_threshold": 0.5}, ["`reward_threshold` is set", "threshold"]),
-        ({"selection": "best_of_n", "top_k": None, "k_per_prompt": 2}, ["`k_per_prompt` is set", "top_k_per_prompt"]),
+        (
+            {"selection": "best_of_n", "selection_top_k": 5},
+            ["`selection_top_k` is set but `selection` is 'best_of_n'"],
+        ),
+        (
+            {"selection": "top_k", "selection_top_k": 2, "reward_threshold": 0.5},
+            ["`reward_threshold` is set", "threshold"],
+        ),
+        (
+            {"selection": "best_of_n", "selection_top_k": None, "k_per_prompt": 2},
+            ["`k_per_prompt` is set", "top_k_per_prompt"],
+        ),
         ({"lr_scheduler_type": "cosine_annealing"}, ["`lr_scheduler_type` 'cosine_annealing' is unknown"]),
         ({"warmup_ratio": 1.5}, ["`warmup_ratio`", "0..1"]),
         ({"max_grad_norm": -1.0}, ["`max_grad_norm` must be >= 0"]),
@@ -63,8 +72,10 @@ def test_recipe_values_are_refused(tiny_model, tmp_path, capsys, overrides, need
 
 def test_a_local_file_with_an_eval_split_would_evaluate_on_training_prompts(tiny_model, tmp_path, capsys):
     data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "What is 1 + 1?", "answer": "2"}])
-    argv = recipe_args(tiny_model, tmp_path / "o", dataset_name=str(data), top_k=1)  # eval_split: test (default)
-    refused(argv, capsys, "`eval_split` 'test' would evaluate on the training prompts", "eval_dataset_name")
+    argv = recipe_args(
+        tiny_model, tmp_path / "o", dataset_name=str(data), selection_top_k=1
+    )  # dataset_test_split: test (default)
+    refused(argv, capsys, "`dataset_test_split` 'test' would evaluate on the training prompts", "eval_dataset_name")
 
 
 def test_per_round_values_beyond_num_rounds_warn():
@@ -123,26 +134,28 @@ def test_eval_split_missing_from_a_dataset_folder(tiny_model, tmp_path, capsys):
     folder.mkdir()
     for split in ("train", "test"):
         write_jsonl(folder / f"{split}.jsonl", [{"prompt": "What is 1 + 1?", "answer": "2"}])
-    argv = recipe_args(tiny_model, tmp_path / "o", dataset_name=str(folder), eval_split="validation", top_k=1)
-    refused(argv, capsys, "`eval_split` 'validation' is not a split of")
+    argv = recipe_args(
+        tiny_model, tmp_path / "o", dataset_name=str(folder), dataset_test_split="validation", selection_top_k=1
+    )
+    refused(argv, capsys, "`dataset_test_split` 'validation' is not a split of")
 
 
 def test_eval_split_missing_from_the_builtin_task(tiny_model, tmp_path, capsys):
-    argv = recipe_args(tiny_model, tmp_path / "o", eval_split="validation")
-    refused(argv, capsys, "`eval_split` 'validation': builtin:arithmetic has splits ['test', 'train']")
+    argv = recipe_args(tiny_model, tmp_path / "o", dataset_test_split="validation")
+    refused(argv, capsys, "`dataset_test_split` 'validation': builtin:arithmetic has splits ['test', 'train']")
 
 
 def test_dataset_file_with_no_rows(tiny_model, tmp_path, capsys):
     empty = tmp_path / "d.jsonl"
     empty.write_text("")
-    argv = recipe_args(tiny_model, tmp_path / "o", dataset_name=str(empty), eval_split=None, top_k=1)
+    argv = recipe_args(tiny_model, tmp_path / "o", dataset_name=str(empty), dataset_test_split=None, selection_top_k=1)
     refused(argv, capsys, "`dataset_name`", "is empty")
 
 
 def test_dataset_file_of_an_unknown_format(tiny_model, tmp_path, capsys):
     text = tmp_path / "prompts.txt"
     text.write_text("What is 1 + 1?\n")
-    argv = recipe_args(tiny_model, tmp_path / "o", dataset_name=str(text), eval_split=None, top_k=1)
+    argv = recipe_args(tiny_model, tmp_path / "o", dataset_name=str(text), dataset_test_split=None, selection_top_k=1)
     refused(argv, capsys, "`dataset_name`", ".txt extension", ".jsonl")
 
 
@@ -178,7 +191,7 @@ def test_output_dir_that_is_a_file(tiny_model, tmp_path, capsys):
 
 
 def test_max_seq_length_that_leaves_no_room(tiny_model, tmp_path, capsys):
-    refused(recipe_args(tiny_model, tmp_path / "o", max_seq_length=8), capsys, "`max_seq_length` (8) leaves no room")
+    refused(recipe_args(tiny_model, tmp_path / "o", max_length=8), capsys, "`max_length` (8) leaves no room")
 
 
 def test_scorer_whose_extra_is_not_installed(tiny_model, tmp_path, capsys, monkeypatch):

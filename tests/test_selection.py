@@ -84,7 +84,7 @@ def test_duplicate_prompt_texts_with_different_ids_stay_separate():
     "overrides, expected",
     [
         ({"selection": "best_of_n"}, [("a", 3), ("b", 2), ("c", 2)]),
-        ({"selection": "top_k", "top_k": 2}, [("a", 3), ("a", 1)]),
+        ({"selection": "top_k", "selection_top_k": 2}, [("a", 3), ("a", 1)]),
         ({"selection": "top_fraction", "top_fraction": 0.25}, [("a", 3), ("a", 1), ("c", 2)]),
         ({"selection": "threshold", "reward_threshold": 0.75}, [("a", 3), ("a", 1), ("c", 2)]),
         (

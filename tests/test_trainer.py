@@ -142,7 +142,7 @@ def test_output_dir_with_other_config_is_refused_then_overwritten(tiny_model, tm
 
 def test_nan_reward_stops_the_round_naming_prompt_and_sample(tiny_model, tmp_path):
     trainer = make_trainer(
-        tiny_model, tmp_path / "run", reward_funcs=["tests.scorers_for_tests.nan_on_second"], eval_split=None
+        tiny_model, tmp_path / "run", reward_funcs=["tests.scorers_for_tests.nan_on_second"], dataset_test_split=None
     )
     with pytest.raises(ScorerError, match=r"nan_on_second.*prompt_id '.*', sample 1"):
         trainer.train()
@@ -154,8 +154,8 @@ def test_round_with_nothing_selected_is_skipped_not_crashed(tiny_model, tmp_path
         tmp_path / "run",
         reward_funcs=["tests.scorers_for_tests.no_opinion"],
         selection="best_of_n",
-        top_k=None,
-        eval_split=None,
+        selection_top_k=None,
+        dataset_test_split=None,
     )
     history = trainer.train()
     assert history[0]["rs/num_selected"] == 0 and history[0]["train/steps"] == 0
@@ -167,11 +167,11 @@ def test_recipe_filters_run_before_selection(tiny_model, tmp_path):
         tiny_model,
         tmp_path / "run",
         reward_funcs=["tests.scorers_for_tests.length_reward"],
-        eval_split=None,
+        dataset_test_split=None,
         selection="percentile",
         reward_percentile=[50.0],
         drop_truncated=True,
-        top_k=None,
+        selection_top_k=None,
     )
     history = trainer.train()
     assert history[0]["rs/filtered_out"] == 12 and history[0]["rs/num_selected"] == 0
@@ -193,7 +193,7 @@ def test_reward_model_trains_while_the_verifier_judges(tiny_model, embedded_path
         eval_reward_funcs=["numeric_answer"],
         reward_model_device="cpu",
         selection="best_of_n",
-        top_k=None,
+        selection_top_k=None,
     )
     history = trainer.train()
     rows = read_jsonl(tmp_path / "run" / "round_0" / "generations.jsonl")

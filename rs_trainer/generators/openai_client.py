@@ -142,7 +142,8 @@ class OpenAIGenerator:
                 raise GeneratorError(
                     f"generator {self.spec.name!r} at {self.base_url} (model {self.model!r}) refused a request "
                     f"({code}: {str(getattr(err, 'message', err))[:300]}); a rerun would be refused the same way: fix "
-                    f"the generator's settings (for a 400, `max_new_tokens` against the server's context).{tail}"
+                    "the generator's settings (for a 400, `max_completion_length` against the server's context)."
+                    f"{tail}"
                 ) from None
             raise GeneratorError(
                 f"generator {self.spec.name!r} at {self.base_url} (model {self.model!r}) failed after "

@@ -19,8 +19,8 @@ def sample_ranges(specs: list[GeneratorSpec]) -> dict[str, range]:
     Example: policy with 4 samples, then teacher with 2 -> {"policy": range(0, 4), "teacher": range(4, 6)}."""
     ranges, start = {}, 0
     for spec in specs:
-        ranges[spec.name] = range(start, start + spec.num_samples_per_prompt)
-        start += spec.num_samples_per_prompt
+        ranges[spec.name] = range(start, start + spec.num_generations)
+        start += spec.num_generations
     return ranges
 
 

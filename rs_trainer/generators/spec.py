@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 
 from ..config import ConfigError
@@ -22,8 +23,9 @@ class GeneratorSpec:
       already running, at `base_url`) or `server` (started by rs_trainer each round from `command`).
     - `model` (`str`, *optional*): `local`: a frozen model (hub id, folder or `embedded:<name>`), default the policy;
       `openai`: the served model's name; `server`: a fixed model to serve, default the policy's latest weights.
-    - `num_samples_per_prompt` (`int`, *optional*): default the recipe's `num_samples_per_prompt`.
-    - `temperature`, `top_p`, `top_k`, `max_new_tokens` (*optional*): override the round's sampling values.
+    - `num_generations` (`int`, *optional*): default the recipe's `num_generations`.
+    - `temperature`, `top_p`, `top_k`, `max_completion_length` (*optional*): override the round's sampling values.
+    (`num_samples_per_prompt` and `max_new_tokens`, the old spellings, are accepted with a warning.)
     - `base_url` (`str`): `openai` only, e.g. `http://127.0.0.1:8000/v1`.
     - `api_key_env` (`str`, *optional*): the environment variable that holds the API key; the key itself is never
       written to a recipe or to disk.
@@ -52,11 +54,11 @@ class GeneratorSpec:
     name: str
     engine: str = "local"
     model: str | None = None
-    num_samples_per_prompt: int | None = None
+    num_generations: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
-    max_new_tokens: int | None = None
+    max_completion_length: int | None = None
     base_url: str | None = None
     api_key_env: str | None = None
     api: str = "completions"
@@ -82,7 +84,7 @@ class GeneratorSpec:
 def parse_generators(entries: list[dict] | None, default_samples: int) -> list[GeneratorSpec]:
     """The recipe's `generators` list as specs; none listed means one: the policy, in-process (`policy`)."""
     if not entries:
-        return [GeneratorSpec(name=POLICY, num_samples_per_prompt=default_samples)]
+        return [GeneratorSpec(name=POLICY, num_generations=default_samples)]
     if not isinstance(entries, list):
         raise ConfigError("`generators` must be a list of mappings, each with at least a `name`.")
     known = {f.name for f in dataclasses.fields(GeneratorSpec)}
@@ -91,17 +93,32 @@ def parse_generators(entries: list[dict] | None, default_samples: int) -> list[G
         where = f"`generators[{i}]`"
         if not isinstance(entry, dict) or not entry.get("name"):
             raise ConfigError(f"{where} needs a `name` (a mapping such as `{{name: teacher, model: ...}}`).")
-        unknown = sorted(set(entry) - known)
+        unknown = sorted(set(entry) - known - set(RENAMED_SPEC_KEYS))
         if unknown:
             raise ConfigError(f"{where} ({entry['name']}): unknown keys {unknown}; the keys are {sorted(known)}.")
-        spec = GeneratorSpec(**entry)
-        spec.num_samples_per_prompt = spec.num_samples_per_prompt or default_samples
+        spec = GeneratorSpec(**_renamed(entry, where))
+        spec.num_generations = spec.num_generations or default_samples
         _check(spec, where)
         specs.append(spec)
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ConfigError(f"`generators` names must be unique, got {names}.")
     return specs
+
+
+RENAMED_SPEC_KEYS = {"num_samples_per_prompt": "num_generations", "max_new_tokens": "max_completion_length"}
+
+
+def _renamed(entry: dict, where: str) -> dict:
+    """A generator's deprecated key spellings moved to TRL's names, with a warning; both given is refused."""
+    entry = dict(entry)
+    for old, new in RENAMED_SPEC_KEYS.items():
+        if old in entry:
+            if new in entry:
+                raise ConfigError(f"{where}: `{old}` and `{new}` are both set; `{old}` is the old name: keep `{new}`.")
+            warnings.warn(f"{where}: `{old}` is deprecated; use `{new}` (TRL's name).", FutureWarning, stacklevel=4)
+            entry[new] = entry.pop(old)
+    return entry
 
 
 def _check(spec: GeneratorSpec, where: str) -> None:
@@ -114,8 +131,8 @@ def _check(spec: GeneratorSpec, where: str) -> None:
         raise ConfigError(f"{where}: `prompt_format` must be `text` or `tokens`, got {spec.prompt_format!r}.")
     if spec.prompt_format == "tokens" and spec.api == "chat":
         raise ConfigError(f"{where}: `prompt_format: tokens` needs `api: completions`.")
-    if spec.num_samples_per_prompt < 1:
-        raise ConfigError(f"{where}: `num_samples_per_prompt` must be at least 1.")
+    if spec.num_generations < 1:
+        raise ConfigError(f"{where}: `num_generations` must be at least 1.")
     if spec.engine == "openai":
         if not spec.base_url or not spec.model:
             raise ConfigError(
