@@ -27,7 +27,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-from . import data, selection
+from . import data, seeds, selection
 from .config import ConfigError
 from .io import write_json, write_jsonl
 
@@ -117,7 +117,7 @@ def _sample_model(name: str, index: int, prompts: list[dict], args, model_args) 
             n,
             params,
             batch_size=args.generation_batch_size,
-            seed=args.seed * 1_000_003 + index,
+            seed=seeds.sampling_seed(args.seed, 0, stream=index),
             prompt_ids=prompt_ids,
             on_batch=lambda batch: bar.update(len(batch)),
             engine=args.generation_engine,

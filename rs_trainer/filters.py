@@ -38,8 +38,9 @@ def _keep_prompts(samples: list[dict], keep) -> list[dict]:
     return [s for s in samples if s["prompt_id"] in kept]
 
 
-def drop_duplicates(samples: list[dict], mode: str = "normalised") -> list[dict]:
-    """Keep one sample of each distinct completion of a prompt: the one with the smallest `sample_index`.
+def drop_duplicates(samples: list[dict], mode: str = "normalised", order=None) -> list[dict]:
+    """Keep one sample of each distinct completion of a prompt: the one with the smallest `sample_index` (or the
+    smallest `order(sample)`, where sample indices repeat, as in samples pooled over rounds).
 
     `mode`: `exact` compares the text as is; `normalised` compares `normalise_completion(text)` (whitespace and
     case ignored). Identical texts of different prompts are kept: duplicates are only looked for within a prompt.
@@ -50,12 +51,13 @@ def drop_duplicates(samples: list[dict], mode: str = "normalised") -> list[dict]
     if mode not in DEDUPE_MODES:
         raise ValueError(f"Duplicate mode {mode!r} is unknown; choose one of {DEDUPE_MODES}.")
     key = normalise_completion if mode == "normalised" else (lambda text: text)
+    order = order or (lambda s: s["sample_index"])
     first: dict[tuple[str, str], int] = {}
-    for s in samples:
+    for i, s in enumerate(samples):
         k = (s["prompt_id"], key(s["completion"]))
-        if k not in first or s["sample_index"] < first[k]:
-            first[k] = s["sample_index"]
-    return [s for s in samples if first[(s["prompt_id"], key(s["completion"]))] == s["sample_index"]]
+        if k not in first or order(s) < order(samples[first[k]]):
+            first[k] = i
+    return [s for i, s in enumerate(samples) if first[(s["prompt_id"], key(s["completion"]))] == i]
 
 
 def drop_unfinished(samples: list[dict]) -> list[dict]:

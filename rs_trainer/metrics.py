@@ -5,6 +5,9 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
+from .filters import normalise_completion
+from .selection import group_by_prompt
+
 
 def _stats(values: list[float], prefix: str) -> dict:
     if not values:
@@ -26,11 +29,13 @@ def round_metrics(samples: list[dict], selected: set, pass_threshold: float) -> 
     rewards = [s["reward"] for s in samples if s["reward"] is not None]
     picked = [s for s in samples if (s["prompt_id"], s["sample_index"]) in selected]
     chosen = [s["reward"] for s in picked]
-    by_prompt = defaultdict(list)
-    for s in samples:
+
+    def passes(s: dict) -> bool:
         verdict = s.get("verified_reward", s["reward"])
-        by_prompt[s["prompt_id"]].append(verdict is not None and verdict >= pass_threshold)
-    unique = {(s["prompt_id"], " ".join(s["completion"].split()).lower()) for s in samples}
+        return verdict is not None and verdict >= pass_threshold
+
+    by_prompt = {pid: [passes(s) for s in group] for pid, group in group_by_prompt(samples).items()}
+    unique = {(s["prompt_id"], normalise_completion(s["completion"])) for s in samples}
     out = {
         "rs/num_prompts": len(by_prompt),
         "rs/num_samples": len(samples),

@@ -107,13 +107,21 @@ def torch_dtype(name: str | None):
     return dtype
 
 
+def ensure_pad_token(tokenizer, model=None) -> None:
+    """Give `tokenizer` a pad token (its EOS) when it has none, and `model` (if given) the same `pad_token_id`
+    when it has none: a sequence-classification model finds each row's last token by that id."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is not None and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
 def load_tokenizer(path: str):
     """Load the tokenizer with left padding (generation) and a pad token (falls back to EOS)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     tokenizer.padding_side = "left"
     return tokenizer
 

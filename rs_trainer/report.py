@@ -3,7 +3,6 @@ the round history and samples; matplotlib is imported inside, with the Agg backe
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 
@@ -124,10 +123,9 @@ def save_figure(fig, path: str | Path) -> Path:
 def sample_table(samples: list[dict], num_prompts: int = 5) -> list[dict]:
     """The best and worst completion (by reward, then sample_index) of the first `num_prompts` prompts (sorted by
     prompt_id), for reading."""
-    groups = defaultdict(list)
-    for s in samples:
-        if s["reward"] is not None:
-            groups[s["prompt_id"]].append(s)
+    from .selection import group_by_prompt
+
+    groups = group_by_prompt([s for s in samples if s["reward"] is not None])
     rows = []
     for pid in sorted(groups)[:num_prompts]:
         ranked = sorted(groups[pid], key=lambda s: (-s["reward"], s["sample_index"]))

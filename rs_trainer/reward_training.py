@@ -30,8 +30,9 @@ from pathlib import Path
 
 from .config import ConfigError
 from .export import PAIR_RULES, dpo_pairs, load_generations
-from .filters import normalise_completion
+from .filters import drop_duplicates
 from .io import atomic_dir, write_json, write_jsonl
+from .models import ensure_pad_token
 
 # For tokenizers without a chat template (BERT-style encoders): [CLS] role: text [SEP] ... , read at [CLS].
 ENCODER_CHAT_TEMPLATE = (
@@ -81,14 +82,9 @@ def build_pairs(data_args: RewardDataArguments, seed: int) -> list[dict]:
         except FileNotFoundError as err:
             raise ConfigError(f"`generations_from`: {err}") from None
         samples.extend({**s, "round": None} for s in rows)  # pool a prompt's samples over runs and rounds
-    # The first copy of each completion of a prompt stays (`drop_duplicates` keys by sample_index, which repeats
-    # across rounds).
-    seen, unique = set(), []
-    for s in samples:
-        key = (s["prompt_id"], normalise_completion(s["completion"]))
-        if key not in seen:
-            seen.add(key)
-            unique.append(s)
+    # The first copy of each completion of a prompt stays: sample indices repeat across rounds, so by position.
+    position = {id(s): i for i, s in enumerate(samples)}
+    unique = drop_duplicates(samples, "normalised", order=lambda s: position[id(s)])
     return dpo_pairs(unique, rule=data_args.pair_rule, min_margin=data_args.min_margin, seed=seed)
 
 
@@ -115,8 +111,7 @@ def prepare_start_model(model_path: str, folder: Path, seed: int) -> Path:
                 "a chat template (RewardConfig's `chat_template_path`)."
             )
         tokenizer.chat_template = ENCODER_CHAT_TEMPLATE
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     torch.manual_seed(seed)  # the fresh head
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id

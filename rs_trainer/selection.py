@@ -234,7 +234,7 @@ def select(samples: list[dict], args, seed: int, round_index: int = 0) -> list[K
     if args.selection in ("top_k", "top_fraction"):
         return top_k_global(samples, args.top_k_count(len(samples)), min_reward=args.min_reward, **kw)
     if args.selection == "rso":
-        beta = args.rso_beta[min(round_index, len(args.rso_beta) - 1)]  # may rise or fall over the rounds
+        beta = args.for_round("rso_beta", round_index)  # may rise or fall over the rounds
         return statistical_rejection(samples, args.k_per_prompt, beta, seed=seed, min_reward=args.min_reward)
     if args.selection == "percentile":
         q = schedule_value(args.reward_percentile, round_index)

@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
-from . import data, filters, resume, selection
+from . import data, filters, resume, seeds, selection
 from .config import AUTO, NON_SEMANTIC_KEYS, ConfigError, RSConfig, config_changes, first_line
 from .export import sft_rows
 from .generation import SamplingParams, check_prompt_lengths, encode_prompts, generate
@@ -477,7 +477,8 @@ class RejectionSamplingTrainer:
 
             desc = f"round {r} generate" + (f" [{spec.name}]" if len(self.generator_specs) > 1 else "")
             # Servers seed each request by (seed, prompt, sample), so their rows do not depend on the rank.
-            seed = args.seed * 1_000_003 + r * 1009 + 7919 * g + (acc.process_index if spec.engine == "local" else 0)
+            rank = acc.process_index if spec.engine == "local" else 0
+            seed = seeds.sampling_seed(args.seed, r, seeds.generator_stream(g), rank)
             with clock.phase(f"generate/{spec.name}"), self.open_generator(spec, r) as generator:
                 error = None
                 with self.progress(len(todo) * n, desc, "samples") as bar:
@@ -558,7 +559,7 @@ class RejectionSamplingTrainer:
         found = []  # (temperature, prompt_id, reward, completion tokens) of this rank's probe samples
         with self.open_generator(spec, r) as generator:
             for i, t in enumerate(args.temperature_grid):
-                seed = args.seed * 1_000_003 + r * 1009 + 31337 * (i + 1) + acc.process_index
+                seed = seeds.sampling_seed(args.seed, r, seeds.probe_stream(i), acc.process_index)
                 params = self.sampling_params(spec, r, temperature=t)
                 with self.progress(len(todo) * n, f"round {r} temperature probe T={t:g}", "samples") as bar:
                     raw[t] = generator.generate(todo, ids, n, params, seed=seed) if todo else []
@@ -722,7 +723,7 @@ class RejectionSamplingTrainer:
         candidates = filters.apply_recipe_filters(local, args)
         kept = {(s["prompt_id"], s["sample_index"]) for s in candidates}
         view = by_key(gather_object([{k: s[k] for k in selection.FIELDS} for s in candidates]))
-        keys = set(selection.select(view, args, seed=args.seed * 1000 + r, round_index=r))
+        keys = set(selection.select(view, args, seed=seeds.round_seed(args.seed, r), round_index=r))
         for s in local:
             key = (s["prompt_id"], s["sample_index"])
             s["filtered_out"] = key not in kept
@@ -757,7 +758,7 @@ class RejectionSamplingTrainer:
         policy = LocalGenerator(
             acc.unwrap_model(self.model), self.tokenizer, args.generation_batch_size, args.generation_engine
         )
-        seed = args.seed * 1_000_003 + r * 1009 + acc.process_index + 104729
+        seed = seeds.sampling_seed(args.seed, r, seeds.RATIONALIZATION_STREAM, acc.process_index)
         out = policy.generate(hinted, ids, args.rationalization_samples, params, seed=seed)
         # Each row carries the original prompt, without the hint: that is what it is scored and trained with.
         rows = [
@@ -765,7 +766,7 @@ class RejectionSamplingTrainer:
             for o in out
         ]
         rows = self.score_samples(rows)
-        keep = set(selection.best_of_n([s for s in rows if passes(s)], seed=args.seed * 1000 + r))
+        keep = set(selection.best_of_n([s for s in rows if passes(s)], seed=seeds.round_seed(args.seed, r)))
         for s in rows:
             key = (s["prompt_id"], s["sample_index"])
             s.update(generator="rationalization", rationalized=True, filtered_out=False, selected=key in keep)
@@ -803,7 +804,7 @@ class RejectionSamplingTrainer:
             args.gradient_accumulation_steps,
             acc.process_index,
             acc.num_processes,
-            seed=args.seed * 1000 + r,
+            seed=seeds.round_seed(args.seed, r),
         )
         reset_optimizer(self.optimizer)  # each round is a fresh fine-tuning run: new AdamW moments, new schedule
         from transformers import get_scheduler

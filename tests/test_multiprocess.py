@@ -11,6 +11,7 @@ from conftest import REPO, recipe_args
 from rs_trainer import selection
 from rs_trainer.cli import parse_args
 from rs_trainer.io import read_jsonl
+from rs_trainer.seeds import round_seed
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,7 @@ def test_two_process_round(tiny_model, tmp_path):
         assert len(keys) == len(set(keys)) == 7 * 3  # every prompt generated exactly once, no duplicate rows
         assert sorted({x["prompt_id"] for x in rows}) == [f"train-{i:05d}" for i in range(7)]
         # Global top-K chosen across ranks equals what one process selects from the same reward matrix.
-        expected = set(selection.select(rows, args, seed=args.seed * 1000 + r))
+        expected = set(selection.select(rows, args, seed=round_seed(args.seed, r)))
         assert {(x["prompt_id"], x["sample_index"]) for x in rows if x["selected"]} == expected
         metrics = json.loads((out / f"round_{r}" / "metrics.json").read_text())
         steps = metrics["train/steps_per_rank"]

@@ -15,7 +15,7 @@ import logging
 
 import torch
 
-from ..models import check_model_folder, resolve_model_path
+from ..models import check_model_folder, ensure_pad_token, resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +104,7 @@ class RewardModelScorer:
         self.model = model.to(self.device).eval()
         # Batches need a pad token, and the model finds each row's last token by comparing with its own
         # `pad_token_id`, so the tokenizer and the model must agree on it.
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        ensure_pad_token(self.tokenizer, self.model)
         self.pad_token_id = self.model.config.pad_token_id
         if self.pad_token_id is None:
             raise ValueError(
