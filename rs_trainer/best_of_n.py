@@ -51,8 +51,13 @@ def expected_best_of_n(rewards: list[float], n: int) -> float:
 
     Computed exactly (integers) and rounded once, so the estimate never falls as n grows, even by rounding.
 
-    Example: rewards [2.0, 0.0, 1.0], n=2: subsets {0,1}, {0,2}, {1,2} have maxima 1, 2, 2 -> 5/3 = 1.667;
-    n=1 -> the mean, 1.0; n=3 -> the maximum, 2.0.
+    Rewards [2.0, 0.0, 1.0], n=2: the subsets {0,1}, {0,2}, {1,2} have maxima 2, 2, 1, so 5/3; n=1 is the mean,
+    n=3 the maximum.
+
+    >>> round(expected_best_of_n([2.0, 0.0, 1.0], 2), 3), expected_best_of_n([2.0, 0.0, 1.0], 1)
+    (1.667, 1.0)
+    >>> expected_best_of_n([2.0, 0.0, 1.0], 3)
+    2.0
     """
     count = len(rewards)
     if not 1 <= n <= count:
@@ -65,7 +70,10 @@ def expected_best_of_n(rewards: list[float], n: int) -> float:
 def best_of_n_curve(rewards_by_prompt: list[list[float]]) -> list[float]:
     """`expected_best_of_n` for n = 1..N averaged over prompts; every prompt must have the same N.
 
-    Example: [[0.0, 1.0], [1.0, 1.0]] -> [0.75, 1.0]: n=1 averages the means 0.5 and 1.0; n=2 the maxima.
+    n=1 averages the means 0.5 and 1.0; n=2 the maxima:
+
+    >>> best_of_n_curve([[0.0, 1.0], [1.0, 1.0]])
+    [0.75, 1.0]
     """
     sizes = {len(r) for r in rewards_by_prompt}
     if len(sizes) != 1:
@@ -80,7 +88,8 @@ def best_of_n_curve(rewards_by_prompt: list[list[float]]) -> list[float]:
 def kl_bound(n: int) -> float:
     """The analytic KL(best-of-n policy || base policy) bound, `log n - (n - 1) / n` nats.
 
-    Example: n=1 -> 0.0; n=4 -> log 4 - 0.75 = 0.636.
+    >>> kl_bound(1), round(kl_bound(4), 3)  # log 4 - 0.75
+    (0.0, 0.636)
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}.")

@@ -27,7 +27,8 @@ PAIR_RULES = ("best_vs_worst", "best_vs_random", "best_vs_each_lower")
 def ranking_score(sample: dict, length_penalty: float = 0.0) -> float:
     """The score pairs are ranked by: `reward - length_penalty * completion_tokens`.
 
-    Example: reward 1.0, 20 tokens, length_penalty 0.01 -> 0.8.
+    >>> ranking_score({"reward": 1.0, "completion_tokens": 20}, length_penalty=0.01)
+    0.8
     """
     return sample["reward"] - length_penalty * sample.get("completion_tokens", 0)
 

@@ -23,7 +23,8 @@ MARGIN_TOLERANCE = 1e-9
 def normalise_completion(text: str) -> str:
     """Whitespace runs collapse to one space, ends are stripped, and case is folded.
 
-    Example: `"  The Answer\\n is 4 "` -> `"the answer is 4"`.
+    >>> normalise_completion("  The Answer\\n is 4 ")
+    'the answer is 4'
     """
     return " ".join(text.split()).casefold()
 
@@ -81,7 +82,8 @@ def drop_constant_prompts(samples: list[dict]) -> list[dict]:
 def reward_margin(rewards: list[float]) -> float:
     """Best reward minus the median reward (the mean of the two middle values when the count is even).
 
-    Example: [0.0, 0.2, 0.4, 1.0] -> 1.0 - 0.3 = 0.7; [0.5] -> 0.0.
+    >>> round(reward_margin([0.0, 0.2, 0.4, 1.0]), 6), reward_margin([0.5])  # 1.0 - 0.3
+    (0.7, 0.0)
     """
     return max(rewards) - statistics.median(rewards)
 

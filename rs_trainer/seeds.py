@@ -5,7 +5,8 @@ uninterrupted one would have drawn.
   each temperature of a probe and rationalization sample from their own stream.
 - `round_seed`: the round's other draws: selection tie-breaks and seeded strategies, and the SFT order.
 
-Example: sampling_seed(42, 1, generator_stream(2)) -> 42 * 1_000_003 + 1009 + 2 * 7919.
+>>> sampling_seed(42, 1, generator_stream(2)) == 42 * 1_000_003 + 1009 + 2 * 7919
+True
 """
 
 from __future__ import annotations

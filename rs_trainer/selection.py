@@ -147,7 +147,10 @@ def percentile_value(rewards: list[float], q: float) -> float:
     """The `q`-th percentile (0..100) of `rewards`, interpolated linearly between order statistics (numpy's default
     `linear` method): position `q / 100 * (n - 1)` in the sorted list.
 
-    Example: [0.0, 1.0, 2.0, 3.0] at q=50 -> 1.5; at q=100 -> 3.0; [4.0] at any q -> 4.0.
+    >>> percentile_value([0.0, 1.0, 2.0, 3.0], 50), percentile_value([0.0, 1.0, 2.0, 3.0], 100)
+    (1.5, 3.0)
+    >>> percentile_value([4.0], 30)
+    4.0
     """
     if not 0 <= q <= 100:
         raise ValueError(f"Percentile must be in [0, 100], got {q}.")
@@ -208,7 +211,8 @@ def schedule_value(schedule: list[float], round_index: int) -> float:
     """The value of a per-round schedule in round `round_index` (0-based); the last value repeats. The schedule
     must not fall: a later round never keeps a looser share than an earlier one.
 
-    Example: schedule_value([50, 75, 90], 1) -> 75; schedule_value([50, 75, 90], 5) -> 90.
+    >>> schedule_value([50, 75, 90], 1), schedule_value([50, 75, 90], 5)
+    (75, 90)
     """
     if not schedule:
         raise ValueError("The schedule is empty; give one value or one per round.")

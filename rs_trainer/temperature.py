@@ -39,8 +39,10 @@ def choose_temperature(rewards: dict[float, dict[str, list[float]]], n: int) -> 
     row per temperature, in ascending order: `temperature`, `best_of_n` (the mean over prompts of the expected best
     of `n` rewards) and `mean_reward`.
 
-    Example: {0.6: {"a": [0, 0], "b": [1, 1]}, 1.0: {"a": [0, 1], "b": [1, 0]}}, n=2 -> 1.0: best-of-2 is 0.5 at
-    0.6 and 1.0 at 1.0, although both have mean reward 0.5.
+    Best-of-2 is 0.5 at 0.6 and 1.0 at 1.0, although both have mean reward 0.5:
+
+    >>> choose_temperature({0.6: {"a": [0, 0], "b": [1, 1]}, 1.0: {"a": [0, 1], "b": [1, 0]}}, n=2)[0]
+    1.0
     """
     floor = min(
         (x for by_prompt in rewards.values() for rs in by_prompt.values() for x in rs if x is not None), default=0.0

@@ -8,7 +8,7 @@ import random
 import statistics
 
 import pytest
-from conftest import build_tiny_model, recipe_args
+from helpers import build_tiny_model, recipe_args
 
 from rs_trainer import best_of_n
 from rs_trainer.cli import best_of_n_main

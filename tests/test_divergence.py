@@ -4,7 +4,7 @@ metrics and report, and `max_kl` stops a run that drifts too far."""
 import json
 
 import torch
-from conftest import recipe_args
+from helpers import recipe_args
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, SERVE, Server, recipe_args
+from helpers import REPO, SERVE, Server, recipe_args
 
 from rs_trainer.cli import main
 from rs_trainer.export import dpo_pairs

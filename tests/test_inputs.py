@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import recipe_args, write_jsonl
+from helpers import recipe_args, write_jsonl
 
 from rs_trainer.cli import main, parse_args
 from rs_trainer.config import ConfigError, RSConfig
@@ -145,7 +145,7 @@ def test_gpu_accelerate_config_on_a_cpu_machine_is_refused(tmp_path):
     import sys
 
     import torch
-    from conftest import REPO
+    from helpers import REPO
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -170,7 +170,7 @@ def test_gpu_accelerate_config_on_a_cpu_machine_is_refused(tmp_path):
 
 
 def test_use_peft_flips_on_the_command_line_but_a_contradictory_recipe_is_refused(tmp_path):
-    from conftest import REPO
+    from helpers import REPO
 
     lora_recipe = str(REPO / "recipes/smollm2/arithmetic_lora.yaml")
     _, model_args = parse_args(["--config", lora_recipe, "--use_peft", "false"])

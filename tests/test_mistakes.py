@@ -6,7 +6,7 @@ import subprocess
 import warnings
 
 import pytest
-from conftest import REPO, recipe_args, write_jsonl
+from helpers import REPO, recipe_args, write_jsonl
 
 from rs_trainer.cli import main
 from rs_trainer.config import ConfigError, RSConfig

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, recipe_args
+from helpers import REPO, recipe_args
 
 from rs_trainer import selection
 from rs_trainer.cli import parse_args

@@ -21,7 +21,7 @@ def test_progress_is_silent_off_the_main_process(capsys):
 def test_sft_progress_outside_a_terminal_prints_no_line_per_step(tiny_model, tmp_path, capsys):
     """The trainer's SFT bar shows the loss without a redraw of its own: a round of many quick steps prints a
     couple of lines, not one (or two) per step, and the last one shows the loss."""
-    from conftest import recipe_args
+    from helpers import recipe_args
 
     from rs_trainer.cli import parse_args
     from rs_trainer.trainer import RejectionSamplingTrainer

@@ -4,7 +4,7 @@ answer as a hint, and what passes is trained on without the hint."""
 import json
 
 import pytest
-from conftest import recipe_args
+from helpers import recipe_args
 
 from rs_trainer.cli import main
 from rs_trainer.io import read_jsonl

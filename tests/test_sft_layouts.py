@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO
+from helpers import REPO
 
 pytestmark = pytest.mark.slow
 WORKER = str(REPO / "tests" / "sft_layout_worker.py")

@@ -4,7 +4,7 @@ without gradient accumulation."""
 import sys
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 

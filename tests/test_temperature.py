@@ -4,7 +4,7 @@ temperature the probe chose."""
 import json
 
 import pytest
-from conftest import recipe_args
+from helpers import recipe_args
 
 from rs_trainer.cli import main
 from rs_trainer.config import ConfigError, RSConfig

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import recipe_args
+from helpers import recipe_args
 from safetensors.torch import load_file
 
 from rs_trainer.cli import main, parse_args
@@ -178,7 +178,7 @@ def test_recipe_filters_run_before_selection(tiny_model, tmp_path):
 
 
 def test_reward_model_trains_while_the_verifier_judges(tiny_model, embedded_path, tmp_path):
-    from test_scorers import build_tiny_reward_model
+    from helpers import build_tiny_reward_model
 
     from rs_trainer.rewards import resolve_scorer
 

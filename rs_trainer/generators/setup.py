@@ -16,7 +16,10 @@ GPU_ONLY_SERVERS = ("vllm", "sglang", "text-generation-launcher")  # programs of
 def sample_ranges(specs: list[GeneratorSpec]) -> dict[str, range]:
     """Each generator's sample indices: consecutive ranges in the recipe's order.
 
-    Example: policy with 4 samples, then teacher with 2 -> {"policy": range(0, 4), "teacher": range(4, 6)}."""
+    >>> from rs_trainer.generators.spec import GeneratorSpec
+    >>> sample_ranges([GeneratorSpec("policy", num_generations=4), GeneratorSpec("teacher", num_generations=2)])
+    {'policy': range(0, 4), 'teacher': range(4, 6)}
+    """
     ranges, start = {}, 0
     for spec in specs:
         ranges[spec.name] = range(start, start + spec.num_generations)

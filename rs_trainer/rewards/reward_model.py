@@ -35,7 +35,10 @@ def next_batch(lengths: list[int], start: int, max_tokens: int) -> int:
     """End (exclusive) of the batch that starts at `start` in `lengths`, sorted longest first.
 
     Rows are added while rows x longest row (the first one) stays within `max_tokens`; a row longer than the budget
-    gets a batch of its own. Example: lengths [8, 6, 5, 2, 2] with a budget of 16 -> batches [8, 6], [5, 2, 2].
+    gets a batch of its own. Lengths [8, 6, 5, 2, 2] with a budget of 16 make the batches [8, 6] and [5, 2, 2]:
+
+    >>> next_batch([8, 6, 5, 2, 2], 0, 16), next_batch([8, 6, 5, 2, 2], 2, 16)
+    (2, 5)
     """
     longest = max(lengths[start], 1)
     rows = max(1, max_tokens // longest)
@@ -65,10 +68,10 @@ class RewardModelScorer:
 
     Example:
     ```python
-    >>> scorer = RewardModelScorer("Skywork/Skywork-Reward-V2-Qwen3-0.6B", device="cuda:1")
-    >>> prompts = [[{"role": "user", "content": "2+2?"}]] * 2
-    >>> completions = [[{"role": "assistant", "content": "4"}], [{"role": "assistant", "content": "5"}]]
-    >>> scores = scorer(prompts, completions)  # one float per completion, higher is better
+    scorer = RewardModelScorer("Skywork/Skywork-Reward-V2-Qwen3-0.6B", device="cuda:1")  # a hub model: not a doctest
+    prompts = [[{"role": "user", "content": "2+2?"}]] * 2
+    completions = [[{"role": "assistant", "content": "4"}], [{"role": "assistant", "content": "5"}]]
+    scores = scorer(prompts, completions)  # one float per completion, higher is better
     ```
     """
 
