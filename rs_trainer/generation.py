@@ -1,9 +1,9 @@
 """Batched sampling of N completions per prompt. Pure: takes a model and plain arguments, no Accelerator.
 
-Speed choices, measured on the 2-core CPU (see BENCHMARKS.md):
+Speed choices (their measurements are in BENCHMARKS.md, "Generation"):
 - rows are sorted by prompt length so a batch pads little, and the N copies of a prompt sit side by side;
-- large batches (64 rows on CPU) use the cores far better than 8 (80 vs 35 tokens/s for SmolLM2-135M);
-- fp32 on this CPU: bf16 weights or autocast ran 4x slower (no native bf16 matmul here).
+- large batches (64 rows on the CPU) use the cores far better than small ones;
+- the model's own dtype: bf16 on a CPU without native bf16 matmul is slower than fp32.
 """
 
 from __future__ import annotations
