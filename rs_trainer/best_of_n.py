@@ -221,8 +221,7 @@ def run(args, model_args, candidate_models: list[str] | None = None) -> dict:
     write the three outputs to `args.output_dir` and return the metrics."""
     from accelerate import PartialState
 
-    from .rewards import resolve_scorer, score
-    from .rewards.columns import check_scorer_columns
+    from .rewards import resolve_scorers, score
 
     if PartialState().num_processes > 1:
         raise ConfigError("best_of_n runs in one process; start it with `python -m rs_trainer.best_of_n`.")
@@ -233,9 +232,9 @@ def run(args, model_args, candidate_models: list[str] | None = None) -> dict:
         raise ConfigError(f"A model is named twice among the candidates {models}; name each once.")
     prompts = data.load_prompts(args, args.dataset_train_split)
     prompts = data.draw_round_prompts(prompts, args.prompts_per_round, args.seed, 0)
-    scorers = {name: resolve_scorer(name, args.reward_model_device) for name in args.reward_funcs}
-    check_scorer_columns(scorers, prompts, args.dataset_name)
-    weights = dict(zip(args.reward_funcs, args.reward_weights or [1.0] * len(args.reward_funcs), strict=True))
+    scorers, weights = resolve_scorers(
+        "reward_funcs", args.reward_funcs, args.reward_weights, args.reward_model_device, prompts, args.dataset_name
+    )
 
     timings = {}
     start = time.perf_counter()

@@ -30,8 +30,7 @@ from .metrics import round_metrics, summary_table
 from .models import check_model_folder, load_policy, load_tokenizer, resolve_model_path
 from .progress import progress_bar
 from .report import markdown_table, plot_report, sample_table
-from .rewards import resolve_scorer, score
-from .rewards.columns import check_scorer_columns
+from .rewards import resolve_scorers, score
 from .sft import (
     build_example,
     plan_steps,
@@ -104,17 +103,27 @@ class RejectionSamplingTrainer:
                 f"in {args.dataset_name} [{args.dataset_train_split}]; lower it, or leave it unset to use them all."
             )
         args.check_selection_size(args.prompts_per_round or len(self.train_prompts))
-        self.scorers = self._resolve_scorers("reward_funcs", args.reward_funcs)
-        check_scorer_columns(self.scorers, self.train_prompts + self.eval_prompts, args.dataset_name)
-        weights = args.reward_weights or [1.0] * len(args.reward_funcs)
-        self.weights = dict(zip(args.reward_funcs, weights, strict=True))
+        every_prompt = self.train_prompts + self.eval_prompts
+        self.scorers, self.weights = resolve_scorers(
+            "reward_funcs",
+            args.reward_funcs,
+            args.reward_weights,
+            args.reward_model_device,
+            every_prompt,
+            args.dataset_name,
+        )
         # Success (held-out accuracy, pass@k) is judged by `eval_reward_funcs` where given: a reward model trains,
         # the verifier measures.
         self.eval_scorers, self.eval_weights = self.scorers, self.weights
         if args.eval_reward_funcs:
-            self.eval_scorers = self._resolve_scorers("eval_reward_funcs", args.eval_reward_funcs)
-            check_scorer_columns(self.eval_scorers, self.train_prompts + self.eval_prompts, args.dataset_name)
-            self.eval_weights = dict.fromkeys(args.eval_reward_funcs, 1.0)
+            self.eval_scorers, self.eval_weights = resolve_scorers(
+                "eval_reward_funcs",
+                args.eval_reward_funcs,
+                None,
+                args.reward_model_device,
+                every_prompt,
+                args.dataset_name,
+            )
 
         self.model_path, self.tokenizer = self._load_tokenizer()
         self._setup_generators()
@@ -219,16 +228,6 @@ class RejectionSamplingTrainer:
                 f"`model_name_or_path` {name} could not be loaded ({reason}); name a folder holding config.json, "
                 "weights and a tokenizer, a hub id available offline, or `embedded:SmolLM2-135M-Instruct`."
             ) from None
-
-    def _resolve_scorers(self, key: str, names: list[str]) -> dict:
-        scorers = {}
-        for name in names:
-            try:
-                scorers[name] = resolve_scorer(name, self.args.reward_model_device)
-            except (ValueError, OSError) as err:
-                reason = first_line(err)
-                raise ConfigError(f"`{key}`: {name}: {reason}") from None
-        return scorers
 
     def _load_eval_prompts(self) -> list[dict]:
         args = self.args

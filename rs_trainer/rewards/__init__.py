@@ -66,6 +66,30 @@ def resolve_scorer(name: str, reward_model_device: str | None = None) -> Callabl
     return fn
 
 
+def resolve_scorers(
+    key: str,
+    names: list[str],
+    weights: list[float] | None,
+    device: str | None,
+    prompts: list[dict],
+    dataset_name: str,
+) -> tuple[dict[str, Callable], dict[str, float]]:
+    """The scorers a recipe key (`reward_funcs`, `eval_reward_funcs`) names, with their weights (1.0 each when
+    `weights` is None), after checking that `prompts` carry every ground-truth column they read. A scorer that
+    cannot be loaded is refused as a `ConfigError` naming `key` and the scorer."""
+    from ..config import ConfigError, first_line
+    from .columns import check_scorer_columns
+
+    scorers = {}
+    for name in names:
+        try:
+            scorers[name] = resolve_scorer(name, device)
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"`{key}`: {name}: {first_line(err)}") from None
+    check_scorer_columns(scorers, prompts, dataset_name)
+    return scorers, dict(zip(names, weights or [1.0] * len(names), strict=True))
+
+
 def score(samples: list[dict], scorers: dict[str, Callable], weights: dict[str, float]) -> list[dict]:
     """Score every sample with every scorer; return per sample `{"reward": total | None, "rewards": {name: r}}`.
 
