@@ -1,7 +1,7 @@
 """Generation: the project's engine against the usual way, on the embedded SmolLM2-135M-Instruct.
 
 Baseline (how TRL's former BestOfNSampler did it): every prompt repeated N times, fixed batches of 8 rows, left
-padded, `model.generate` per batch until its longest row stops. Ours: `rs_trainer.generation.generate` with its
+padded, `model.generate` per batch until its longest row stops. Ours: `rs_trainer.phases.generation.generate` with its
 defaults (one prefill per prompt shared by its N rows, 64-row batches, finished rows dropped).
 
 Each side runs in its own fresh process (so peak memory is its own), alternating, with the same prompts and
@@ -27,8 +27,8 @@ def run_side(side: str, num_prompts: int, num_samples: int, max_new_tokens: int,
     from _common import PeakRSS
     from transformers import AutoModelForCausalLM
 
-    from rs_trainer.generation import SamplingParams, encode_prompts, generate, render_prompt
-    from rs_trainer.models import load_tokenizer, resolve_model_path
+    from rs_trainer.phases.generation import SamplingParams, encode_prompts, generate, render_prompt
+    from rs_trainer.run.models import load_tokenizer, resolve_model_path
     from rs_trainer.tasks.arithmetic import make_splits
 
     path = resolve_model_path("embedded:SmolLM2-135M-Instruct")

@@ -1,4 +1,4 @@
-"""SFT: the project's step (`rs_trainer.sft.train_steps`) against `trl.SFTTrainer` on the same work.
+"""SFT: the project's step (`rs_trainer.phases.sft.train_steps`) against `trl.SFTTrainer` on the same work.
 
 Same model (embedded SmolLM2-135M-Instruct), same LoRA config (r=16, alpha=32, all linear layers, no dropout,
 identical initial adapter), same pre-tokenized prompt-completion data with the loss on completion tokens only,
@@ -23,8 +23,8 @@ def make_examples(tokenizer, n: int, seed: int = 0) -> list[dict]:
     """Arithmetic questions with worked answers of varied length, tokenized as the trainer tokenizes them."""
     import random
 
-    from rs_trainer.generation import encode_prompts
-    from rs_trainer.sft import build_example, tokenize_completion
+    from rs_trainer.phases.generation import encode_prompts
+    from rs_trainer.phases.sft import build_example, tokenize_completion
     from rs_trainer.tasks.arithmetic import make_splits
 
     rng = random.Random(seed)
@@ -58,7 +58,7 @@ def run_ours(path, tokenizer, examples, steps: int, batch_size: int, lr: float, 
     from accelerate import Accelerator
     from transformers import get_scheduler
 
-    from rs_trainer.sft import train_steps
+    from rs_trainer.phases.sft import train_steps
 
     acc = Accelerator(cpu=True)
     model = lora_model(path)
@@ -125,7 +125,7 @@ def main():
 
     from _common import table
 
-    from rs_trainer.models import load_tokenizer, resolve_model_path
+    from rs_trainer.run.models import load_tokenizer, resolve_model_path
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=16)

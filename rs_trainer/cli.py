@@ -1,9 +1,9 @@
 """Every command of the project, and their one error wrapper (`run_command`):
 
 - `accelerate launch -m rs_trainer --config recipes/<model>/<recipe>.yaml [--key value ...]` (`main`);
-- `python -m rs_trainer.best_of_n --config <recipe>` (`best_of_n_main`);
-- `python -m rs_trainer.reward_training --config <recipe>` (`reward_training_main`);
-- `python -m rs_trainer.export {dpo,sft} --output_dir <run> --out <file>` (`export_main`).
+- `python -m rs_trainer.tools.best_of_n --config <recipe>` (`best_of_n_main`);
+- `python -m rs_trainer.tools.reward_training --config <recipe>` (`reward_training_main`);
+- `python -m rs_trainer.tools.export {dpo,sft} --output_dir <run> --out <file>` (`export_main`).
 
 Recipes and overrides are parsed by `trl.TrlParser` into `RSConfig` and TRL's `ModelConfig`; a key that neither
 knows is refused with its name. The library modules hold no argument parsing and no exit codes.
@@ -16,9 +16,9 @@ import os
 import sys
 from collections.abc import Callable
 
-from .config import ConfigError, RSConfig, check_peft_keys, first_line
-from .generators.openai_client import GeneratorError
-from .io import is_disk_full
+from rs_trainer.config import ConfigError, RSConfig, check_peft_keys, first_line
+from rs_trainer.phases.generators.openai_client import GeneratorError
+from rs_trainer.run.io import is_disk_full
 
 
 def parse_args(argv: list[str] | None = None):
@@ -73,7 +73,7 @@ def check_recipe_file(argv: list[str]) -> None:
 
 def check_model_args(model_args) -> None:
     """Model keys that can be checked before anything is loaded."""
-    from .models import EMBEDDED_PREFIX, torch_dtype
+    from rs_trainer.run.models import EMBEDDED_PREFIX, torch_dtype
 
     name = model_args.model_name_or_path
     if name is None:
@@ -120,7 +120,7 @@ def dry_run(args, model_args) -> str:
     """The resolved plan, computed without loading any model."""
     from accelerate import PartialState
 
-    from . import data
+    from rs_trainer.run import data
 
     state = PartialState()
     train = data.load_prompts(args, args.dataset_train_split)
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(dry_run(args, model_args))
             return 0
-        from .trainer import RejectionSamplingTrainer
+        from rs_trainer.trainer import RejectionSamplingTrainer
 
         trainer = RejectionSamplingTrainer(args, model_args)
         trainer.setup()
@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def best_of_n_main(argv: list[str] | None = None, candidate_models: list[str] | None = None) -> int:
-    """`python -m rs_trainer.best_of_n --config <recipe>`: Best-of-N at inference time, no training."""
-    from .best_of_n import run
+    """`python -m rs_trainer.tools.best_of_n --config <recipe>`: Best-of-N at inference time, no training."""
+    from rs_trainer.tools.best_of_n import run
 
     def body():
         args, model_args = parse_args(argv)
@@ -197,15 +197,15 @@ def best_of_n_main(argv: list[str] | None = None, candidate_models: list[str] | 
         print(f"expected best-of-n reward over {metrics['num_prompts_in_curve']} prompts: {curve}")
         print(f"wrote the best completions, metrics and plot to {args.output_dir}")
 
-    return run_command("rs_trainer.best_of_n", body)
+    return run_command("rs_trainer.tools.best_of_n", body)
 
 
 def parse_reward_training_args(argv: list[str] | None = None):
     """The reward-model recipe: `RewardDataArguments`, `trl.RewardConfig` and `trl.ModelConfig`."""
     from trl import ModelConfig, RewardConfig, TrlParser
 
-    from .export import PAIR_RULES
-    from .reward_training import RewardDataArguments
+    from rs_trainer.tools.export import PAIR_RULES
+    from rs_trainer.tools.reward_training import RewardDataArguments
 
     parser = TrlParser((RewardDataArguments, RewardConfig, ModelConfig))
     try:
@@ -223,8 +223,8 @@ def parse_reward_training_args(argv: list[str] | None = None):
 
 
 def reward_training_main(argv: list[str] | None = None) -> int:
-    """`python -m rs_trainer.reward_training --config <recipe>`: a reward model from finished runs' generations."""
-    from .reward_training import train_reward_model
+    """`python -m rs_trainer.tools.reward_training --config <recipe>`: a reward model from finished runs."""
+    from rs_trainer.tools.reward_training import train_reward_model
 
     def fmt(x):
         return "-" if x is None else f"{x:.3f}"  # no held-out pairs with `eval_fraction: 0`
@@ -237,16 +237,18 @@ def reward_training_main(argv: list[str] | None = None) -> int:
             f"{fmt(metrics['eval/pairwise_accuracy'])} trained"
         )
 
-    return run_command("rs_trainer.reward_training", body)
+    return run_command("rs_trainer.tools.reward_training", body)
 
 
 def export_main(argv: list[str] | None = None) -> int:
-    """`python -m rs_trainer.export {dpo,sft} --output_dir <run> --out <file>`: datasets for other trainers."""
+    """`python -m rs_trainer.tools.export {dpo,sft} --output_dir <run> --out <file>`: datasets for other trainers."""
     import argparse
 
-    from . import export
+    from rs_trainer.tools import export
 
-    parser = argparse.ArgumentParser(prog="python -m rs_trainer.export", description=export.__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m rs_trainer.tools.export", description=export.__doc__.split("\n\n")[0]
+    )
     parser.add_argument("kind", choices=("dpo", "sft"), help="Preference pairs or an SFT set.")
     parser.add_argument("--output_dir", required=True, help="A run's output_dir (holding round_<r>/).")
     parser.add_argument("--out", required=True, help="The JSONL file to write.")
@@ -270,4 +272,4 @@ def export_main(argv: list[str] | None = None) -> int:
             raise ConfigError(str(err)) from None
         print(f"wrote {len(rows)} {ns.kind} rows to {ns.out}")
 
-    return run_command("rs_trainer.export", body)
+    return run_command("rs_trainer.tools.export", body)

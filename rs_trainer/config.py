@@ -14,7 +14,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 
-from .filters import DEDUPE_MODES
+from rs_trainer.phases.filters import DEDUPE_MODES
 
 SELECTION_STRATEGIES = ("best_of_n", "top_k_per_prompt", "threshold", "percentile", "top_k", "top_fraction", "rso")
 AUTO = "auto"  # `temperature: auto`
@@ -117,7 +117,7 @@ class RSConfig:
         metadata={
             "help": "Sampling temperature (per round), or `auto`: the round probes `temperature_grid` on "
             "`temperature_probe_prompts` of its prompts and samples at the one with the best expected best-of-N "
-            "reward (rs_trainer/temperature.py)."
+            "reward (rs_trainer/phases/temperature.py)."
         },
     )
     temperature_grid: list[float] = field(
@@ -144,7 +144,7 @@ class RSConfig:
             "help": "Where samples come from, each a mapping with a `name`: the policy in-process (the default when "
             "none is listed), a frozen model such as a teacher (`model: <path>`), an OpenAI-compatible endpoint "
             "(`engine: openai`, `base_url`, `model`) or a server rs_trainer starts each round (`engine: server`, "
-            "`command`). Every key is documented in rs_trainer/generators/spec.py."
+            "`command`). Every key is documented in rs_trainer/phases/generators/spec.py."
         },
     )
     generation_batch_size: int = field(
@@ -500,7 +500,7 @@ class RSConfig:
 
     def generator_specs(self) -> list:
         """The `generators` as checked `GeneratorSpec`s (the policy in-process when none is listed)."""
-        from .generators import parse_generators
+        from rs_trainer.phases.generators import parse_generators
 
         return parse_generators(self.generators, self.num_generations)
 

@@ -19,19 +19,11 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
-from . import data, filters, resume, seeds, selection
-from .config import AUTO, NON_SEMANTIC_KEYS, ConfigError, RSConfig, config_changes, first_line
-from .export import sft_rows
-from .generation import SamplingParams, check_prompt_lengths, encode_prompts, generate
-from .generators.openai_client import GeneratorError
-from .io import append_jsonl, atomic_dir, recover_dir, write_atomic, write_json, write_jsonl
-from .layout import TRAIN_METRICS, RunLayout
-from .metrics import round_metrics, summary_table
-from .models import check_model_folder, load_policy, load_tokenizer, resolve_model_path
-from .progress import progress_bar
-from .report import markdown_table, plot_report, sample_table
-from .rewards import resolve_scorers, score
-from .sft import (
+from rs_trainer.config import AUTO, NON_SEMANTIC_KEYS, ConfigError, RSConfig, config_changes, first_line
+from rs_trainer.phases import filters, selection
+from rs_trainer.phases.generation import SamplingParams, check_prompt_lengths, encode_prompts, generate
+from rs_trainer.phases.generators.openai_client import GeneratorError
+from rs_trainer.phases.sft import (
     build_example,
     plan_steps,
     reset_optimizer,
@@ -40,7 +32,16 @@ from .sft import (
     train_steps,
     trainable_state,
 )
-from .temperature import choose_temperature, probe_metrics, probe_prompts
+from rs_trainer.phases.temperature import choose_temperature, probe_metrics, probe_prompts
+from rs_trainer.rewards import resolve_scorers, score
+from rs_trainer.run import data, resume, seeds
+from rs_trainer.run.io import append_jsonl, atomic_dir, recover_dir, write_atomic, write_json, write_jsonl
+from rs_trainer.run.layout import TRAIN_METRICS, RunLayout
+from rs_trainer.run.metrics import round_metrics, summary_table
+from rs_trainer.run.models import check_model_folder, load_policy, load_tokenizer, resolve_model_path
+from rs_trainer.run.progress import progress_bar
+from rs_trainer.run.report import markdown_table, plot_report, sample_table
+from rs_trainer.tools.export import sft_rows
 
 
 class RoundClock:
@@ -193,14 +194,14 @@ class RejectionSamplingTrainer:
             return None
         if self.model_args.use_peft:
             return "adapter"
-        from .generators.local import load_frozen
+        from rs_trainer.phases.generators.local import load_frozen
 
         model, _ = load_frozen(self.model_args.model_name_or_path, self.model_args, self.accelerator.device)
         return model
 
     def _setup_generators(self) -> None:
         """Check every generator before anything is sampled; `self.sample_ranges` gives each its sample indices."""
-        from .generators.setup import check_generators, sample_ranges
+        from rs_trainer.phases.generators.setup import check_generators, sample_ranges
 
         self.generator_specs = self.args.generator_specs()
         self.sample_ranges = sample_ranges(self.generator_specs)
@@ -498,9 +499,9 @@ class RejectionSamplingTrainer:
 
     def measure_drift(self, rows: list[dict]) -> dict:
         """`rs/kl_ref` (nats per sample) and `rs/entropy` (nats per token) of the policy on its own samples of the
-        round, before this round's SFT (the weights that sampled them); see `rs_trainer.divergence`. `rows` are
+        round, before this round's SFT (the weights that sampled them); see `rs_trainer.phases.divergence`. `rows` are
         this rank's rows of the round."""
-        from .divergence import kl_and_entropy
+        from rs_trainer.phases.divergence import kl_and_entropy
 
         acc = self.accelerator
         if self.kl_reference is None:
@@ -542,7 +543,7 @@ class RejectionSamplingTrainer:
     def probe_temperature(self, prompts: list[dict], r: int) -> None:
         """`temperature: auto`: sample `temperature_probe_prompts` of the round's prompts N times at each
         temperature of `temperature_grid` with the policy, score them, and keep the temperature with the best
-        expected best-of-N reward (`rs_trainer.temperature`), in `temperature_probe.json`. The probe prompts'
+        expected best-of-N reward (`rs_trainer.phases.temperature`), in `temperature_probe.json`. The probe prompts'
         rows at that temperature are kept as their rows of the round. A probe cut short by a kill runs again."""
         args, acc = self.args, self.accelerator
         path = self.probe_file(r)
@@ -612,7 +613,7 @@ class RejectionSamplingTrainer:
     def open_generator(self, spec, r: int):
         """The generator `spec` for round `r`, ready to sample on every rank, and released afterwards: a frozen
         model loaded and freed, or a managed server started (by the main process) and stopped."""
-        from .generators.local import LocalGenerator, load_frozen, release
+        from rs_trainer.phases.generators.local import LocalGenerator, load_frozen, release
 
         args, acc = self.args, self.accelerator
         if spec.engine == "local" and spec.is_policy:
@@ -645,7 +646,7 @@ class RejectionSamplingTrainer:
         """A server that stays up serves the policy: round 0 samples the base model (`spec.model`); a later round
         loads the previous round's adapter under a new name (`<generator>-round<r-1>`), samples from it, and
         unloads it right after, so adapters never pile up in the server's memory."""
-        from .generators.openai_client import OpenAIGenerator, post_adapter
+        from rs_trainer.phases.generators.openai_client import OpenAIGenerator, post_adapter
 
         acc = self.accelerator
         checkpoint = self.files.checkpoint(r - 1) if r > 0 else None
@@ -672,8 +673,8 @@ class RejectionSamplingTrainer:
     def managed_server(self, spec, r: int):
         """Start `spec.command` on the main process (serving the policy's latest weights, written for the round, or
         `spec.model`), share its address with every rank, and stop it, whatever happens, before SFT."""
-        from .generators.openai_client import OpenAIGenerator, check_endpoint
-        from .generators.server import ManagedServer
+        from rs_trainer.phases.generators.openai_client import OpenAIGenerator, check_endpoint
+        from rs_trainer.phases.generators.server import ManagedServer
 
         acc = self.accelerator
         server, error, address = None, None, None
@@ -703,8 +704,8 @@ class RejectionSamplingTrainer:
 
     def write_served_model(self, r: int, top_k: int) -> str:
         """The policy's current weights for round `r` as a plain model folder a server can load."""
-        from .generators.setup import write_served_model
-        from .models import torch_dtype
+        from rs_trainer.phases.generators.setup import write_served_model
+        from rs_trainer.run.models import torch_dtype
 
         last = self.files.checkpoint(r - 1) if r > 0 else None
         path = self.files.served_model(r)
@@ -733,7 +734,7 @@ class RejectionSamplingTrainer:
         ground truth as a hint, and the best completion that passes is selected, to be trained on without the
         hint (SFT renders each row's prompt from its `prompt_id`, never from the hinted text). Returns the new rows,
         `rationalized: true`, with sample indices after every generator's."""
-        from .generators.local import LocalGenerator
+        from rs_trainer.phases.generators.local import LocalGenerator
 
         args, acc = self.args, self.accelerator
         by_prompt = selection.group_by_prompt(local)

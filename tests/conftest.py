@@ -17,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def embedded_path() -> Path:
     """The embedded SmolLM2-135M-Instruct, converted once to a plain transformers folder."""
-    from rs_trainer.models import convert_embedded
+    from rs_trainer.run.models import convert_embedded
 
     return convert_embedded("SmolLM2-135M-Instruct")
 

@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, get_scheduler
 
-from rs_trainer.sft import build_example, plan_steps, train_steps
+from rs_trainer.phases.sft import build_example, plan_steps, train_steps
 
 NUM_EXAMPLES, EPOCHS = 24, 1
 

@@ -10,10 +10,10 @@ import statistics
 import pytest
 from helpers import build_tiny_model, recipe_args
 
-from rs_trainer import best_of_n
 from rs_trainer.cli import best_of_n_main
 from rs_trainer.config import ConfigError
-from rs_trainer.io import read_jsonl
+from rs_trainer.run.io import read_jsonl
+from rs_trainer.tools import best_of_n
 
 
 def brute_force(rewards: list[float], n: int) -> float:

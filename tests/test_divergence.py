@@ -9,8 +9,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from rs_trainer.cli import main
-from rs_trainer.divergence import kl_and_entropy
-from rs_trainer.sft import build_example
+from rs_trainer.phases.divergence import kl_and_entropy
+from rs_trainer.phases.sft import build_example
 
 
 def lora(tiny_model):

@@ -9,7 +9,7 @@ import sys
 import pytest
 from helpers import REPO
 
-from rs_trainer.io import read_jsonl
+from rs_trainer.run.io import read_jsonl
 
 pytestmark = pytest.mark.slow
 

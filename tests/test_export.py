@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from rs_trainer import export
 from rs_trainer.cli import export_main
-from rs_trainer.io import read_jsonl, write_jsonl
+from rs_trainer.run.io import read_jsonl, write_jsonl
+from rs_trainer.tools import export
 
 
 def samples_of(rewards: dict[str, list], lengths: dict[str, list] | None = None, round_index: int = 0):

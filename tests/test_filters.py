@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from rs_trainer import filters
+from rs_trainer.phases import filters
 
 
 def rows(rewards: dict[str, list], completions: dict[str, list] | None = None, finished: dict | None = None):

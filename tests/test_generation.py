@@ -2,8 +2,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rs_trainer.generation import SamplingParams, generate, sample_next
-from rs_trainer.models import load_tokenizer
+from rs_trainer.phases.generation import SamplingParams, generate, sample_next
+from rs_trainer.run.models import load_tokenizer
 from rs_trainer.tasks.arithmetic import make_splits
 
 

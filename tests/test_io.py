@@ -9,12 +9,12 @@ import sys
 import pytest
 from helpers import REPO
 
-from rs_trainer.io import atomic_dir, is_disk_full, recover_dir
+from rs_trainer.run.io import atomic_dir, is_disk_full, recover_dir
 
 SWAP = """
 import os, signal, sys
 from pathlib import Path
-from rs_trainer.io import atomic_dir
+from rs_trainer.run.io import atomic_dir
 kill_at = sys.argv[2]
 real_replace = os.replace
 def replace(src, dst):
@@ -82,7 +82,7 @@ def test_disk_full_is_recognised_through_wrappers():
 
 def test_rows_appended_after_a_torn_line_are_all_read(tmp_path):
     """A kill or a full disk mid-append leaves half a line; the next append cuts it, so no later row is lost."""
-    from rs_trainer.io import append_jsonl, read_jsonl_prefix
+    from rs_trainer.run.io import append_jsonl, read_jsonl_prefix
 
     shard = tmp_path / "generations.rank0.jsonl"
     append_jsonl(shard, [{"i": 0}, {"i": 1}])

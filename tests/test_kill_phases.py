@@ -15,8 +15,8 @@ import time
 import pytest
 from helpers import REPO, recipe_args
 
-from rs_trainer.io import read_jsonl
-from rs_trainer.resume import TRAIN_METRICS
+from rs_trainer.run.io import read_jsonl
+from rs_trainer.run.resume import TRAIN_METRICS
 
 pytestmark = pytest.mark.slow
 KILLER = str(REPO / "tests" / "kill_at.py")

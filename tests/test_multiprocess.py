@@ -8,10 +8,10 @@ import sys
 import pytest
 from helpers import REPO, recipe_args
 
-from rs_trainer import selection
 from rs_trainer.cli import parse_args
-from rs_trainer.io import read_jsonl
-from rs_trainer.seeds import round_seed
+from rs_trainer.phases import selection
+from rs_trainer.run.io import read_jsonl
+from rs_trainer.run.seeds import round_seed
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-from rs_trainer.progress import progress_bar
+from rs_trainer.run.progress import progress_bar
 
 
 def test_progress_outside_a_terminal_prints_whole_lines(capsys):

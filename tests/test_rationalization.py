@@ -7,7 +7,7 @@ import pytest
 from helpers import recipe_args
 
 from rs_trainer.cli import main
-from rs_trainer.io import read_jsonl
+from rs_trainer.run.io import read_jsonl
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import time
 import pytest
 from helpers import REPO, recipe_args
 
-from rs_trainer.io import read_jsonl, read_jsonl_prefix
+from rs_trainer.run.io import read_jsonl, read_jsonl_prefix
 
 pytestmark = pytest.mark.slow
 

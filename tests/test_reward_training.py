@@ -1,4 +1,4 @@
-"""Reward-model training (`rs_trainer.reward_training`): pairs from a run's scored generations, split by prompt,
+"""Reward-model training (`rs_trainer.tools.reward_training`): pairs from a run's scored generations, split by prompt,
 trained with trl.RewardTrainer on a tiny BERT, saved so that `RewardModelScorer` reads it through the same chat
 template TRL trained it with."""
 
@@ -12,14 +12,14 @@ import torch
 from helpers import build_tiny_bert_reward_model, write_jsonl
 
 from rs_trainer.cli import reward_training_main as main
-from rs_trainer.io import read_jsonl
-from rs_trainer.reward_training import (
+from rs_trainer.rewards.reward_model import RewardModelScorer
+from rs_trainer.run.io import read_jsonl
+from rs_trainer.tools.reward_training import (
     ENCODER_CHAT_TEMPLATE,
     RewardDataArguments,
     build_pairs,
     split_by_prompt,
 )
-from rs_trainer.rewards.reward_model import RewardModelScorer
 
 
 def fake_run(folder: Path, num_prompts: int = 12) -> Path:

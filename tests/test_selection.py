@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from rs_trainer import selection
 from rs_trainer.config import RSConfig
+from rs_trainer.phases import selection
 
 
 def matrix(rewards: dict[str, list], lengths: dict[str, list] | None = None) -> list[dict]:
@@ -173,7 +173,7 @@ def test_rso_accepts_in_proportion_to_exp_reward_over_beta():
     """k=1, uniform proposal: over many seeds the accepted sample follows exp(r/β); chi-square at a fixed seed."""
     import math
 
-    from rs_trainer.selection import statistical_rejection
+    from rs_trainer.phases.selection import statistical_rejection
 
     rewards, beta, trials = [1.0, 0.5, 0.0, -0.5, 0.9], 0.5, 4000
     samples = [
@@ -192,7 +192,7 @@ def test_rso_accepts_in_proportion_to_exp_reward_over_beta():
 
 
 def test_rso_tends_to_best_of_n_and_to_uniform():
-    from rs_trainer.selection import best_of_n, statistical_rejection
+    from rs_trainer.phases.selection import best_of_n, statistical_rejection
 
     samples = [
         {"prompt_id": p, "sample_index": i, "reward": r, "completion_tokens": 3}
@@ -210,7 +210,7 @@ def test_rso_tends_to_best_of_n_and_to_uniform():
 
 def test_rso_is_a_selection_strategy_with_a_beta_per_round():
     from rs_trainer.config import ConfigError, RSConfig
-    from rs_trainer.selection import select
+    from rs_trainer.phases.selection import select
 
     args = RSConfig(selection="rso", rso_beta=[1e-6, 1e6], k_per_prompt=1)
     samples = [

@@ -1,7 +1,15 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from rs_trainer.sft import IGNORE, build_example, collate, completion_loss, count_targets, plan_steps, reset_optimizer
+from rs_trainer.phases.sft import (
+    IGNORE,
+    build_example,
+    collate,
+    completion_loss,
+    count_targets,
+    plan_steps,
+    reset_optimizer,
+)
 
 
 def test_labels_mask_the_prompt():

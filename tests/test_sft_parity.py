@@ -13,7 +13,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 def test_first_losses_match_trl_sft_trainer(tiny_model, tmp_path, batch_size, grad_accum):
     from bench_sft import make_examples, run_ours, run_trl
 
-    from rs_trainer.models import load_tokenizer
+    from rs_trainer.run.models import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model))
     examples = make_examples(tokenizer, 12)

@@ -8,8 +8,8 @@ from helpers import recipe_args
 
 from rs_trainer.cli import main
 from rs_trainer.config import ConfigError, RSConfig
-from rs_trainer.io import read_jsonl
-from rs_trainer.temperature import choose_temperature, probe_metrics, probe_prompts
+from rs_trainer.phases.temperature import choose_temperature, probe_metrics, probe_prompts
+from rs_trainer.run.io import read_jsonl
 
 
 def test_the_best_expected_best_of_n_wins_not_the_best_mean():

@@ -8,8 +8,8 @@ from helpers import recipe_args
 from safetensors.torch import load_file
 
 from rs_trainer.cli import main, parse_args
-from rs_trainer.io import read_jsonl
 from rs_trainer.rewards import ScorerError
+from rs_trainer.run.io import read_jsonl
 from rs_trainer.trainer import RejectionSamplingTrainer
 
 
@@ -207,7 +207,7 @@ def test_reward_model_trains_while_the_verifier_judges(tiny_model, embedded_path
 
 def test_selection_gathers_ids_and_rewards_never_the_text_of_every_sample(tiny_model, tmp_path, monkeypatch):
     import rs_trainer.trainer as trainer_module
-    from rs_trainer import selection
+    from rs_trainer.phases import selection
 
     gathered = []
     real = trainer_module.gather_object

@@ -14,8 +14,8 @@ import importlib.util
 import math
 from collections.abc import Callable
 
-from .sandbox import code_tests
-from .verifiers import math_answer, numeric_answer
+from rs_trainer.rewards.sandbox import code_tests
+from rs_trainer.rewards.verifiers import math_answer, numeric_answer
 
 BUILTIN_SCORERS: dict[str, Callable] = {
     "numeric_answer": numeric_answer,
@@ -47,7 +47,7 @@ def resolve_scorer(name: str, reward_model_device: str | None = None) -> Callabl
         if not path:
             raise ValueError(f"Scorer {name!r} names no reward model; write `reward_model:<hub id or local path>`.")
         if (path, reward_model_device) not in _REWARD_MODELS:
-            from .reward_model import RewardModelScorer
+            from rs_trainer.rewards.reward_model import RewardModelScorer
 
             _REWARD_MODELS[path, reward_model_device] = RewardModelScorer(path, device=reward_model_device)
         return _REWARD_MODELS[path, reward_model_device]
@@ -77,8 +77,8 @@ def resolve_scorers(
     """The scorers a recipe key (`reward_funcs`, `eval_reward_funcs`) names, with their weights (1.0 each when
     `weights` is None), after checking that `prompts` carry every ground-truth column they read. A scorer that
     cannot be loaded is refused as a `ConfigError` naming `key` and the scorer."""
-    from ..config import ConfigError, first_line
-    from .columns import check_scorer_columns
+    from rs_trainer.config import ConfigError, first_line
+    from rs_trainer.rewards.columns import check_scorer_columns
 
     scorers = {}
     for name in names:

@@ -15,7 +15,7 @@ import logging
 
 import torch
 
-from ..models import check_model_folder, ensure_pad_token, resolve_model_path
+from rs_trainer.run.models import check_model_folder, ensure_pad_token, resolve_model_path
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import contextlib
 
 import torch
 
-from .sft import IGNORE, collate
+from rs_trainer.phases.sft import IGNORE, collate
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from .io import atomic_dir
+from rs_trainer.run.io import atomic_dir
 
 EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_MODELS = {

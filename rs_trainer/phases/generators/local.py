@@ -1,4 +1,4 @@
-"""In-process sampling with `transformers` (`rs_trainer.generation.generate`): the policy itself, or a frozen
+"""In-process sampling with `transformers` (`rs_trainer.phases.generation.generate`): the policy itself, or a frozen
 model such as a teacher, loaded for the round and released after it."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable
 
-from ..generation import SamplingParams, encode_prompts, generate
+from rs_trainer.phases.generation import SamplingParams, encode_prompts, generate
 
 
 class LocalGenerator:
@@ -46,7 +46,7 @@ def load_frozen(name: str, model_args, device) -> tuple:
     """A frozen model and its tokenizer, in eval mode on `device`, with the policy's dtype and attention keys."""
     import dataclasses
 
-    from ..models import load_policy, load_tokenizer, resolve_model_path
+    from rs_trainer.run.models import load_policy, load_tokenizer, resolve_model_path
 
     tokenizer = load_tokenizer(resolve_model_path(name))
     frozen_args = dataclasses.replace(model_args, model_name_or_path=name, use_peft=False)

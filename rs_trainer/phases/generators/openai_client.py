@@ -21,8 +21,8 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
-from ..generation import SamplingParams, render_prompt
-from .spec import GeneratorSpec
+from rs_trainer.phases.generation import SamplingParams, render_prompt
+from rs_trainer.phases.generators.spec import GeneratorSpec
 
 
 class GeneratorError(RuntimeError):

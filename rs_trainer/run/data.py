@@ -10,7 +10,7 @@ import json
 import random
 from pathlib import Path
 
-from .config import LOCAL_FORMATS, ConfigError, first_line
+from rs_trainer.config import LOCAL_FORMATS, ConfigError, first_line
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -100,7 +100,7 @@ def load_prompts(args, split: str, name: str | None = None, eval: bool = False) 
     key = "eval_dataset_name" if eval and args.eval_dataset_name else "dataset_name"
     split_key = "dataset_test_split" if eval else "dataset_train_split"
     if name == BUILTIN_PREFIX + "arithmetic":
-        from .tasks.arithmetic import make_splits
+        from rs_trainer.tasks.arithmetic import make_splits
 
         splits = make_splits(
             args.task_num_train, args.task_num_eval, args.task_min_operand, args.task_max_operand, args.seed

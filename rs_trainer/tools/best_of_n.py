@@ -1,6 +1,6 @@
 """Best-of-N inference: sample N completions per prompt, score them, keep the best, and measure what N buys.
 
-    python -m rs_trainer.best_of_n --config recipes/<model>/<recipe>.yaml [--key value ...]
+    python -m rs_trainer.tools.best_of_n --config recipes/<model>/<recipe>.yaml [--key value ...]
 
 The same recipe keys as training (prompts, sampling of round 0, scorers, `prefer_shorter`, `seed`). Writes to
 `output_dir`:
@@ -27,9 +27,10 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-from . import data, seeds, selection
-from .config import ConfigError
-from .io import write_json, write_jsonl
+from rs_trainer.config import ConfigError
+from rs_trainer.phases import selection
+from rs_trainer.run import data, seeds
+from rs_trainer.run.io import write_json, write_jsonl
 
 # ---------------------------------------------------------------- estimators (pure)
 
@@ -105,9 +106,9 @@ def _sample_model(name: str, index: int, prompts: list[dict], args, model_args) 
     import torch
     from accelerate import PartialState
 
-    from .generation import SamplingParams, check_prompt_lengths, encode_prompts, generate
-    from .models import load_policy, load_tokenizer, resolve_model_path
-    from .progress import progress_bar
+    from rs_trainer.phases.generation import SamplingParams, check_prompt_lengths, encode_prompts, generate
+    from rs_trainer.run.models import load_policy, load_tokenizer, resolve_model_path
+    from rs_trainer.run.progress import progress_bar
 
     n = args.num_generations
     tokenizer = load_tokenizer(resolve_model_path(name))
@@ -211,7 +212,7 @@ def _plot_curve(metrics: dict, path: str | Path) -> Path:
     right.set(title="Reward against KL bound", xlabel="log n - (n-1)/n  (nats)", ylabel="reward")
     fig.suptitle(f"{metrics['num_prompts_in_curve']} prompts, {len(metrics['models'])} model(s)", fontsize=9)
     fig.tight_layout()
-    from .report import save_figure
+    from rs_trainer.run.report import save_figure
 
     return save_figure(fig, path)
 
@@ -221,10 +222,10 @@ def run(args, model_args, candidate_models: list[str] | None = None) -> dict:
     write the three outputs to `args.output_dir` and return the metrics."""
     from accelerate import PartialState
 
-    from .rewards import resolve_scorers, score
+    from rs_trainer.rewards import resolve_scorers, score
 
     if PartialState().num_processes > 1:
-        raise ConfigError("best_of_n runs in one process; start it with `python -m rs_trainer.best_of_n`.")
+        raise ConfigError("best_of_n runs in one process; start it with `python -m rs_trainer.tools.best_of_n`.")
     if args.for_round("temperature", 0) == "auto":
         raise ConfigError("`temperature: auto` is for training rounds; give best_of_n a number, such as 0.8.")
     models = [model_args.model_name_or_path, *(candidate_models or [])]
@@ -256,7 +257,7 @@ def run(args, model_args, candidate_models: list[str] | None = None) -> dict:
     return metrics
 
 
-if __name__ == "__main__":  # `python -m rs_trainer.best_of_n`; the command itself lives in rs_trainer.cli
-    from .cli import best_of_n_main
+if __name__ == "__main__":  # `python -m rs_trainer.tools.best_of_n`; the command itself lives in rs_trainer.cli
+    from rs_trainer.cli import best_of_n_main
 
     sys.exit(best_of_n_main())

@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 import random
 
-from .best_of_n import expected_best_of_n
-from .config import AUTO
+from rs_trainer.config import AUTO
+from rs_trainer.tools.best_of_n import expected_best_of_n
 
 __all__ = ["AUTO", "choose_temperature", "probe_metrics", "probe_prompts"]
 

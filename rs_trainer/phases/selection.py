@@ -2,7 +2,7 @@
 
 A sample here is a dict with at least `prompt_id`, `sample_index`, `reward` (float, or None for "no opinion") and
 `completion_tokens`. Every strategy returns the chosen `(prompt_id, sample_index)` keys, best first; the filters
-that may run before it (duplicates, truncated samples, uninformative prompts) are in `rs_trainer.filters`.
+that may run before it (duplicates, truncated samples, uninformative prompts) are in `rs_trainer.phases.filters`.
 
 Order among samples (`rank_key`): higher reward first; among equal rewards the shorter completion when
 `prefer_shorter`; then a draw seeded by (seed, prompt_id, sample_index), so ties are broken the same way every run

@@ -123,7 +123,7 @@ def save_figure(fig, path: str | Path) -> Path:
 def sample_table(samples: list[dict], num_prompts: int = 5) -> list[dict]:
     """The best and worst completion (by reward, then sample_index) of the first `num_prompts` prompts (sorted by
     prompt_id), for reading."""
-    from .selection import group_by_prompt
+    from rs_trainer.phases.selection import group_by_prompt
 
     groups = group_by_prompt([s for s in samples if s["reward"] is not None])
     rows = []

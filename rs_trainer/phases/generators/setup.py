@@ -7,8 +7,8 @@ import shlex
 import shutil
 from pathlib import Path
 
-from ..config import ConfigError
-from .spec import GeneratorSpec
+from rs_trainer.config import ConfigError
+from rs_trainer.phases.generators.spec import GeneratorSpec
 
 GPU_ONLY_SERVERS = ("vllm", "sglang", "text-generation-launcher")  # programs of engines that need a CUDA GPU
 
@@ -16,7 +16,7 @@ GPU_ONLY_SERVERS = ("vllm", "sglang", "text-generation-launcher")  # programs of
 def sample_ranges(specs: list[GeneratorSpec]) -> dict[str, range]:
     """Each generator's sample indices: consecutive ranges in the recipe's order.
 
-    >>> from rs_trainer.generators.spec import GeneratorSpec
+    >>> from rs_trainer.phases.generators.spec import GeneratorSpec
     >>> sample_ranges([GeneratorSpec("policy", num_generations=4), GeneratorSpec("teacher", num_generations=2)])
     {'policy': range(0, 4), 'teacher': range(4, 6)}
     """
@@ -36,8 +36,8 @@ def check_generators(
     the test request carries (see `check_endpoint`)."""
     import torch
 
-    from ..models import check_model_folder, resolve_model_path
-    from .openai_client import GeneratorError, OpenAIGenerator, check_endpoint
+    from rs_trainer.phases.generators.openai_client import GeneratorError, OpenAIGenerator, check_endpoint
+    from rs_trainer.run.models import check_model_folder, resolve_model_path
 
     endpoints = {}
     for i, spec in enumerate(specs):
@@ -83,7 +83,7 @@ def write_served_model(path: Path, base: str, checkpoint: Path | None, dtype, to
     takes no `top_k` field in a request; vLLM reads the same file for its defaults)."""
     from transformers import AutoModelForCausalLM
 
-    from ..io import atomic_dir
+    from rs_trainer.run.io import atomic_dir
 
     with atomic_dir(path) as tmp:
         if checkpoint is not None and (checkpoint / "adapter_config.json").exists():

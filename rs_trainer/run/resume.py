@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .io import read_jsonl, read_jsonl_prefix
-from .layout import TRAIN_METRICS, RunLayout
+from rs_trainer.run.io import read_jsonl, read_jsonl_prefix
+from rs_trainer.run.layout import TRAIN_METRICS, RunLayout
 
 __all__ = ["TRAIN_METRICS", "finished_rounds", "generated_rows", "load_weights", "scored_rows", "trained_round"]
 

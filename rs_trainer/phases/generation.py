@@ -53,7 +53,7 @@ class SamplingParams:
 
 def check_prompt_lengths(prompts: list[dict], prompt_ids: list[list[int]], max_new: int, context: int | None) -> None:
     """Refuse, naming it, the first prompt that leaves no room for `max_new` tokens in the model's `context`."""
-    from .config import ConfigError
+    from rs_trainer.config import ConfigError
 
     for p, seq in zip(prompts, prompt_ids, strict=True):
         if context and len(seq) + max_new > context:

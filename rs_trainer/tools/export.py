@@ -5,8 +5,8 @@ Pure functions over sample lists (`dpo_pairs`, `sft_rows`), and `export_*` helpe
 `output_dir/round_<r>/generations.jsonl` (one round, several, or all of them pooled) and write one JSONL file
 atomically. Each row keeps `round`, `prompt_id` and the sample indices it came from: rows are keyed, never by text.
 
-    python -m rs_trainer.export dpo --output_dir outputs/run --out pairs.jsonl --rule best_vs_each_lower
-    python -m rs_trainer.export sft --output_dir outputs/run --rounds 0 1 --out sft.jsonl
+    python -m rs_trainer.tools.export dpo --output_dir outputs/run --out pairs.jsonl --rule best_vs_each_lower
+    python -m rs_trainer.tools.export sft --output_dir outputs/run --rounds 0 1 --out sft.jsonl
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from .filters import MARGIN_TOLERANCE
-from .io import read_jsonl, write_jsonl
-from .layout import RunLayout
-from .selection import rank_key, scored
+from rs_trainer.phases.filters import MARGIN_TOLERANCE
+from rs_trainer.phases.selection import rank_key, scored
+from rs_trainer.run.io import read_jsonl, write_jsonl
+from rs_trainer.run.layout import RunLayout
 
 PAIR_RULES = ("best_vs_worst", "best_vs_random", "best_vs_each_lower")
 
@@ -187,7 +187,7 @@ def export_dpo(
     return rows
 
 
-if __name__ == "__main__":  # `python -m rs_trainer.export`; the command itself lives in rs_trainer.cli
-    from .cli import export_main
+if __name__ == "__main__":  # `python -m rs_trainer.tools.export`; the command itself lives in rs_trainer.cli
+    from rs_trainer.cli import export_main
 
     sys.exit(export_main())

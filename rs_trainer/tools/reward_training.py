@@ -1,10 +1,10 @@
 """Train a reward model offline with `trl.RewardTrainer`, on preference pairs cut from this project's own runs.
 
-    python -m rs_trainer.reward_training --config recipes/smollm2/reward_model_minilm.yaml [--key value ...]
+    python -m rs_trainer.tools.reward_training --config recipes/smollm2/reward_model_minilm.yaml [--key value ...]
 
 Llama-2-style rejection sampling needs a reward model before its first round. Here the pairs come from the scored
 generations of finished runs (`generations_from`: their `output_dir`s): the samples of each prompt, pooled over
-rounds and with repeated completions dropped, are paired by `rs_trainer.export.dpo_pairs`. With a verifier's 0/1
+rounds and with repeated completions dropped, are paired by `rs_trainer.tools.export.dpo_pairs`. With a verifier's 0/1
 reward and `pair_rule: best_vs_each_lower`, a correct completion is chosen and each incorrect one rejected.
 
 Pairs are split by `prompt_id` (a seeded draw), so the held-out pairs come from prompts the reward model never saw.
@@ -28,11 +28,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ConfigError
-from .export import PAIR_RULES, dpo_pairs, load_generations
-from .filters import drop_duplicates
-from .io import atomic_dir, write_json, write_jsonl
-from .models import ensure_pad_token
+from rs_trainer.config import ConfigError
+from rs_trainer.phases.filters import drop_duplicates
+from rs_trainer.run.io import atomic_dir, write_json, write_jsonl
+from rs_trainer.run.models import ensure_pad_token
+from rs_trainer.tools.export import PAIR_RULES, dpo_pairs, load_generations
 
 # For tokenizers without a chat template (BERT-style encoders): [CLS] role: text [SEP] ... , read at [CLS].
 ENCODER_CHAT_TEMPLATE = (
@@ -125,8 +125,8 @@ def train_reward_model(data_args: RewardDataArguments, training_args, model_args
     from datasets import Dataset
     from trl import RewardTrainer
 
-    from .models import resolve_model_path
-    from .rewards.reward_model import RewardModelScorer
+    from rs_trainer.rewards.reward_model import RewardModelScorer
+    from rs_trainer.run.models import resolve_model_path
 
     if not 0 <= data_args.eval_fraction < 1:
         raise ConfigError(f"`eval_fraction` must be in [0, 1), got {data_args.eval_fraction}.")
@@ -185,7 +185,7 @@ def train_reward_model(data_args: RewardDataArguments, training_args, model_args
     return metrics
 
 
-if __name__ == "__main__":  # `python -m rs_trainer.reward_training`; the command itself lives in rs_trainer.cli
-    from .cli import reward_training_main
+if __name__ == "__main__":  # `python -m rs_trainer.tools.reward_training`; the command itself lives in rs_trainer.cli
+    from rs_trainer.cli import reward_training_main
 
     sys.exit(reward_training_main())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
-from .filters import normalise_completion
-from .selection import group_by_prompt
+from rs_trainer.phases.filters import normalise_completion
+from rs_trainer.phases.selection import group_by_prompt
 
 
 def _stats(values: list[float], prefix: str) -> dict:

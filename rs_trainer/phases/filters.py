@@ -1,7 +1,7 @@
 """Filters applied before selection: pure functions from a sample list to the samples that may still be selected.
 
 A sample is a dict with `prompt_id`, `sample_index`, `reward` (float, or None for "no opinion"), `completion`,
-`completion_tokens` and `finished`, as `rs_trainer.generation.generate` and the scorers produce it. Every filter
+`completion_tokens` and `finished`, as `rs_trainer.phases.generation.generate` and the scorers produce it. Every filter
 keeps the input order and never changes a sample; a filter that reads rewards refuses NaN, naming the sample.
 Rewards of None count as "no opinion": they never make a prompt informative.
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 
-from .selection import group_by_prompt, scored
+from rs_trainer.phases.selection import group_by_prompt, scored
 
 DEDUPE_MODES = ("exact", "normalised")
 # Margins are differences of floats: 0.6 - 0.5 is 0.0999...98. A gap this close to the bar counts as reaching it.

@@ -6,7 +6,7 @@ import dataclasses
 import warnings
 from dataclasses import dataclass, field
 
-from ..config import ConfigError
+from rs_trainer.config import ConfigError
 
 ENGINES = ("local", "openai", "server")
 APIS = ("completions", "chat")

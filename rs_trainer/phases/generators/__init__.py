@@ -12,7 +12,7 @@ engine has them, `finish_reason` and `logprob`. A new engine plugs in by impleme
 branch to `build_generator`; the trainer is not touched.
 
 Engines here:
-- `local`: in-process `transformers` decoding (`rs_trainer.generation.generate`), of the policy or of a frozen
+- `local`: in-process `transformers` decoding (`rs_trainer.phases.generation.generate`), of the policy or of a frozen
   model (a teacher) loaded for the round and released after it;
 - `openai`: any OpenAI-compatible endpoint (vLLM, SGLang, TGI, llama.cpp's server, `transformers serve`, a hosted
   API), through the text-completions endpoint with our rendered prompt, or chat completions where an endpoint has
@@ -23,6 +23,6 @@ Engines here:
 
 from __future__ import annotations
 
-from .spec import GeneratorSpec, parse_generators
+from rs_trainer.phases.generators.spec import GeneratorSpec, parse_generators
 
 __all__ = ["GeneratorSpec", "parse_generators"]
