@@ -223,3 +223,17 @@ def test_a_run_saved_under_the_old_names_or_without_new_keys_is_not_a_changed_co
     assert config_changes(saved, new) == []
     saved["num_samples_per_prompt"] = 8
     assert config_changes(saved, new) == ["num_generations"]
+
+
+def test_a_builtin_task_owns_its_data_and_names_its_verifier():
+    from rs_trainer.rewards import resolve_scorer
+    from rs_trainer.run.data import load_prompts
+    from rs_trainer.tasks import TASKS
+
+    args = RSConfig(task_num_train=5, task_num_eval=3)
+    rows = load_prompts(args, "test")
+    verifier = resolve_scorer(TASKS["arithmetic"].VERIFIER)
+    completions = [[{"role": "assistant", "content": f"It is {row['answer']}"}] for row in rows]
+    assert verifier([row["prompt"] for row in rows], completions, answer=[row["answer"] for row in rows]) == [1.0] * 3
+    with pytest.raises(ConfigError, match="the built-ins are: builtin:arithmetic"):
+        load_prompts(RSConfig(dataset_name="builtin:algebra"), "train")

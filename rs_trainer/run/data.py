@@ -99,17 +99,17 @@ def load_prompts(args, split: str, name: str | None = None, eval: bool = False) 
     name = name or args.dataset_name
     key = "eval_dataset_name" if eval and args.eval_dataset_name else "dataset_name"
     split_key = "dataset_test_split" if eval else "dataset_train_split"
-    if name == BUILTIN_PREFIX + "arithmetic":
-        from rs_trainer.tasks.arithmetic import make_splits
+    if name.startswith(BUILTIN_PREFIX):
+        from rs_trainer.tasks import TASKS
 
-        splits = make_splits(
-            args.task_num_train, args.task_num_eval, args.task_min_operand, args.task_max_operand, args.seed
-        )
+        task = TASKS.get(name[len(BUILTIN_PREFIX) :])
+        if task is None:
+            known = ", ".join(BUILTIN_PREFIX + t for t in TASKS)
+            raise ConfigError(f"Unknown built-in dataset {name!r}; the built-ins are: {known}.")
+        splits = task.splits(args)
         if split not in splits:
-            raise ConfigError(f"`{split_key}` {split!r}: builtin:arithmetic has splits {sorted(splits)}.")
+            raise ConfigError(f"`{split_key}` {split!r}: {name} has splits {sorted(splits)}.")
         rows = splits[split]
-    elif name.startswith(BUILTIN_PREFIX):
-        raise ConfigError(f"Unknown built-in dataset {name!r}; the built-ins are: builtin:arithmetic.")
     else:
         rows = _load_rows(name, split, key, split_key)
     return normalise(rows, args.prompt_column, args.id_column, split, f"{name} [{split}]")

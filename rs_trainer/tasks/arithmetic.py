@@ -8,6 +8,14 @@ from __future__ import annotations
 import random
 
 SUFFIX = "Give only the final number."
+VERIFIER = "numeric_answer"  # the completion's final number against `answer` (rs_trainer.rewards.verifiers)
+
+
+def splits(args) -> dict[str, list[dict]]:
+    """The task's splits for a recipe's `task_*` keys and `seed`."""
+    return make_splits(
+        args.task_num_train, args.task_num_eval, args.task_min_operand, args.task_max_operand, args.seed
+    )
 
 
 def make_splits(num_train: int, num_eval: int, lo: int, hi: int, seed: int) -> dict[str, list[dict]]:
