@@ -276,6 +276,13 @@ class RSConfig:
             "copy of the base model), `off`."
         },
     )
+    kl_samples: int = field(
+        default=128,
+        metadata={
+            "help": "KL and entropy are estimated on a seeded draw of at most this many of the round's policy "
+            "samples (0: all). Two forward passes over every sample cost more than sampling them did."
+        },
+    )
     max_kl: float | None = field(
         default=None, metadata={"help": "When a round's `rs/kl_ref` passes this, `max_kl_action` happens."}
     )
@@ -382,6 +389,8 @@ class RSConfig:
             raise ConfigError(f"`kl_to_base` must be auto, on or off, got {self.kl_to_base!r}.")
         if self.max_kl_action not in ("warn", "stop"):
             raise ConfigError(f"`max_kl_action` must be warn or stop, got {self.max_kl_action!r}.")
+        if self.kl_samples < 0:
+            raise ConfigError(f"`kl_samples` must be >= 0 (0: every sample), got {self.kl_samples}.")
         if self.max_kl is not None and (self.max_kl <= 0 or self.kl_to_base == "off"):
             raise ConfigError("`max_kl` needs a positive value and `kl_to_base` auto or on.")
         if self.sft_from not in ("previous", "base"):

@@ -313,7 +313,7 @@ class RejectionSamplingTrainer:
         set_seed(args.seed + r)  # dropout and any other global draw: the same path when resumed
         rows, selected = self.sample_score_select(r, clock)
         with clock.phase("kl"):
-            drift = self.measure_drift(rows)
+            drift = self.measure_drift(rows, r)
         if self.drifted_too_far(r, drift):
             return False
         self.pool.extend(selected)
@@ -497,10 +497,10 @@ class RejectionSamplingTrainer:
             {**p, **row} for p in mine for spec in self.generator_specs for row in on_disk[spec.name][p["prompt_id"]]
         ]
 
-    def measure_drift(self, rows: list[dict]) -> dict:
+    def measure_drift(self, rows: list[dict], r: int) -> dict:
         """`rs/kl_ref` (nats per sample) and `rs/entropy` (nats per token) of the policy on its own samples of the
-        round, before this round's SFT (the weights that sampled them); see `rs_trainer.phases.divergence`. `rows` are
-        this rank's rows of the round."""
+        round, before this round's SFT (the weights that sampled them); see `rs_trainer.phases.divergence`. `rows`
+        are this rank's rows of the round, of which a seeded draw of `kl_samples` (split over the ranks) is used."""
         from rs_trainer.phases.divergence import kl_and_entropy
 
         acc = self.accelerator
@@ -512,6 +512,12 @@ class RejectionSamplingTrainer:
             return {}
         own = {spec.name for spec in self.generator_specs if spec.is_policy and spec.engine == "local"}
         mine = [s for s in rows if s.get("generator", "policy") in own]
+        share = -(-self.args.kl_samples // acc.num_processes)  # ceil
+        if self.args.kl_samples and len(mine) > share:
+            import random
+
+            rng = random.Random(f"kl:{seeds.round_seed(self.args.seed, r)}:{acc.process_index}")
+            mine = [mine[i] for i in sorted(rng.sample(range(len(mine)), share))]
         examples = self.training_examples(mine)
         model = acc.unwrap_model(self.model)
         ref = None if self.kl_reference == "adapter" else self.kl_reference
@@ -525,6 +531,7 @@ class RejectionSamplingTrainer:
         return {
             "rs/kl_ref": total["kl_sum"] / total["samples"],
             "rs/entropy": total["entropy_sum"] / max(total["tokens"], 1),
+            "rs/kl_samples": total["samples"],
         }
 
     def round_temperature(self, r: int) -> float:

@@ -3,6 +3,7 @@ metrics and report, and `max_kl` stops a run that drifts too far."""
 
 import json
 
+import pytest
 import torch
 from helpers import recipe_args
 from peft import LoraConfig, get_peft_model
@@ -78,3 +79,21 @@ def test_drift_is_in_the_metrics_and_max_kl_stops_the_run(tiny_model, tmp_path, 
     err = captured.out + captured.err
     assert "round 1: KL to the base model" in err and "passed `max_kl` 1e-06; stopping" in err
     assert len(json.loads((out / "summary.json").read_text())) == 1
+
+
+@pytest.mark.parametrize(("kl_samples", "measured"), [(5, 5), (0, 12)])
+def test_drift_is_measured_on_a_seeded_draw_of_kl_samples(tiny_model, tmp_path, kl_samples, measured):
+    """Two forward passes per sample cost more than sampling did: `kl_samples` caps them (0: every sample)."""
+    out = tmp_path / "o"
+    argv = recipe_args(
+        tiny_model,
+        out,
+        use_peft=True,
+        lora_target_modules=["q_proj", "v_proj"],
+        dataset_test_split=None,
+        report_to="none",
+        kl_samples=kl_samples,
+    )
+    assert main(argv) == 0
+    metrics = json.loads((out / "round_0" / "metrics.json").read_text())
+    assert metrics["rs/kl_samples"] == measured and metrics["rs/entropy"] > 0
