@@ -56,6 +56,7 @@ def refused(argv, capsys, *needles) -> str:
         ({"prompts_per_round": 0}, ["`prompts_per_round` must be at least 1"]),
         ({"generation_batch_size": -8}, ["`generation_batch_size` must be >= 0"]),
         ({"temperature": [-0.5]}, ["`temperature` for round 0 is negative"]),
+        ({"kl_samples": -1}, ["`kl_samples` must be >= 0"]),
         ({"temperature": ["hot"]}, ["`temperature` for round 0 is 'hot'", "`auto`"]),
         ({"temperature": "auto", "temperature_grid": [0.0, 1.0]}, ["`temperature_grid` must list temperatures"]),
         ({"temperature": "auto", "temperature_probe_prompts": 0}, ["`temperature_probe_prompts` must be at least 1"]),
