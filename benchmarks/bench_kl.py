@@ -50,7 +50,7 @@ def main() -> None:
     ]
     draw = sorted(random.Random(0).sample(range(len(examples)), min(args.kl_samples, len(examples))))
     results = {}
-    for name, subset in (("all", examples), (f"draw of {len(draw)}", [examples[i] for i in draw])):
+    for name, subset in ((f"draw of {len(draw)}", [examples[i] for i in draw]), ("all", examples)):
         start = time.perf_counter()
         sums = kl_and_entropy(model, subset, tokenizer.pad_token_id)
         seconds = time.perf_counter() - start
@@ -58,7 +58,7 @@ def main() -> None:
         kl, entropy = sums["kl_sum"] / sums["samples"], sums["entropy_sum"] / sums["tokens"]
         print(f"{name:>14}: {len(subset)} samples, {seconds:.1f} s, KL {kl:.3f} nats/sample, entropy {entropy:.3f}")
     metrics = json.loads((run / "round_1" / "metrics.json").read_text())
-    (all_s, draw_s) = results.values()
+    (draw_s, all_s) = results.values()
     print(f"draw / all: {draw_s / all_s:.3f} of the time; round 1 generated in {metrics['timing/generate']:.1f} s")
 
 
