@@ -45,15 +45,16 @@ from rs_trainer.tools.export import sft_rows
 
 
 class RoundClock:
-    """A round's timings: seconds per phase (`timing/<phase>` in the metrics) and when the round began."""
+    """A round's timings: seconds per phase (`timing/<phase>` in the metrics) and when each phase began."""
 
     def __init__(self):
         self.timings: dict[str, float] = {}
-        self.wall_start, self._start = time.time(), time.perf_counter()
+        self.started: dict[str, float] = {}  # wall-clock time, to compare with rows' `generated_at`
+        self._start = time.perf_counter()
 
     @contextlib.contextmanager
     def phase(self, name: str):
-        start = time.perf_counter()
+        start, self.started[name] = time.perf_counter(), time.time()
         yield
         self.timings[name] = time.perf_counter() - start
 
@@ -401,12 +402,13 @@ class RejectionSamplingTrainer:
             before = self.history[-1]["eval/accuracy"] if self.history else self.base_accuracy
             metrics.update({**measured, "eval/accuracy_before": before})
             metrics.update({f"timing/{k}": v for k, v in clock.timings.items()})
-            for spec in self.generator_specs:  # this run's seconds; rows reused from disk count no time
+            for spec in self.generator_specs:  # rows sampled in this phase: none reused, none from a probe
                 seconds = clock.timings.get(f"generate/{spec.name}")
+                since = clock.started.get(f"generate/{spec.name}", float("inf"))
                 new_tokens = sum(
                     s["completion_tokens"]
                     for s in rows
-                    if s.get("generator", "policy") == spec.name and s.get("generated_at", 0) >= clock.wall_start
+                    if s.get("generator", "policy") == spec.name and s.get("generated_at", 0) >= since
                 )
                 if seconds and new_tokens:
                     metrics[f"gen/{spec.name}/tokens_per_s"] = new_tokens / seconds
