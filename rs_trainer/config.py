@@ -31,6 +31,7 @@ RENAMED_KEYS = {
     "dataset_split": "dataset_train_split",
     "eval_split": "dataset_test_split",
     "sampling_top_k": "top_k",
+    "sft_epochs": "num_train_epochs",
 }
 # Keys that only some selection strategies read.
 SELECTION_KEYS = {
@@ -290,7 +291,7 @@ class RSConfig:
         default="warn", metadata={"help": "`warn`, or `stop`: end the run before that round's SFT."}
     )
     # ---- SFT ----
-    sft_epochs: int = field(default=2, metadata={"help": "Epochs over the selected set each round."})
+    num_train_epochs: int = field(default=2, metadata={"help": "Epochs over the selected set each round."})
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of AdamW."})
     lr_scheduler_type: str = field(default="constant_with_warmup", metadata={"help": "transformers scheduler name."})
     warmup_ratio: float = field(default=0.0, metadata={"help": "Fraction of a round's steps spent warming up."})
@@ -322,6 +323,7 @@ class RSConfig:
     dataset_split: str | None = field(default=None, metadata={"help": "Deprecated: `dataset_train_split`."})
     eval_split: str | None = field(default=UNSET, metadata={"help": "Deprecated: `dataset_test_split`."})
     sampling_top_k: list[int] | None = field(default=None, metadata={"help": "Deprecated: `top_k`."})
+    sft_epochs: int | None = field(default=None, metadata={"help": "Deprecated: `num_train_epochs`."})
 
     def __post_init__(self):
         self._apply_renamed_keys()
@@ -426,7 +428,7 @@ class RSConfig:
                 f"`reward_weights` has {len(self.reward_weights)} values for {len(self.reward_funcs)} "
                 "`reward_funcs`; give one weight per scorer."
             )
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "sft_epochs"):
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
         self.generator_specs()  # refuses a bad `generators` entry by name

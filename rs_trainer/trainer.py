@@ -795,7 +795,8 @@ class RejectionSamplingTrainer:
         return scored
 
     def sft(self, train_set: list[dict], r: int) -> dict:
-        """`sft_epochs` over `train_set`; returns loss and step statistics. A round with nothing selected skips."""
+        """`num_train_epochs` over `train_set`; returns loss and step statistics. A round with nothing selected
+        skips."""
         args, acc = self.args, self.accelerator
         if self.base_state is not None:
             restore_trainable(self.model, self.base_state)
@@ -808,7 +809,7 @@ class RejectionSamplingTrainer:
             return {"train/loss": None, "train/steps": 0, "train/tokens": 0}
         steps = plan_steps(
             examples,
-            args.sft_epochs,
+            args.num_train_epochs,
             args.per_device_train_batch_size,
             args.gradient_accumulation_steps,
             acc.process_index,

@@ -65,7 +65,7 @@ def recipe_args(model_path, output_dir, **overrides) -> list[str]:
         "max_completion_length": 4,
         "eval_max_new_tokens": 4,
         "per_device_train_batch_size": 2,
-        "sft_epochs": 1,
+        "num_train_epochs": 1,
         "selection": "top_k",
         "selection_top_k": 4,
         "learning_rate": 1e-2,

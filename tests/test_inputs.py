@@ -195,11 +195,13 @@ def test_the_old_key_spellings_still_work_for_one_release_with_a_warning():
         "dataset_split": "train",
         "eval_split": None,
         "sampling_top_k": [5],
+        "sft_epochs": 3,
     }
     with pytest.warns(FutureWarning, match="`num_samples_per_prompt` is deprecated"):
         args = RSConfig(**old)
     assert (args.num_generations, args.max_completion_length, args.max_length) == (3, [16, 8], 128)
     assert (args.dataset_train_split, args.dataset_test_split, args.top_k) == ("train", None, [5])
+    assert args.num_train_epochs == 3
     with pytest.raises(ConfigError, match="`max_new_tokens` and `max_completion_length` are both set"):
         RSConfig(max_new_tokens=[16], max_completion_length=[32])
     with pytest.raises(ConfigError, match="rename it `selection_top_k`"):  # the old selection `top_k`
@@ -216,8 +218,17 @@ def test_a_run_saved_under_the_old_names_or_without_new_keys_is_not_a_changed_co
         json.dumps(RSConfig(num_generations=4, selection="top_k", selection_top_k=5).to_dict(), default=str)
     )
     old_names = {"num_samples_per_prompt": 4, "max_new_tokens": [64], "max_seq_length": None, "top_k": 5}
-    old_names.update(dataset_split="train", eval_split="test", sampling_top_k=[0])  # `top_k` was the selection's
-    renamed = {"num_generations", "max_completion_length", "max_length", "top_k", "selection_top_k"}
+    old_names.update(
+        dataset_split="train", eval_split="test", sampling_top_k=[0], sft_epochs=2
+    )  # `top_k`: selection's
+    renamed = {
+        "num_generations",
+        "max_completion_length",
+        "max_length",
+        "top_k",
+        "selection_top_k",
+        "num_train_epochs",
+    }
     renamed |= {"dataset_train_split", "dataset_test_split", "temperature_grid"}  # `temperature_grid` is newer
     saved = {**{k: v for k, v in new.items() if k not in renamed and k not in old_names}, **old_names}
     assert config_changes(saved, new) == []

@@ -27,7 +27,9 @@ def test_sft_progress_outside_a_terminal_prints_no_line_per_step(tiny_model, tmp
     from rs_trainer.trainer import RejectionSamplingTrainer
 
     args, model_args = parse_args(
-        recipe_args(tiny_model, tmp_path / "o", sft_epochs=6, per_device_train_batch_size=1, dataset_test_split=None)
+        recipe_args(
+            tiny_model, tmp_path / "o", num_train_epochs=6, per_device_train_batch_size=1, dataset_test_split=None
+        )
     )
     trainer = RejectionSamplingTrainer(args, model_args)
     trainer.setup()

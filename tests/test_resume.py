@@ -47,7 +47,7 @@ def test_sigkill_during_generation_then_during_sft(tiny_model, tmp_path):
         num_rounds=2,
         selection="best_of_n",
         selection_top_k=None,
-        sft_epochs=40,
+        num_train_epochs=40,
         per_device_train_batch_size=8,
         dataset_test_split=None,
         report_to="none",
@@ -64,7 +64,7 @@ def test_sigkill_during_generation_then_during_sft(tiny_model, tmp_path):
     # 2. Rerun; kill it while round 0 trains (its scored rows are on disk, its metrics are not).
     proc = start(argv, tmp_path)
     kill_when(proc, lambda: (out / "round_0" / "generations.jsonl").exists())
-    assert not (out / "round_0" / "metrics.json").exists(), "SFT finished before the kill; raise sft_epochs"
+    assert not (out / "round_0" / "metrics.json").exists(), "SFT finished before the kill; raise num_train_epochs"
     rows0 = read_jsonl(out / "round_0" / "generations.jsonl")
 
     # 3. Rerun to the end.
