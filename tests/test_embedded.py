@@ -51,6 +51,7 @@ def test_default_recipe_one_round_on_embedded_model(tmp_path, embedded_path):
     assert all(r["reward"] in (0.0, 1.0) for r in rows)
     selected = [r for r in rows if r["selected"]]
     assert all(r["reward"] == 1.0 for r in selected)  # min_reward: 1.0 in the recipe
+    assert all(r["finished"] for r in selected)  # drop_truncated: true in the recipe
     assert len({r["prompt_id"] for r in selected}) == len(selected)  # best-of-N: at most one per prompt
     metrics = json.loads((out / "round_0" / "metrics.json").read_text())
     for key in (
