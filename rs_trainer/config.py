@@ -537,7 +537,7 @@ class RSConfig:
         }
         for old, new in RENAMED_KEYS.items():
             value = getattr(self, old)
-            if value is (UNSET if old == "eval_split" else None) or value == UNSET:
+            if value == UNSET or (value is None and old != "eval_split"):  # not given (`eval_split: null` is)
                 continue
             if getattr(self, new) != defaults[new] and getattr(self, new) != value:
                 raise ConfigError(

@@ -312,7 +312,7 @@ class RejectionSamplingTrainer:
         args = self.args
         clock = RoundClock()
         set_seed(args.seed + r)  # dropout and any other global draw: the same path when resumed
-        rows, selected = self.sample_score_select(r, clock)
+        rows, selected, every_row = self.sample_score_select(r, clock)
         with clock.phase("kl"):
             drift = self.measure_drift(rows, r)
         if self.drifted_too_far(r, drift):
@@ -322,20 +322,25 @@ class RejectionSamplingTrainer:
         sft_stats = self.train_round(r, train_set, clock)
         with clock.phase("eval"):
             evaluation = self.evaluate() if self.eval_prompts else {"eval/accuracy": None, "eval/reward": None}
-        every_row = resume.scored_rows(self.files, r) if self.accelerator.is_main_process else None
         metrics = self.collect_metrics(r, every_row, selected, {**sft_stats, **drift, **evaluation}, clock)
         self.history.append(metrics)
         self.report(r, every_row, metrics)
         self.log(summary_table(self.history[-1:]))
         return True
 
-    def sample_score_select(self, r: int, clock: RoundClock) -> tuple[list[dict], list[dict]]:
-        """This rank's rows of the round, scored and marked, and the selected rows on every rank. A round that
-        got as far as its `generations.jsonl` before a kill is read back, not sampled again."""
+    def sample_score_select(self, r: int, clock: RoundClock) -> tuple[list[dict], list[dict], list[dict] | None]:
+        """This rank's rows of the round, scored and marked; the selected rows, on every rank; and every row of the
+        round on the main process (None on the others). A round that got as far as its `generations.jsonl` before
+        a kill is read back, not sampled again."""
         acc = self.accelerator
         saved = resume.scored_rows(self.files, r)
         if saved is not None:
-            return data.shard(saved, acc.process_index, acc.num_processes), [s for s in saved if s["selected"]]
+            every_row = saved if acc.is_main_process else None
+            return (
+                data.shard(saved, acc.process_index, acc.num_processes),
+                [s for s in saved if s["selected"]],
+                every_row,
+            )
         prompts = data.draw_round_prompts(self.train_prompts, self.args.prompts_per_round, self.args.seed, r)
         if self.args.for_round("temperature", r) == AUTO:
             with clock.phase("temperature_probe"):
@@ -349,8 +354,8 @@ class RejectionSamplingTrainer:
         if self.args.rationalize:
             with clock.phase("rationalize"):
                 rows += self.rationalize(rows, r)
-        self.save_generations(r, rows)
-        return rows, by_key(gather_object([s for s in rows if s["selected"]]))
+        every_row = self.save_generations(r, rows)
+        return rows, by_key(gather_object([s for s in rows if s["selected"]])), every_row
 
     def drifted_too_far(self, r: int, drift: dict) -> bool:
         """`max_kl`: warn, or (`max_kl_action: stop`) end the run before this round's SFT."""
@@ -904,9 +909,9 @@ class RejectionSamplingTrainer:
         plot_report(self.history, samples, self.base_accuracy, self.files.report)
         write_json(self.files.metrics(r), metrics)
 
-    def save_generations(self, r: int, rows: list[dict]) -> None:
+    def save_generations(self, r: int, rows: list[dict]) -> list[dict] | None:
         """Gather every rank's scored rows on the main process, which writes the round's rows and its selected SFT
-        set, each atomically, then removes the shards."""
+        set, each atomically, then removes the shards. Returns every row there (in key order), None elsewhere."""
         acc = self.accelerator
         every_row = gather_to_main(rows, acc)
         if acc.is_main_process:
@@ -916,6 +921,7 @@ class RejectionSamplingTrainer:
             write_jsonl(self.files.generations(r), every_row)
             shutil.rmtree(self.files.shards(r), ignore_errors=True)
         acc.wait_for_everyone()
+        return every_row
 
     def save_checkpoint(self, path: Path, sft_stats: dict) -> None:
         """Save the adapter (LoRA) or the full model with its tokenizer, loadable without this package, and the
