@@ -151,6 +151,14 @@ class RSConfig:
     generation_batch_size: int = field(
         default=0, metadata={"help": "Rows per generation batch; 0 picks by device (64 on CPU, 256 on GPU)."}
     )
+    generation_token_budget: int = field(
+        default=0,
+        metadata={
+            "help": "KV-cache tokens a generation batch may hold: rows x (longest prompt + max_completion_length) "
+            "stay under it, and a batch that runs out of GPU memory is halved and retried; 0 picks by device "
+            "(no budget on the CPU, 262144 tokens on a GPU)."
+        },
+    )
     generation_engine: str = field(
         default="auto",
         metadata={
@@ -302,6 +310,10 @@ class RSConfig:
     max_length: int | None = field(
         default=None, metadata={"help": "Longest prompt + completion trained on; default: the model's context."}
     )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Recompute activations in the backward pass (transformers' gradient checkpointing)."},
+    )
     pool_previous_rounds: bool = field(
         default=False, metadata={"help": "SFT on the selected samples of this and every earlier round (Llama 2)."}
     )
@@ -316,6 +328,15 @@ class RSConfig:
         metadata={"help": "Trackers, as in TRL: tensorboard (offline, under output_dir/runs), wandb, all, or none."},
     )
     save_checkpoints: bool = field(default=True, metadata={"help": "Save the model or adapter after every round."})
+    # ---- several processes ----
+    ddp_timeout: int = field(
+        default=10800,
+        metadata={
+            "help": "Seconds a collective may wait before the job aborts (the process group's timeout; TRL and "
+            "transformers' name). Ranks wait for the slowest one's generation, for rank 0 writing the served model "
+            "and starting a server, and for checkpoint writes: the default is 3 hours, against NCCL's 10 minutes."
+        },
+    )
     # ---- deprecated spellings (RENAMED_KEYS), accepted with a warning for one release ----
     num_samples_per_prompt: int | None = field(default=None, metadata={"help": "Deprecated: `num_generations`."})
     max_new_tokens: list[int] | None = field(default=None, metadata={"help": "Deprecated: `max_completion_length`."})
@@ -483,6 +504,12 @@ class RSConfig:
             raise ConfigError(
                 f"`generation_batch_size` must be >= 0 (0 picks by device), got {self.generation_batch_size}."
             )
+        if self.generation_token_budget < 0:
+            raise ConfigError(
+                f"`generation_token_budget` must be >= 0 (0 picks by device), got {self.generation_token_budget}."
+            )
+        if self.ddp_timeout < 1:
+            raise ConfigError(f"`ddp_timeout` is in seconds and must be >= 1, got {self.ddp_timeout}; 10800 is 3 h.")
         if self.eval_max_new_tokens < 1:
             raise ConfigError(f"`eval_max_new_tokens` must be >= 1, got {self.eval_max_new_tokens}.")
 
@@ -586,7 +613,9 @@ class RSConfig:
 
 
 # Keys that do not change what a run computes: a run may be continued with other values of these.
-NON_SEMANTIC_KEYS = frozenset({"output_dir", "overwrite_output_dir", "dry_run", "report_to", *RENAMED_KEYS})
+NON_SEMANTIC_KEYS = frozenset(
+    {"output_dir", "overwrite_output_dir", "dry_run", "report_to", "ddp_timeout", "gradient_checkpointing", *RENAMED_KEYS}
+)
 
 
 def config_changes(old: dict, new: dict) -> list[str]:
