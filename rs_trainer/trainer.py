@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from rs_trainer.config import AUTO, NON_SEMANTIC_KEYS, ConfigError, RSConfig, config_changes, first_line
 from rs_trainer.phases import filters, selection
 from rs_trainer.phases.generation import SamplingParams, check_prompt_lengths, encode_prompts, generate
+from rs_trainer.phases.generators.local import release as release_memory
 from rs_trainer.phases.generators.openai_client import GeneratorError
 from rs_trainer.phases.sft import (
     build_example,
@@ -40,7 +41,9 @@ from rs_trainer.run.layout import TRAIN_METRICS, RunLayout
 from rs_trainer.run.metrics import round_metrics, summary_table
 from rs_trainer.run.models import check_model_folder, load_policy, load_tokenizer, resolve_model_path
 from rs_trainer.run.progress import progress_bar
+from rs_trainer.run.ranks import check_shared_storage, local_device, make_accelerator
 from rs_trainer.run.report import markdown_table, plot_report, sample_table
+from rs_trainer.run.sharding import fsdp_units, full_weights, trainable_full_state
 from rs_trainer.tools.export import sft_rows
 
 
@@ -83,7 +86,7 @@ class RejectionSamplingTrainer:
     def __init__(self, args: RSConfig, model_args, accelerator: Accelerator | None = None):
         self.args = args
         self.model_args = model_args
-        self.accelerator = accelerator or Accelerator(log_with=args.trackers(), project_dir=args.output_dir)
+        self.accelerator = accelerator or make_accelerator(args)
         self.output_dir = Path(args.output_dir)
         self.files = RunLayout(self.output_dir)  # every path of the run's output folder
         self.history: list[dict] = []
@@ -106,11 +109,12 @@ class RejectionSamplingTrainer:
             )
         args.check_selection_size(args.prompts_per_round or len(self.train_prompts))
         every_prompt = self.train_prompts + self.eval_prompts
+        reward_device = local_device(args.reward_model_device, acc.num_processes, acc.device)
         self.scorers, self.weights = resolve_scorers(
             "reward_funcs",
             args.reward_funcs,
             args.reward_weights,
-            args.reward_model_device,
+            reward_device,
             every_prompt,
             args.dataset_name,
         )
@@ -122,7 +126,7 @@ class RejectionSamplingTrainer:
                 "eval_reward_funcs",
                 args.eval_reward_funcs,
                 None,
-                args.reward_model_device,
+                reward_device,
                 every_prompt,
                 args.dataset_name,
             )
@@ -136,6 +140,7 @@ class RejectionSamplingTrainer:
             )
         self.prompt_ids = self._encode_and_check_lengths(self.train_prompts)
         self.eval_prompt_ids = self._encode_and_check_lengths(self.eval_prompts)
+        check_shared_storage(acc, self.output_dir)  # every later decision reads `output_dir`, on every rank
         self._check_output_dir()
 
         from trl import get_peft_config
@@ -150,6 +155,8 @@ class RejectionSamplingTrainer:
                 f"{self.model_args.model_name_or_path}; name its linear layers (q_proj, v_proj, ...) or `all-linear`."
             ) from None
         model.config.use_cache = True
+        if args.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) and with FSDP2
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
         if acc.distributed_type == DistributedType.DEEPSPEED and args.gradient_accumulation_steps > 1:
@@ -347,6 +354,7 @@ class RejectionSamplingTrainer:
                 self.probe_temperature(prompts, r)
         with clock.phase("generate"):
             rows = self.generate_samples(prompts, r, clock)
+        release_memory()  # the KV caches, before the reward model scores
         with clock.phase("score"):
             rows = self.score_samples(rows)
         with clock.phase("select"):
@@ -513,10 +521,6 @@ class RejectionSamplingTrainer:
         acc = self.accelerator
         if self.kl_reference is None:
             return {}
-        if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-            # Sharded weights are gathered in every forward pass, so ranks would have to run equal numbers of
-            # batches; not measured there yet.
-            return {}
         own = {spec.name for spec in self.generator_specs if spec.is_policy and spec.engine == "local"}
         mine = [s for s in rows if s.get("generator", "policy") in own]
         share = -(-self.args.kl_samples // acc.num_processes)  # ceil
@@ -526,9 +530,9 @@ class RejectionSamplingTrainer:
             rng = random.Random(f"kl:{seeds.round_seed(self.args.seed, r)}:{acc.process_index}")
             mine = [mine[i] for i in sorted(rng.sample(range(len(mine)), share))]
         examples = self.training_examples(mine)
-        model = acc.unwrap_model(self.model)
         ref = None if self.kl_reference == "adapter" else self.kl_reference
-        sums = kl_and_entropy(model, examples, self.tokenizer.pad_token_id, ref_model=ref) if examples else {}
+        with full_weights(acc.unwrap_model(self.model)) as model:  # ranks run different numbers of batches
+            sums = kl_and_entropy(model, examples, self.tokenizer.pad_token_id, ref_model=ref) if examples else {}
         total = {
             k: sum(part.get(k, 0) for part in gather_object([sums]))
             for k in ("kl_sum", "entropy_sum", "tokens", "samples")
@@ -631,15 +635,21 @@ class RejectionSamplingTrainer:
 
         args, acc = self.args, self.accelerator
         if spec.engine == "local" and spec.is_policy:
-            yield LocalGenerator(
-                acc.unwrap_model(self.model), self.tokenizer, args.generation_batch_size, args.generation_engine
-            )
+            with full_weights(acc.unwrap_model(self.model)) as model:
+                yield LocalGenerator(
+                    model,
+                    self.tokenizer,
+                    args.generation_batch_size,
+                    args.generation_engine,
+                    token_budget=args.generation_token_budget,
+                )
         elif spec.engine == "local":
             generator = LocalGenerator(
                 *load_frozen(spec.model, self.model_args, acc.device),
                 args.generation_batch_size,
                 args.generation_engine,
                 own_tokenizer=True,
+                token_budget=args.generation_token_budget,
             )
             try:
                 yield generator
@@ -769,11 +779,16 @@ class RejectionSamplingTrainer:
         ids = encode_prompts(self.tokenizer, hinted)
         fits = [i for i, seq in enumerate(ids) if len(seq) + params.max_new_tokens <= self.context]
         hinted, ids = [hinted[i] for i in fits], [ids[i] for i in fits]  # a hint that overflows the context: skipped
-        policy = LocalGenerator(
-            acc.unwrap_model(self.model), self.tokenizer, args.generation_batch_size, args.generation_engine
-        )
         seed = seeds.sampling_seed(args.seed, r, seeds.RATIONALIZATION_STREAM, acc.process_index)
-        out = policy.generate(hinted, ids, args.rationalization_samples, params, seed=seed)
+        with full_weights(acc.unwrap_model(self.model)) as model:  # ranks have different numbers of failed prompts
+            policy = LocalGenerator(
+                model,
+                self.tokenizer,
+                args.generation_batch_size,
+                args.generation_engine,
+                token_budget=args.generation_token_budget,
+            )
+            out = policy.generate(hinted, ids, args.rationalization_samples, params, seed=seed)
         # Each row carries the original prompt, without the hint: that is what it is scored and trained with.
         rows = [
             {**self.prompt_by_id[o["prompt_id"]], **o, "sample_index": offset + o["sample_index"], "round": r}
@@ -846,6 +861,10 @@ class RejectionSamplingTrainer:
                 args.max_grad_norm,
                 on_step,
             )
+        # The moments are not needed until the next round's SFT, which starts them afresh: free them now, so that
+        # generation and evaluation have that memory (2 x the trainable parameters in fp32).
+        reset_optimizer(self.optimizer)
+        release_memory()
         return {
             "train/steps_per_rank": gather_object([len(steps)]),
             "train/loss": sum(losses) / len(losses),
@@ -874,16 +893,18 @@ class RejectionSamplingTrainer:
         completion reaches `pass_threshold`, and `eval/reward`, the mean reward of those that got one."""
         args, acc = self.args, self.accelerator
         local = data.shard(self.eval_prompts, acc.process_index, acc.num_processes)
-        out = generate(
-            acc.unwrap_model(self.model),
-            self.tokenizer,
-            local,
-            1,
-            SamplingParams(temperature=0.0, max_new_tokens=args.eval_max_new_tokens),
-            batch_size=args.generation_batch_size,
-            prompt_ids=[self.eval_prompt_ids[p["prompt_id"]] for p in local],
-            engine=args.generation_engine,
-        )
+        with full_weights(acc.unwrap_model(self.model)) as model:
+            out = generate(
+                model,
+                self.tokenizer,
+                local,
+                1,
+                SamplingParams(temperature=0.0, max_new_tokens=args.eval_max_new_tokens),
+                batch_size=args.generation_batch_size,
+                prompt_ids=[self.eval_prompt_ids[p["prompt_id"]] for p in local],
+                engine=args.generation_engine,
+                token_budget=args.generation_token_budget,
+            )
         by_id = {p["prompt_id"]: p for p in local}
         scored = score([{**by_id[s["prompt_id"]], **s} for s in out], self.eval_scorers, self.eval_weights)
         rewards = gather_object([sc["reward"] for sc in scored])
@@ -931,7 +952,10 @@ class RejectionSamplingTrainer:
         if not self.args.save_checkpoints:
             return
         acc.wait_for_everyone()
-        state = acc.get_state_dict(self.model)
+        if self.model_args.use_peft and fsdp_units(acc.unwrap_model(self.model)):
+            state = trainable_full_state(acc.unwrap_model(self.model), keep=acc.is_main_process)  # the adapter only
+        else:
+            state = acc.get_state_dict(self.model)
         if acc.is_main_process:
             with atomic_dir(path) as tmp:
                 acc.unwrap_model(self.model).save_pretrained(tmp, state_dict=state, safe_serialization=True)

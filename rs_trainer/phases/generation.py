@@ -78,6 +78,40 @@ def default_batch_size(device: torch.device) -> int:
     return 256 if device.type == "cuda" else 64
 
 
+def default_token_budget(device: torch.device) -> int:
+    """KV-cache tokens per batch when `generation_token_budget` is 0: none on the CPU; on a GPU 262144, which is
+    about 32 GiB of bf16 cache for an 8B Llama (128 KiB per token) and 256 rows of 1024 tokens."""
+    return 262144 if device.type == "cuda" else 0
+
+
+def plan_batches(
+    lengths: list[int], num_samples: int, batch_size: int, token_budget: int, max_new_tokens: int
+) -> list[list[int]]:
+    """Prompt indices of each generation batch, longest prompts first. A batch holds whole prompts (the N rows of a
+    prompt share one prefill), at most `batch_size` rows and, with a `token_budget`, at most that many KV-cache
+    tokens: rows x (its longest prompt + `max_new_tokens`). A prompt whose N rows alone pass the budget gets a
+    batch of its own.
+
+    Example: prompts of 5, 50, 10 and 20 tokens, N=2, 10 new tokens, a budget of 200 tokens. The 50-token prompt
+    needs 2 x 60 = 120 tokens, so it goes alone; the other three need 2 x 30 each, 180 together:
+    >>> plan_batches([5, 50, 10, 20], num_samples=2, batch_size=8, token_budget=200, max_new_tokens=10)
+    [[1], [3, 2, 0]]
+    >>> plan_batches([5, 50, 10, 20], num_samples=2, batch_size=4, token_budget=0, max_new_tokens=10)
+    [[1, 3], [2, 0]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    most = max(1, batch_size // num_samples)
+    batches, start = [], 0
+    while start < len(order):
+        count = most
+        if token_budget:
+            per_prompt = num_samples * (lengths[order[start]] + max_new_tokens)
+            count = max(1, min(most, token_budget // per_prompt))
+        batches.append(order[start : start + count])
+        start += count
+    return batches
+
+
 def batch_seed(seed: int, batch_index: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{batch_index}".encode(), digest_size=4).digest(), "big")
 
@@ -94,6 +128,7 @@ def generate(
     prompt_ids: list[list[int]] | None = None,
     on_batch: Callable[[list[dict]], None] | None = None,
     engine: str = "auto",
+    token_budget: int = 0,
 ) -> list[dict]:
     """Sample `num_samples` completions for every prompt.
 
@@ -105,34 +140,53 @@ def generate(
     `engine`: `rs` prefills each prompt once, repeats its KV cache N times and drops finished rows from the batch
     as it decodes; `hf` calls `model.generate` on the N-times repeated prompts; `auto` takes `rs` when the model's
     cache supports row selection.
+
+    Batches follow `plan_batches` with `batch_size` rows and `token_budget` KV-cache tokens (0: by device); a batch
+    that runs out of GPU memory is split in two and retried.
     """
     device = next(model.parameters()).device
     batch_size = batch_size or default_batch_size(device)
+    token_budget = token_budget or default_token_budget(device)
     if prompt_ids is None:
         prompt_ids = encode_prompts(tokenizer, prompts)
     eos_ids = _eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    # Longest prompts first; a prompt's N rows stay adjacent.
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompt_ids[i]))
     if engine == "auto":
         engine = "rs" if supports_rs_engine(model) else "hf"
     if engine not in _ENGINES:
         raise ValueError(f"`generation_engine` must be one of auto, {', '.join(_ENGINES)}; got {engine!r}.")
-    # A batch holds whole prompts: its N rows share one prefill (rs engine).
-    prompts_per_batch = max(1, batch_size // num_samples)
+    # Longest prompts first; a prompt's N rows stay adjacent and share one prefill (rs engine).
+    todo = plan_batches([len(ids) for ids in prompt_ids], num_samples, batch_size, token_budget, params.max_new_tokens)
     results: dict[tuple[int, int], dict] = {}
     was_training = model.training
     model.eval()
-    for b, start in enumerate(range(0, len(order), prompts_per_batch)):
-        group = order[start : start + prompts_per_batch]
+    b = 0
+    while todo:
+        group = todo.pop(0)
         batch = [(i, s) for i in group for s in range(num_samples)]
         seqs = [prompt_ids[i] for i in group]
         width = max(len(s) for s in seqs)
         input_ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in seqs], device=device)
         attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
-        gen_rows = _ENGINES[engine](
-            model, input_ids, attention, num_samples, params, eos_ids, pad_id, batch_seed(seed, b)
-        )
+        try:
+            gen_rows = _ENGINES[engine](
+                model, input_ids, attention, num_samples, params, eos_ids, pad_id, batch_seed(seed, b)
+            )
+        except torch.OutOfMemoryError:
+            if len(group) == 1:
+                from rs_trainer.config import ConfigError
+
+                raise ConfigError(
+                    f"Prompt {prompts[group[0]]['prompt_id']!r} with its {num_samples} samples of up to "
+                    f"{params.max_new_tokens} tokens does not fit in {device}'s memory; lower `num_generations` or "
+                    "`max_completion_length`, or sample through a server (`generators`)."
+                ) from None
+            del input_ids, attention
+            torch.cuda.empty_cache()
+            half = len(group) // 2
+            todo[:0] = [group[:half], group[half:]]  # the same prompts in two batches, the next batch index each
+            continue
+        b += 1
         for (i, s), gen in zip(batch, gen_rows, strict=True):
             end = next((j for j, t in enumerate(gen) if t in eos_ids), None)
             kept = gen if end is None else gen[:end]
@@ -178,6 +232,9 @@ def _hf_generate(model, input_ids, attention, n, params, eos_ids, pad_id, seed) 
         attention_mask=attention.repeat_interleave(n, dim=0),
         pad_token_id=pad_id,
         eos_token_id=eos_ids,
+        # transformers turns this on for FSDP and ZeRO-3 models (an all-reduce per step); the trainer samples from
+        # full weights (`rs_trainer.run.sharding.full_weights`), so every rank decodes on its own.
+        synced_gpus=False,
         **params.generate_kwargs(),
     )
     return out[:, input_ids.shape[1] :].tolist()

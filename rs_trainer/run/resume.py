@@ -70,10 +70,28 @@ def load_weights(model, checkpoint: Path) -> None:
             raise RuntimeError(f"{checkpoint}: adapter keys do not match the model: {result.unexpected_keys[:3]}")
         return
     state = load_file(checkpoint / "model.safetensors")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = load_full_state(model, state)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
     if missing or unexpected:
         raise RuntimeError(
             f"{checkpoint} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
+
+
+def load_full_state(model, state: dict) -> tuple[list[str], list[str]]:
+    """Load a full (unsharded) state dict into `model`, whose parameters may be sharded; returns (missing,
+    unexpected) keys. FSDP2's DTensor parameters take it through torch's `set_model_state_dict`, which shards
+    each tensor; a plain `load_state_dict` would mix tensors and DTensors. Every rank calls this."""
+    from rs_trainer.run.sharding import fsdp_units
+
+    if fsdp_units(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        result = set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+        return list(result.missing_keys), list(result.unexpected_keys)
+    if any(hasattr(p, "ds_id") for p in model.parameters()):  # DeepSpeed ZeRO-3 partitions
+        from rs_trainer.run.deepspeed import load_full_state as load_zero3
+
+        return load_zero3(model, state)
+    return model.load_state_dict(state, strict=False)

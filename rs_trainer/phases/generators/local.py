@@ -13,9 +13,18 @@ class LocalGenerator:
     """`model` samples in this process. With `own_tokenizer`, prompts are rendered with this model's tokenizer
     and chat template (a teacher of another family); the completion text is what travels on."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 0, engine: str = "auto", own_tokenizer: bool = False):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        batch_size: int = 0,
+        engine: str = "auto",
+        own_tokenizer: bool = False,
+        token_budget: int = 0,
+    ):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.engine, self.own_tokenizer = batch_size, engine, own_tokenizer
+        self.token_budget = token_budget
 
     def generate(
         self,
@@ -39,6 +48,7 @@ class LocalGenerator:
             prompt_ids=prompt_ids,
             on_batch=on_batch,
             engine=self.engine,
+            token_budget=self.token_budget,
         )
 
 

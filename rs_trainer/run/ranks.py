@@ -1,0 +1,80 @@
+"""What several processes need from one another: the process group's timeout, a shared `output_dir`, and each
+rank's own device for the models it scores with."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+from rs_trainer.config import ConfigError
+
+
+def make_accelerator(args):
+    """The run's `Accelerator`, with the process group's timeout set to `args.ddp_timeout` seconds.
+
+    Without it torch's defaults hold (10 minutes on NCCL), shorter than waits the loop creates: ranks that finished
+    generating wait for the slowest one, and every rank waits while rank 0 writes the served model, starts a server
+    or writes a full checkpoint. Only the first process group of a process takes it (Accelerate creates it here)."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    handler = InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))
+    return Accelerator(log_with=args.trackers(), project_dir=args.output_dir, kwargs_handlers=[handler])
+
+
+def check_shared_storage(accelerator, output_dir: Path) -> None:
+    """Refuse a run whose ranks do not all see the same `output_dir`.
+
+    Every rank decides what to do from the files in `output_dir` (finished rounds, scored rows, shards, the probe,
+    checkpoints). On nodes without shared storage they would take different branches and hang, and resume would fail
+    on every node but rank 0's. Rank 0 writes a fresh nonce; after a barrier every rank must read it back."""
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    if accelerator.num_processes == 1:
+        return
+    path = output_dir / ".shared_storage_check"
+    nonce = None
+    created = False
+    if accelerator.is_main_process:
+        nonce = secrets.token_hex(16)
+        created = not output_dir.exists()
+        output_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(nonce)
+    nonce = broadcast_object_list([nonce])[0]
+    accelerator.wait_for_everyone()
+    try:
+        seen = path.read_text() == nonce
+    except OSError:
+        seen = False
+    blind = [rank for rank, ok in enumerate(gather_object([seen])) if not ok]
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        path.unlink(missing_ok=True)
+        if created:  # nothing is written before every check has passed
+            output_dir.rmdir()
+    if blind:
+        raise ConfigError(
+            f"`output_dir` {output_dir} is not shared: rank(s) {blind} cannot read what rank 0 wrote there. Every "
+            "rank reads the run's state from it, so put `output_dir` on storage that every node mounts at the same "
+            "path (NFS, Lustre, a shared volume)."
+        )
+
+
+def local_device(value: str | None, num_processes: int, default) -> str:
+    """The device of this rank's reward model: `value` from `reward_model_device`, or `default` (this process's).
+
+    `cpu`, or `cuda` without an index (this rank's GPU), works with any number of processes. An indexed device
+    such as `cuda:1` puts one reward model on GPU 1 per process, so it is refused when several processes run.
+
+    >>> local_device(None, 8, "cuda:3"), local_device("cuda", 8, "cuda:3"), local_device("cuda:1", 1, "cuda:0")
+    ('cuda:3', 'cuda:3', 'cuda:1')
+    """
+    if value is None or value == "cuda":
+        return str(default)
+    if num_processes > 1 and ":" in value:
+        raise ConfigError(
+            f"`reward_model_device` {value} would put every one of the {num_processes} processes' reward models on "
+            "that one device; leave it unset (or `cuda`) for each rank's own GPU, or set `cpu`."
+        )
+    return value
