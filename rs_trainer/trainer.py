@@ -156,7 +156,12 @@ class RejectionSamplingTrainer:
             ) from None
         model.config.use_cache = True
         if args.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) and with FSDP2
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5.23 renamed it (the old name warns); older 5.x releases have only the old one.
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
         if acc.distributed_type == DistributedType.DEEPSPEED and args.gradient_accumulation_steps > 1:

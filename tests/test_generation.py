@@ -60,3 +60,22 @@ def test_sample_next_top_k_and_top_p_keep_only_allowed_tokens():
     frac0 = (free == 0).float().mean().item()
     assert abs(frac0 - 0.5) < 0.05
     assert sample_next(logits[:1], SamplingParams(temperature=0.0), g).item() == 0
+
+
+def test_token_budget_splits_batches_and_keeps_rows(tiny):
+    """A budget smaller than one batch of long prompts: more, smaller batches, every row still there once."""
+    model, tok = tiny
+    rows = prompts(6)
+    params = SamplingParams(temperature=1.0, max_new_tokens=8)
+    seen = []
+    out = generate(model, tok, rows, 2, params, batch_size=64, seed=1, token_budget=200, on_batch=seen.append)
+    longest = max(len(ids) for ids in tok([r["prompt"][0]["content"] for r in rows])["input_ids"])
+    assert len(seen) > 1  # one batch of 12 rows would hold far more than 200 tokens
+    assert sorted((x["prompt_id"], x["sample_index"]) for x in out) == sorted(
+        (r["prompt_id"], s) for r in rows for s in range(2)
+    )
+    assert all(len(batch) % 2 == 0 for batch in seen)  # whole prompts: a prompt's N rows share one batch
+    assert longest > 0
+    unbudgeted = []
+    generate(model, tok, rows, 2, params, batch_size=64, seed=1, on_batch=unbudgeted.append)
+    assert len(unbudgeted) == 1

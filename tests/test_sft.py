@@ -1,3 +1,4 @@
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -89,3 +90,54 @@ def test_reset_optimizer_forgets_the_moments(tiny_model):
     model(input_ids=torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss.backward()
     opt.step()  # the state is built again, from step 1
     assert all(int(s["step"]) == 1 for s in opt.state.values())
+
+
+def test_optimizer_state_is_freed_after_a_rounds_sft(tiny_model, tmp_path):
+    """AdamW's moments (2 x the trainable parameters) are not held through generation and evaluation."""
+    from helpers import recipe_args
+
+    from rs_trainer.cli import parse_args
+    from rs_trainer.trainer import RejectionSamplingTrainer
+
+    args, model_args = parse_args(
+        recipe_args(tiny_model, tmp_path / "run", reward_funcs=["tests.scorers_for_tests.length_reward"])
+    )
+    trainer = RejectionSamplingTrainer(args, model_args)
+    trainer.setup()
+    rows = [{"prompt_id": p["prompt_id"], "completion": "12", "finished": True} for p in trainer.train_prompts[:4]]
+    stats = trainer.sft(rows, 0)
+    assert stats["train/steps"] > 0
+    assert len(trainer.optimizer.state) == 0
+
+
+def test_gradient_checkpointing_trains_the_same(tiny_model, tmp_path):
+    """`gradient_checkpointing: true` turns checkpointing on and leaves the step's loss and weights unchanged."""
+    from helpers import recipe_args
+
+    from rs_trainer.cli import parse_args
+    from rs_trainer.trainer import RejectionSamplingTrainer
+
+    results = []
+    for on in (False, True):
+        argv = recipe_args(
+            tiny_model,
+            tmp_path / f"run-{on}",
+            reward_funcs=["tests.scorers_for_tests.length_reward"],
+            gradient_checkpointing=on,
+            use_peft=True,
+            lora_target_modules=["q_proj", "v_proj"],
+            lora_dropout=0.0,
+        )
+        args, model_args = parse_args(argv)
+        torch.manual_seed(0)
+        trainer = RejectionSamplingTrainer(args, model_args)
+        trainer.setup()
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        assert model.base_model.model.is_activation_checkpointing == on
+        rows = [{"prompt_id": p["prompt_id"], "completion": "12", "finished": True} for p in trainer.train_prompts[:4]]
+        stats = trainer.sft(rows, 0)
+        lora = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+        results.append((stats["train/loss"], lora))
+    (loss_off, off), (loss_on, on_) = results
+    assert loss_on == pytest.approx(loss_off, rel=1e-5)
+    assert all(torch.allclose(off[n], on_[n], atol=1e-6) for n in off) and any(off[n].abs().sum() > 0 for n in off)
