@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from rs_trainer.config import ConfigError, RSConfig, check_peft_keys, first_line
+from rs_trainer.config import ConfigError, RSConfig, check_model_numbers, check_peft_keys, first_line
 from rs_trainer.phases.generators.openai_client import GeneratorError
 from rs_trainer.run.io import is_disk_full
 
@@ -82,16 +82,32 @@ def check_model_args(model_args) -> None:
         raise ConfigError(
             f"`model_name_or_path` {name} is not a folder on this machine (nor a hub id `org/name`); check the path."
         )
+    check_model_numbers(model_args)
     try:
         torch_dtype(model_args.dtype)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if model_args.load_in_4bit or model_args.load_in_8bit:
-        import torch
+        check_quantization(model_args)
 
-        if not torch.cuda.is_available():
-            key = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
-            raise ConfigError(f"`{key}` (bitsandbytes QLoRA) needs a CUDA GPU; on the CPU set `{key}: false`.")
+
+def check_quantization(model_args) -> None:
+    """bitsandbytes must import (0.50 runs on the CPU as well as on GPUs), and the launch must allow the device
+    map that places a quantised model."""
+    key = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
+    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO3_INIT", "").lower() in ("1", "true"):
+        raise ConfigError(
+            f"`{key}` cannot load under DeepSpeed ZeRO-3 init (`zero3_init_flag: true`): transformers refuses the "
+            "device map a quantised model is placed with there; for QLoRA on several GPUs launch with "
+            f"`--config_file accelerate_configs/fsdp2.yaml`, or drop `{key}`."
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as err:  # not installed, or a build that does not load on this machine
+        raise ConfigError(
+            f"`{key}` needs bitsandbytes, which does not import here ({first_line(err)}); "
+            f"`pip install bitsandbytes`, or set `{key}: false`."
+        ) from None
 
 
 def looks_like_hub_id(name: str) -> bool:
@@ -173,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     def body():
         args, model_args = parse_args(argv)
         check_launch_matches_devices()
+        if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
+            key = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
+            raise ConfigError(
+                f"`{key}` freezes the base weights in bitsandbytes' format, so only a LoRA adapter can train on "
+                f"them (QLoRA); set `use_peft: true`, or drop `{key}` for full fine-tuning."
+            )
         if args.dry_run:
             print(dry_run(args, model_args))
             return 0

@@ -11,6 +11,9 @@ import dataclasses
 import itertools
 import json
 import math
+import os
+import types
+import typing
 import warnings
 from dataclasses import dataclass, field
 
@@ -20,6 +23,8 @@ SELECTION_STRATEGIES = ("best_of_n", "top_k_per_prompt", "threshold", "percentil
 AUTO = "auto"  # `temperature: auto`
 UNSET = "<unset>"  # a deprecated key whose `null` means something (`eval_split: null`): given or not
 PER_ROUND_FIELDS = ("temperature", "top_p", "top_k", "max_completion_length")
+# Keys that take one value per round as well, but that `for_round` does not read (selection reads them).
+LIST_VALUED_FIELDS = (*PER_ROUND_FIELDS, "reward_percentile", "rso_beta")
 # The names of TRL's configs where a key means what a TRL key means; the old spelling is a deprecated alias for one
 # release. The "k"s, once: `top_k` is sampling's top-k (TRL, transformers); `selection: top_k` keeps the
 # `selection_top_k` best samples over all prompts; `selection: top_k_per_prompt` (and `rso`) keep `k_per_prompt`
@@ -61,6 +66,136 @@ class ConfigError(ValueError):
 def first_line(err: BaseException) -> str:
     """The first line of an error's message (or its type), to quote inside a one-line error."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key allows: `low` <= x <= `high`, None being no bound, `<` instead of `<=` with
+    `open_low` or `open_high`. `note` says what a bound means and `fix` what to do; both go into the error message."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    note: str = ""
+    fix: str = ""
+
+    def holds(self, x: float) -> bool:
+        if x != x:  # NaN (`.nan` in YAML) is in no range
+            return False
+        if self.low is not None and (x <= self.low if self.open_low else x < self.low):
+            return False
+        return self.high is None or (x < self.high if self.open_high else x <= self.high)
+
+    def words(self) -> str:
+        if self.high is not None and (self.open_low or self.open_high):
+            left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
+            return f"lie in {left}{self.low:g}, {self.high:g}{right}"
+        if self.high is not None:
+            return f"lie in {self.low:g}..{self.high:g}"
+        if self.low is None:
+            return "be a number"
+        if self.open_low:
+            return f"be > {self.low:g}"
+        return f"be at least {self.low:g}" if self.low >= 1 else f"be >= {self.low:g}"
+
+
+# The range of every numeric key of RSConfig (a test checks that none is missing); keys with one value per round
+# are checked value by value. `temperature` is checked on its own: it also takes `auto`.
+KEY_RANGES = {
+    "seed": Range(),
+    "num_rounds": Range(1),
+    "prompts_per_round": Range(1, fix="; or leave it unset"),
+    "max_eval_prompts": Range(1, fix="; or leave it unset"),
+    "task_num_train": Range(1),
+    "task_num_eval": Range(0),
+    "task_min_operand": Range(),
+    "task_max_operand": Range(),
+    "num_generations": Range(1),
+    "temperature_grid": Range(0, open_low=True, note=" (the temperatures `temperature: auto` tries)"),
+    "temperature_probe_prompts": Range(1),
+    "top_p": Range(0, 1, open_low=True, fix="; 1.0 turns nucleus sampling off"),
+    "top_k": Range(0, note=" (0 = off)"),
+    "max_completion_length": Range(1),
+    "generation_batch_size": Range(0, note=" (0 picks by device)"),
+    "generation_token_budget": Range(0, note=" (0 picks by device)"),
+    "reward_weights": Range(),
+    "pass_threshold": Range(),
+    "selection_top_k": Range(1, note=" (the samples kept)"),
+    "top_fraction": Range(0, 1, open_low=True, note=" (a fraction of all samples)"),
+    "k_per_prompt": Range(1),
+    "max_per_prompt": Range(1, fix="; or leave it unset to keep all"),
+    "reward_percentile": Range(0, 100),
+    "rso_beta": Range(0, open_low=True, fix="; small β approaches best-of-N"),
+    "reward_threshold": Range(),
+    "min_reward": Range(),
+    "min_reward_margin": Range(0),
+    "rationalization_samples": Range(1),
+    "kl_samples": Range(0, note=" (0: every sample)"),
+    "max_kl": Range(0, open_low=True, fix="; or leave it unset"),
+    "num_train_epochs": Range(1),
+    "learning_rate": Range(0, open_low=True, fix="; 2e-4 is usual with LoRA"),
+    "warmup_ratio": Range(0, 1, note=" (a fraction of each round's steps)"),
+    "weight_decay": Range(0),
+    "max_grad_norm": Range(0, note=" (0 turns clipping off)"),
+    "per_device_train_batch_size": Range(1),
+    "gradient_accumulation_steps": Range(1),
+    "max_length": Range(2, fix="; or leave it unset to use the model's context"),
+    "eval_max_new_tokens": Range(1),
+    "ddp_timeout": Range(1, note=" (seconds)", fix="; 10800 is 3 h"),
+}
+# String keys that YAML 1.1 may hand over as booleans (`on`, `off`, `yes`, `no`, `true`, `false`): what each
+# boolean means there. Any other string key given a boolean is refused, naming the quoting that fixes it.
+YAML_BOOLEAN_MEANS = {
+    "kl_to_base": {True: "on", False: "off"},
+    "dedupe": {False: None},  # `dedupe: off`: no deduplication, the default
+    "dataset_test_split": {False: None},  # `dataset_test_split: no`: no held-out evaluation, as `null`
+}
+
+
+def as_number(key: str, value, kind: type, in_list: bool = False) -> int | float:
+    """`value` as a `kind` (int or float), or a ConfigError naming `key`. A number written as text (`2e-4`, which
+    YAML 1.1 reads as a string) is read, a whole float (`2.0`) is a whole number; a boolean, a list or other text is
+    refused. `in_list`: `value` is one of a list's values."""
+    if isinstance(value, str):
+        try:
+            value = int(value.strip()) if kind is int else float(value)
+        except ValueError:
+            pass
+    if isinstance(value, float) and kind is int and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (float, int)) or (kind is int and not isinstance(value, int)):
+        what = {(int, True): "whole numbers", (int, False): "a whole number"}.get((kind, in_list))
+        what = what or ("numbers" if in_list else "a number")
+        shown = f"the list {value!r}" if isinstance(value, (list, tuple)) else repr(value)
+        shown = str(value).lower() if isinstance(value, bool) else shown
+        if isinstance(value, bool):
+            fix = f"; YAML reads on/off/yes/no/true/false as booleans: give `{key}` a number"
+        elif isinstance(value, (list, tuple)) and not in_list and key in KEY_RANGES:
+            fix = f"; give one value (lists, one value per round, are for {', '.join(LIST_VALUED_FIELDS)})"
+        elif isinstance(value, (list, tuple)) and not in_list:
+            fix = "; give one value"
+        else:
+            fix = ""
+        raise ConfigError(f"`{key}` takes {what}, got {shown}{fix}.")
+    return float(value) if kind is float else value
+
+
+def check_range(key: str, value, allowed: Range) -> None:
+    """Refuse a number (or a list of numbers, each checked) outside `allowed`, naming `key` and the fix."""
+    values = value if isinstance(value, list) else [value]
+    if not all(allowed.holds(v) for v in values):
+        plural = " values" if isinstance(value, list) else ""
+        raise ConfigError(f"`{key}`{plural} must {allowed.words()}{allowed.note}, got {value}{allowed.fix}.")
+
+
+def _annotation(hint) -> tuple[type, bool]:
+    """(element type, is a list) of a field annotation such as `int`, `float | None` or `list[int] | None`."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is list:
+        return typing.get_args(hint)[0], True
+    return hint, False
 
 
 @dataclass
@@ -347,101 +482,115 @@ class RSConfig:
     sft_epochs: int | None = field(default=None, metadata={"help": "Deprecated: `num_train_epochs`."})
 
     def __post_init__(self):
+        self._check_types_and_ranges()
         self._apply_renamed_keys()
-        for name in PER_ROUND_FIELDS:
-            value = getattr(self, name)
-            values = list(value) if isinstance(value, (list, tuple)) else [value]
-            if not values:
-                raise ConfigError(f"`{name}` is an empty list; give one value or one per round.")
-            setattr(self, name, values)
         for name in ("dataset_test_split", "eval_dataset_name", "id_column"):
             if isinstance(getattr(self, name), str) and getattr(self, name).lower() in ("", "none", "null"):
                 setattr(self, name, None)  # `--dataset_test_split none` on the command line
-        if isinstance(self.report_to, str):
-            self.report_to = [self.report_to]
-        if isinstance(self.reward_funcs, str):
-            self.reward_funcs = [self.reward_funcs]
-        if isinstance(self.eval_reward_funcs, str):
-            self.eval_reward_funcs = [self.eval_reward_funcs]
         self.validate()
 
+    def _check_types_and_ranges(self):
+        """The first check: every key's type, and every numeric key's range (`KEY_RANGES`), so that no later check
+        meets a list where a number belongs. A per-round key's single value becomes a one-value list, a name list's
+        single name a one-name list, and a boolean that YAML made of `on`/`off` what it means there
+        (`YAML_BOOLEAN_MEANS`)."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            key, value = f.name, getattr(self, f.name)
+            kind, is_list = _annotation(hints[key])
+            if value is None or key == "generators":  # generators: checked entry by entry in `generator_specs`
+                continue
+            if key == "temperature":
+                value = self._temperatures(value)
+            elif kind in (int, float):
+                value = self._numbers(key, value, kind, is_list)
+            elif kind is bool and not isinstance(value, bool):
+                raise ConfigError(f"`{key}` takes true or false, got {value!r}.")
+            elif kind is str:
+                value = self._text(key, value, is_list)
+            setattr(self, key, value)
+
+    @staticmethod
+    def _numbers(key: str, value, kind: type, is_list: bool) -> int | float | list:
+        allowed = KEY_RANGES[RENAMED_KEYS.get(key, key)]  # a deprecated spelling has its new key's range
+        if not is_list:
+            number = as_number(key, value, kind)
+            check_range(key, number, allowed)
+            return number
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not values and RENAMED_KEYS.get(key, key) in LIST_VALUED_FIELDS:
+            raise ConfigError(f"`{key}` is an empty list; give one value or one per round.")
+        numbers = [as_number(key, v, kind, in_list=True) for v in values]
+        check_range(key, numbers, allowed)
+        return numbers
+
+    def _temperatures(self, value) -> list:
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not values:
+            raise ConfigError("`temperature` is an empty list; give one value or one per round.")
+        temperatures = [self._temperature_value(r, t) for r, t in enumerate(values)]
+        for r, t in enumerate(temperatures):
+            if t != AUTO and t < 0:
+                raise ConfigError(f"`temperature` for round {r} is negative ({t}); 0 is greedy.")
+        return temperatures
+
+    @staticmethod
+    def _text(key: str, value, is_list: bool) -> str | list[str] | None:
+        if is_list:
+            values = [value] if isinstance(value, str) else value
+            if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values):
+                raise ConfigError(f"`{key}` takes names (one, or a list of them), got {value!r}.")
+            return list(values)
+        if isinstance(value, bool) and value in YAML_BOOLEAN_MEANS.get(key, {}):
+            return YAML_BOOLEAN_MEANS[key][value]
+        if isinstance(value, bool):
+            raise ConfigError(
+                f"`{key}` takes text, got the boolean {str(value).lower()} (YAML reads on, off, yes, no, true and "
+                f'false as booleans); put the value in quotes: `{key}: "..."`.'
+            )
+        if not isinstance(value, str):
+            fix = "give one value" if isinstance(value, (list, tuple, dict)) else "put the value in quotes"
+            raise ConfigError(f"`{key}` takes text, got {value!r}; {fix}.")
+        return value
+
     def validate(self):
-        """Checks that need no model or data; those that need M (prompt count) are in `check_selection_size`."""
-        if self.num_generations < 1:
-            raise ConfigError(f"`num_generations` must be at least 1, got {self.num_generations}.")
-        if self.num_rounds < 1:
-            raise ConfigError(f"`num_rounds` must be at least 1, got {self.num_rounds}.")
+        """Checks across keys that need no model or data (each key's own type and range is checked first, in
+        `_check_types_and_ranges`); those that need M (prompt count) are in `check_selection_size`."""
         if self.selection not in SELECTION_STRATEGIES:
             raise ConfigError(f"`selection` {self.selection!r} is unknown; choose one of {SELECTION_STRATEGIES}.")
-        if self.selection == "top_k" and (self.selection_top_k is None or self.selection_top_k < 1):
+        if self.selection == "top_k" and self.selection_top_k is None:
             raise ConfigError(
                 "`selection: top_k` needs `selection_top_k` >= 1 (the samples kept). `top_k` is sampling's top-k, as "
                 "in TRL: if a recipe's `top_k` meant the samples kept, rename it `selection_top_k`."
             )
-        if self.selection == "top_fraction" and not (self.top_fraction and 0 < self.top_fraction <= 1):
+        if self.selection == "top_fraction" and self.top_fraction is None:
             raise ConfigError("`selection: top_fraction` needs 0 < `top_fraction` <= 1.")
         if self.selection == "threshold" and self.reward_threshold is None:
             raise ConfigError("`selection: threshold` needs `reward_threshold`.")
-        if isinstance(self.reward_percentile, (int, float)):
-            self.reward_percentile = [float(self.reward_percentile)]
-        if isinstance(self.rso_beta, (int, float)):
-            self.rso_beta = [float(self.rso_beta)]
-        if any(b <= 0 for b in self.rso_beta):
-            raise ConfigError(f"`rso_beta` values must be > 0, got {self.rso_beta}; small β approaches best-of-N.")
-        if any(not 0 <= q <= 100 for q in self.reward_percentile):
-            raise ConfigError(f"`reward_percentile` values must lie in 0..100, got {self.reward_percentile}.")
         if any(b < a for a, b in itertools.pairwise(self.reward_percentile)):
             raise ConfigError(f"`reward_percentile` must not fall from round to round, got {self.reward_percentile}.")
         if isinstance(self.dedupe, str) and self.dedupe.lower() in ("", "none", "null"):
             self.dedupe = None
-        if self.dataset_test_split is not None and self.eval_dataset_name is None and is_local_file(self.dataset_name):
-            raise ConfigError(
-                f"`dataset_name` {self.dataset_name} is one file, so `dataset_test_split` {self.dataset_test_split!r} "
-                "would evaluate on the training prompts; set `eval_dataset_name` to a held-out file, or "
-                "`dataset_test_split: null`."
-            )
+        self._check_dataset_files()
         if self.dedupe is not None and self.dedupe not in DEDUPE_MODES:
             raise ConfigError(f"`dedupe` must be one of {DEDUPE_MODES} or null, got {self.dedupe!r}.")
-        if self.min_reward_margin is not None and self.min_reward_margin < 0:
-            raise ConfigError(f"`min_reward_margin` must be >= 0, got {self.min_reward_margin}.")
-        if self.k_per_prompt < 1:
-            raise ConfigError(f"`k_per_prompt` must be at least 1, got {self.k_per_prompt}.")
-        if self.rationalize and self.rationalization_samples < 1:
-            raise ConfigError("`rationalization_samples` must be at least 1.")
         if self.kl_to_base not in ("auto", "on", "off"):
             raise ConfigError(f"`kl_to_base` must be auto, on or off, got {self.kl_to_base!r}.")
         if self.max_kl_action not in ("warn", "stop"):
             raise ConfigError(f"`max_kl_action` must be warn or stop, got {self.max_kl_action!r}.")
-        if self.kl_samples < 0:
-            raise ConfigError(f"`kl_samples` must be >= 0 (0: every sample), got {self.kl_samples}.")
-        if self.max_kl is not None and (self.max_kl <= 0 or self.kl_to_base == "off"):
-            raise ConfigError("`max_kl` needs a positive value and `kl_to_base` auto or on.")
+        if self.max_kl is not None and self.kl_to_base == "off":
+            raise ConfigError("`max_kl` needs KL measured: set `kl_to_base` auto or on, or leave `max_kl` unset.")
         if self.sft_from not in ("previous", "base"):
             raise ConfigError(f"`sft_from` must be `previous` or `base`, got {self.sft_from!r}.")
-        self.temperature = [self._temperature_value(r, t) for r, t in enumerate(self.temperature)]
-        if AUTO in self.temperature:
-            if not self.temperature_grid or any(t <= 0 for t in self.temperature_grid):
-                raise ConfigError(
-                    f"`temperature_grid` must list temperatures above 0 for `temperature: auto`, got "
-                    f"{self.temperature_grid}."
-                )
-            if self.temperature_probe_prompts < 1:
-                raise ConfigError(
-                    f"`temperature_probe_prompts` must be at least 1, got {self.temperature_probe_prompts}."
-                )
+        if AUTO in self.temperature and not self.temperature_grid:
+            raise ConfigError("`temperature_grid` must list temperatures above 0 for `temperature: auto`, got [].")
         for r, t in enumerate(self.temperature):
-            if t == AUTO:
-                continue
-            if t < 0:
-                raise ConfigError(f"`temperature` for round {r} is negative ({t}).")
             if t == 0 and self.num_generations > 1:
                 raise ConfigError(
                     f"`temperature` 0 (greedy) in round {r} with `num_generations` "
                     f"{self.num_generations} would give N identical completions; raise the temperature "
                     "or set `num_generations: 1`."
                 )
-        if any(m < 1 for m in self.max_completion_length):
-            raise ConfigError(f"`max_completion_length` must be >= 1, got {self.max_completion_length}.")
         if self.generation_engine not in ("auto", "rs", "hf"):
             raise ConfigError(f"`generation_engine` must be auto, rs or hf, got {self.generation_engine!r}.")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
@@ -449,35 +598,32 @@ class RSConfig:
                 f"`reward_weights` has {len(self.reward_weights)} values for {len(self.reward_funcs)} "
                 "`reward_funcs`; give one weight per scorer."
             )
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
         self.generator_specs()  # refuses a bad `generators` entry by name
         self._validate_optimisation()
-        self._validate_sampling()
         self._validate_selection_keys()
         self._warn_unused_round_values()
 
+    def _check_dataset_files(self):
+        for key in ("dataset_name", "eval_dataset_name"):
+            name = getattr(self, key)
+            if name is not None and is_local_file(name) and not os.path.exists(name):
+                raise ConfigError(
+                    f"`{key}` {name} does not exist; check the path (a relative path starts from the folder the run "
+                    "is launched in)."
+                )
+        if self.dataset_test_split is not None and self.eval_dataset_name is None and is_local_file(self.dataset_name):
+            raise ConfigError(
+                f"`dataset_name` {self.dataset_name} is one file, so `dataset_test_split` {self.dataset_test_split!r} "
+                "would evaluate on the training prompts; set `eval_dataset_name` to a held-out file, or "
+                "`dataset_test_split: null`."
+            )
+
     def _validate_optimisation(self):
-        if not self.learning_rate > 0:
-            raise ConfigError(f"`learning_rate` must be > 0, got {self.learning_rate}; 2e-4 is usual with LoRA.")
-        if self.weight_decay < 0:
-            raise ConfigError(f"`weight_decay` must be >= 0, got {self.weight_decay}.")
-        if not 0 <= self.warmup_ratio <= 1:
-            raise ConfigError(f"`warmup_ratio` is a fraction of each round's steps (0..1), got {self.warmup_ratio}.")
-        if self.max_grad_norm < 0:
-            raise ConfigError(f"`max_grad_norm` must be >= 0 (0 turns clipping off), got {self.max_grad_norm}.")
         from transformers import SchedulerType
 
         names = [t.value for t in SchedulerType]
         if self.lr_scheduler_type not in names:
             raise ConfigError(f"`lr_scheduler_type` {self.lr_scheduler_type!r} is unknown; choose one of {names}.")
-        if self.max_length is not None and self.max_length < 2:
-            raise ConfigError(f"`max_length` must be at least 2, got {self.max_length}; or leave it unset.")
-        if self.prompts_per_round is not None and self.prompts_per_round < 1:
-            raise ConfigError(
-                f"`prompts_per_round` must be at least 1, got {self.prompts_per_round}; or leave it unset."
-            )
         self._validate_trackers()
 
     def _validate_trackers(self):
@@ -494,24 +640,6 @@ class RSConfig:
                 raise ConfigError(
                     f"`report_to` {name} needs its package: `pip install {name}`, or choose `report_to: tensorboard`."
                 )
-
-    def _validate_sampling(self):
-        if any(not 0 < p <= 1 for p in self.top_p):
-            raise ConfigError(f"`top_p` values must lie in (0, 1], got {self.top_p}; 1.0 turns nucleus sampling off.")
-        if any(k < 0 for k in self.top_k):
-            raise ConfigError(f"`top_k` values must be >= 0 (0 = off), got {self.top_k}.")
-        if self.generation_batch_size < 0:
-            raise ConfigError(
-                f"`generation_batch_size` must be >= 0 (0 picks by device), got {self.generation_batch_size}."
-            )
-        if self.generation_token_budget < 0:
-            raise ConfigError(
-                f"`generation_token_budget` must be >= 0 (0 picks by device), got {self.generation_token_budget}."
-            )
-        if self.ddp_timeout < 1:
-            raise ConfigError(f"`ddp_timeout` is in seconds and must be >= 1, got {self.ddp_timeout}; 10800 is 3 h.")
-        if self.eval_max_new_tokens < 1:
-            raise ConfigError(f"`eval_max_new_tokens` must be >= 1, got {self.eval_max_new_tokens}.")
 
     def _validate_selection_keys(self):
         """A key that only one strategy reads, set under another strategy, is a mistake the run would hide."""
@@ -583,6 +711,8 @@ class RSConfig:
         if isinstance(value, str) and value.strip().lower() == AUTO:
             return AUTO
         try:
+            if isinstance(value, bool) or float(value) != float(value):  # YAML's `off` (False), or `.nan`
+                raise ValueError
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(
@@ -614,7 +744,15 @@ class RSConfig:
 
 # Keys that do not change what a run computes: a run may be continued with other values of these.
 NON_SEMANTIC_KEYS = frozenset(
-    {"output_dir", "overwrite_output_dir", "dry_run", "report_to", "ddp_timeout", "gradient_checkpointing", *RENAMED_KEYS}
+    {
+        "output_dir",
+        "overwrite_output_dir",
+        "dry_run",
+        "report_to",
+        "ddp_timeout",
+        "gradient_checkpointing",
+        *RENAMED_KEYS,
+    }
 )
 
 
@@ -633,6 +771,24 @@ def config_changes(old: dict, new: dict) -> list[str]:
         if before != new.get(key):
             changed.append(key)
     return changed
+
+
+# TRL's `ModelConfig` keys that are numbers, checked (with `use_peft`) as RSConfig's are: (type, range).
+MODEL_KEY_RANGES = {
+    "lora_r": (int, Range(1, note=" (the adapter's rank)", fix="; 8 to 64 is usual")),
+    "lora_alpha": (int, Range(0, open_low=True, note=" (the adapter's scale is lora_alpha / lora_r)")),
+    "lora_dropout": (float, Range(0, 1, open_high=True)),
+}
+
+
+def check_model_numbers(model_args) -> None:
+    """The LoRA numbers of TRL's `ModelConfig` (when `use_peft`), refused by name before peft raises on them."""
+    if not model_args.use_peft:
+        return
+    for key, (kind, allowed) in MODEL_KEY_RANGES.items():
+        number = as_number(key, getattr(model_args, key), kind)
+        check_range(key, number, allowed)
+        setattr(model_args, key, number)
 
 
 def changed_lora_keys(model_args) -> list[str]:

@@ -3,6 +3,7 @@ Each case here is listed, with its message, in docs/errors.md."""
 
 import os
 import subprocess
+import sys
 import warnings
 
 import pytest
@@ -58,8 +59,11 @@ def refused(argv, capsys, *needles) -> str:
         ({"temperature": [-0.5]}, ["`temperature` for round 0 is negative"]),
         ({"kl_samples": -1}, ["`kl_samples` must be >= 0"]),
         ({"temperature": ["hot"]}, ["`temperature` for round 0 is 'hot'", "`auto`"]),
-        ({"temperature": "auto", "temperature_grid": [0.0, 1.0]}, ["`temperature_grid` must list temperatures"]),
+        ({"temperature": "auto", "temperature_grid": [0.0, 1.0]}, ["`temperature_grid` values must be > 0"]),
         ({"temperature": "auto", "temperature_probe_prompts": 0}, ["`temperature_probe_prompts` must be at least 1"]),
+        ({"use_peft": True, "lora_r": 0}, ["`lora_r` must be at least 1 (the adapter's rank), got 0"]),
+        ({"use_peft": True, "lora_alpha": 0}, ["`lora_alpha` must be > 0"]),
+        ({"use_peft": True, "lora_dropout": 1.0}, ["`lora_dropout` must lie in [0, 1), got 1.0"]),
     ],
 )
 def test_recipe_values_are_refused(tiny_model, tmp_path, capsys, overrides, needles):
@@ -77,6 +81,59 @@ def test_a_local_file_with_an_eval_split_would_evaluate_on_training_prompts(tiny
         tiny_model, tmp_path / "o", dataset_name=str(data), selection_top_k=1
     )  # dataset_test_split: test (default)
     refused(argv, capsys, "`dataset_test_split` 'test' would evaluate on the training prompts", "eval_dataset_name")
+
+
+def test_a_dataset_file_that_does_not_exist(tiny_model, tmp_path, capsys):
+    argv = recipe_args(tiny_model, tmp_path / "o", dataset_name=str(tmp_path / "nope.jsonl"), selection_top_k=1)
+    line = refused(argv, capsys, "`dataset_name`", "nope.jsonl does not exist", "check the path")
+    assert "would evaluate on the training prompts" not in line
+
+
+# ---- a recipe's values of the wrong type, refused by name before any other check
+def write_recipe(tmp_path, model, text: str) -> list[str]:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model_name_or_path: {model}\ntask_num_train: 6\n{text}\n")
+    return ["--config", str(recipe), "--output_dir", str(tmp_path / "o")]
+
+
+@pytest.mark.parametrize(
+    "yaml_text,needles",
+    [
+        ("learning_rate: [1, 2]", ["`learning_rate` takes a number, got the list [1, 2]", "give one value"]),
+        ("learning_rate: [1, 2]\nselection: nope", ["`learning_rate` takes a number"]),  # types come first
+        ("num_rounds: off", ["`num_rounds` takes a whole number, got false", "YAML reads on/off"]),
+        ("num_rounds: 2.5", ["`num_rounds` takes a whole number, got 2.5"]),
+        ("top_p: [0.9, high]", ["`top_p` takes numbers, got 'high'"]),
+        ("warmup_ratio: .nan", ["`warmup_ratio` must lie in 0..1"]),
+        ("temperature: off", ["`temperature` for round 0 is False", "give a number or `auto`"]),
+        ("dedupe: on", ["`dedupe` takes text, got the boolean true", "put the value in quotes"]),
+        ("reward_funcs: [1]", ["`reward_funcs` takes names"]),
+        ("use_peft: true\nlora_r: [8, 16]", ["`lora_r` takes a whole number, got the list [8, 16]"]),
+    ],
+)
+def test_recipe_values_of_the_wrong_type_are_refused(tiny_model, tmp_path, capsys, yaml_text, needles):
+    refused(write_recipe(tmp_path, tiny_model, yaml_text), capsys, *needles)
+
+
+def test_yaml_on_and_off_mean_on_and_off(tiny_model, tmp_path):
+    """YAML 1.1 reads `on`, `off`, `yes` and `no` as booleans; a key whose values are words takes them as meant."""
+    from rs_trainer.cli import parse_args
+
+    args, _ = parse_args(write_recipe(tmp_path, tiny_model, "kl_to_base: off\ndedupe: off\ndataset_test_split: no"))
+    assert (args.kl_to_base, args.dedupe, args.dataset_test_split) == ("off", None, None)
+    args, _ = parse_args(write_recipe(tmp_path, tiny_model, "kl_to_base: on\nlearning_rate: 2e-4\ntop_p: [1, 0.9]"))
+    assert (args.kl_to_base, args.learning_rate, args.top_p) == ("on", 2e-4, [1.0, 0.9])
+
+
+def test_every_numeric_key_has_its_range_checked():
+    import dataclasses
+    import typing
+
+    from rs_trainer.config import KEY_RANGES, RENAMED_KEYS, _annotation
+
+    hints = typing.get_type_hints(RSConfig)
+    numeric = {f.name for f in dataclasses.fields(RSConfig) if _annotation(hints[f.name])[0] in (int, float)}
+    assert numeric - set(RENAMED_KEYS) - {"temperature"} == set(KEY_RANGES)
 
 
 def test_per_round_values_beyond_num_rounds_warn():
@@ -116,12 +173,21 @@ def test_dtype_that_does_not_exist(tiny_model, tmp_path, capsys):
     refused(["--config", str(recipe), "--output_dir", str(tmp_path / "o")], capsys, "`dtype` 'float33'", "bfloat16")
 
 
-def test_4bit_without_a_gpu(tiny_model, tmp_path, capsys):
-    import torch
+def test_4bit_without_bitsandbytes(tiny_model, tmp_path, capsys, monkeypatch):
+    """What a user without bitsandbytes sees: the module is made to look absent."""
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    argv = recipe_args(tiny_model, tmp_path / "o", load_in_4bit=True, use_peft=True)
+    refused(argv, capsys, "`load_in_4bit` needs bitsandbytes", "pip install bitsandbytes")
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    refused(recipe_args(tiny_model, tmp_path / "o", load_in_4bit=True), capsys, "`load_in_4bit`", "CUDA GPU")
+
+def test_4bit_under_deepspeed_zero3_init(tiny_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO3_INIT", "true")  # what `accelerate launch` sets for zero3.yaml
+    argv = recipe_args(tiny_model, tmp_path / "o", load_in_4bit=True, use_peft=True)
+    refused(argv, capsys, "`load_in_4bit` cannot load under DeepSpeed ZeRO-3 init", "accelerate_configs/fsdp2.yaml")
+
+
+def test_4bit_without_lora(tiny_model, tmp_path, capsys):
+    refused(recipe_args(tiny_model, tmp_path / "o", load_in_8bit=True), capsys, "`load_in_8bit`", "`use_peft: true`")
 
 
 # ---- data, models and outputs, refused during setup before anything is written
