@@ -15,14 +15,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_llama_config(tokenizer, max_positions: int = 256, **extra):
-    """A 2-layer, 32-wide Llama config on `tokenizer`'s vocabulary and special tokens."""
+def tiny_llama_config(tokenizer, max_positions: int = 256, hidden: int = 32, **extra):
+    """A 2-layer, `hidden`-wide Llama config (MLP twice as wide) on `tokenizer`'s vocabulary and special tokens.
+    bitsandbytes' 4-bit layers need every Linear's input to be at least 64 wide: `hidden=64` for QLoRA."""
     from transformers import LlamaConfig
 
     return LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -34,12 +35,14 @@ def tiny_llama_config(tokenizer, max_positions: int = 256, **extra):
     )
 
 
-def build_tiny_model(path: Path, tokenizer_dir: Path, max_positions: int = 256, seed: int = 0) -> Path:
+def build_tiny_model(
+    path: Path, tokenizer_dir: Path, max_positions: int = 256, seed: int = 0, hidden: int = 32
+) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = tiny_llama_config(tokenizer, max_positions, tie_word_embeddings=True)
+    config = tiny_llama_config(tokenizer, max_positions, hidden, tie_word_embeddings=True)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.save_pretrained(path)

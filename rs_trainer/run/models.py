@@ -129,7 +129,10 @@ def load_tokenizer(path: str):
 def load_policy(model_args, peft_config=None):
     """Load the causal LM named by TRL's `ModelConfig`, wrapped with a LoRA adapter when `peft_config` is given.
 
-    QLoRA (`load_in_4bit`) goes through TRL's own helpers, so the bitsandbytes fields mean what they mean in TRL.
+    QLoRA (`load_in_4bit`, or `load_in_8bit`) goes through TRL's `get_quantization_config`, so the bitsandbytes
+    fields mean what they mean in TRL; the quantised model is placed whole on this process's device (bitsandbytes
+    runs on the CPU too). Under FSDP the 4-bit weights are stored in the model's `dtype` (see `quantization_config`)
+    and the LoRA weights keep that dtype, so that every parameter shards alike.
     """
     from transformers import AutoModelForCausalLM
 
@@ -137,16 +140,64 @@ def load_policy(model_args, peft_config=None):
     kwargs = {"dtype": torch_dtype(model_args.dtype), "revision": model_args.model_revision}
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
-    if model_args.load_in_4bit or model_args.load_in_8bit:
-        from trl import get_kbit_device_map, get_quantization_config
-
-        kwargs["quantization_config"] = get_quantization_config(model_args)
-        kwargs["device_map"] = get_kbit_device_map()
+    quantized = model_args.load_in_4bit or model_args.load_in_8bit
+    if quantized:
+        kwargs["quantization_config"] = quantization_config(model_args)
+        kwargs["device_map"] = kbit_device_map()
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if peft_config is not None:
         from peft import get_peft_model, prepare_model_for_kbit_training
 
-        if model_args.load_in_4bit or model_args.load_in_8bit:
-            model = prepare_model_for_kbit_training(model)
-        model = get_peft_model(model, peft_config)
+        sharded = model_args.load_in_4bit and under_fsdp()
+        if model_args.load_in_4bit:
+            keep_4bit_trainable_on_cpu(model)
+        if quantized and not sharded:
+            # Norms and embeddings upcast to fp32; gradient checkpointing is the `gradient_checkpointing` key's.
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        # FSDP wants one dtype: TRL's SFTTrainer too skips the upcast for sharded QLoRA and keeps LoRA in the dtype.
+        model = get_peft_model(model, peft_config, autocast_adapter_dtype=not sharded)
     return model, path
+
+
+def keep_4bit_trainable_on_cpu(model) -> None:
+    """Turn off bitsandbytes' CPU repacking of 4-bit weights. On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a
+    `Linear4bit` at its first forward in eval mode (generation) and from then on multiplies with `gemv_4bit`, which
+    has no backward: the next SFT step silently drops the gradient through every frozen 4-bit layer (LoRA gradients
+    off by ~90% in tests/test_qlora.py). Unpacked, generation is slower on such CPUs but training is right."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def under_fsdp() -> bool:
+    """Whether this process trains under FSDP: the launcher's environment or an Accelerator already made."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        return True
+    from accelerate.state import AcceleratorState, is_initialized
+    from accelerate.utils import DistributedType
+
+    return is_initialized() and AcceleratorState().distributed_type == DistributedType.FSDP
+
+
+def quantization_config(model_args):
+    """TRL's bitsandbytes config for `model_args`. Under FSDP, 4-bit weights unset `bnb_4bit_quant_storage` are
+    stored in the model's dtype: with TRL's default (uint8) FSDP leaves them unsharded on every rank."""
+    import dataclasses
+
+    from trl import get_quantization_config
+
+    concrete = model_args.dtype not in (None, "auto")
+    if model_args.load_in_4bit and model_args.bnb_4bit_quant_storage is None and concrete and under_fsdp():
+        model_args = dataclasses.replace(model_args, bnb_4bit_quant_storage=model_args.dtype)
+    return get_quantization_config(model_args)
+
+
+def kbit_device_map() -> dict:
+    """The whole quantised model on this process's device: its local GPU, else the CPU (TRL 1.16 dropped
+    `get_kbit_device_map`, which gave None without a GPU)."""
+    import torch
+    from accelerate import PartialState
+
+    return {"": PartialState().local_process_index if torch.cuda.is_available() else "cpu"}
