@@ -142,7 +142,7 @@ def dry_run(args, model_args) -> str:
     train = data.load_prompts(args, args.dataset_train_split)
     m = min(args.prompts_per_round or len(train), len(train))
     args.check_selection_size(m)
-    per_round = m * args.num_generations
+    per_round = m * args.samples_per_prompt()  # N over every generator, as a round samples
     plan = {
         "config": {"rs": args.to_dict(), "model": vars(model_args)},
         "train_prompts": len(train),

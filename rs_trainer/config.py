@@ -219,6 +219,14 @@ class RSConfig:
             "(questions generated from `seed`)."
         },
     )
+    dataset_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "Configuration of a datasets hub id (`load_dataset`'s `name`; TRL's key), for datasets with "
+            "several and no default, e.g. `main` for openai/gsm8k. Applies to `dataset_name` when it is a hub id "
+            "(and to its test split); a local file or `builtin:` ignores it."
+        },
+    )
     dataset_train_split: str = field(
         default="train", metadata={"help": "Split of `dataset_name` to sample prompts from."}
     )

@@ -60,36 +60,11 @@ DATASET_ROWS = {
     },
 }
 
-# Keys a recipe may name before RSConfig has them, each with what adds it. A recipe whose only unknown keys are
-# listed here is an expected failure until the field lands (then its tests run as usual); any other unknown key,
-# a misspelling say, still fails.
-PENDING_KEYS = {
-    "dataset_config": "RSConfig.dataset_config (TRL's name), passed to datasets.load_dataset: openai/gsm8k has the "
-    "configs `main` and `socratic` and no default",
-}
-
 
 def known_keys() -> set[str]:
     from trl import ModelConfig
 
     return {f.name for f in dataclasses.fields(RSConfig)} | {f.name for f in dataclasses.fields(ModelConfig)}
-
-
-def without_pending_keys(recipe: Path, tmp_path: Path) -> tuple[Path, list[str]]:
-    """The recipe, or, when its only unknown keys are `PENDING_KEYS`, a copy without them and their names: the rest
-    of it is checked now, and the test ends as an expected failure that names what is missing."""
-    raw = load_recipe(recipe)
-    unknown = sorted(set(raw) - known_keys())
-    if not unknown or not set(unknown) <= set(PENDING_KEYS):
-        return recipe, []
-    copy = tmp_path / recipe.name
-    copy.write_text(yaml.safe_dump({k: v for k, v in raw.items() if k not in unknown}, sort_keys=False))
-    return copy, unknown
-
-
-def xfail_pending(pending: list[str]) -> None:
-    if pending:
-        pytest.xfail("; ".join(f"`{k}` needs {PENDING_KEYS[k]}" for k in pending))
 
 
 def header(path: Path) -> str:
@@ -113,10 +88,8 @@ def test_recipe_parses(recipe: Path, tmp_path):
         data_args, training_args, model_args = parse_reward_args(argv)
         assert data_args.generations_from and training_args.output_dir == str(tmp_path)
     else:
-        checked, pending = without_pending_keys(recipe, tmp_path)
-        args, model_args = parse_args(["--config", str(checked), *argv[2:]])
+        args, model_args = parse_args(argv)
         assert args.num_rounds >= 1 and model_args.model_name_or_path
-        xfail_pending(pending)
         return
     assert model_args.model_name_or_path
 
@@ -164,21 +137,20 @@ def test_real_model_recipe_dry_runs(recipe: Path, tmp_path, capsys):
     """`--dry_run` with everything from the recipe but the dataset (a local stand-in) and `output_dir`: every recipe
     value reaches the resolved config, and the plan counts the round's generations."""
     raw = load_recipe(recipe)
-    checked, pending = without_pending_keys(recipe, tmp_path)
     num_train = 12
     overrides = {
         "dataset_name": str(stand_in_dataset(raw, tmp_path / "train.jsonl", num_train)),
         "eval_dataset_name": str(stand_in_dataset(raw, tmp_path / "eval.jsonl", 3)),
         "output_dir": str(tmp_path / "out"),
     }
-    argv = ["--config", str(checked), *[a for k, v in overrides.items() for a in (f"--{k}", v)], "--dry_run", "true"]
+    argv = ["--config", str(recipe), *[a for k, v in overrides.items() for a in (f"--{k}", v)], "--dry_run", "true"]
     code = main(argv)
     out, err = capsys.readouterr()
     assert code == 0, err
     plan = json.loads(out)
     resolved = {**plan["config"]["model"], **plan["config"]["rs"]}
     for key, value in raw.items():
-        if key not in overrides and key not in pending:
+        if key not in overrides:
             assert as_list(resolved[key]) == as_list(value), f"{key}: {resolved[key]!r} != recipe's {value!r}"
     prompts = min(raw.get("prompts_per_round") or num_train, num_train)
     assert plan["train_prompts"] == num_train and plan["prompts_per_round"] == prompts
@@ -190,7 +162,6 @@ def test_real_model_recipe_dry_runs(recipe: Path, tmp_path, capsys):
         plan["max_completion_tokens_per_round"]
         == [plan["generations_per_round"] * as_list(raw["max_completion_length"])[-1]] * raw["num_rounds"]
     )
-    xfail_pending(pending)
 
 
 def test_a_misspelled_key_fails_the_dry_run(tmp_path, capsys):

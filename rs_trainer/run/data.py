@@ -31,7 +31,7 @@ def _check_jsonl(path: Path) -> None:
                 raise ConfigError(f"{path}: line {number} is not a JSON object; each line must be one row.")
 
 
-def _load_rows(name: str, split: str, key: str, split_key: str) -> list[dict]:
+def _load_rows(name: str, split: str, key: str, split_key: str, config: str | None = None) -> list[dict]:
     path = Path(name)
     if path.is_file() and path.suffix not in LOCAL_FORMATS:
         raise ConfigError(
@@ -50,7 +50,7 @@ def _load_rows(name: str, split: str, key: str, split_key: str) -> list[dict]:
     from datasets import load_dataset
 
     try:
-        return load_dataset(name, split=split).to_list()
+        return load_dataset(name, config, split=split).to_list()
     except ValueError as err:
         if "Unknown split" not in str(err):
             raise
@@ -111,7 +111,8 @@ def load_prompts(args, split: str, name: str | None = None, eval: bool = False) 
             raise ConfigError(f"`{split_key}` {split!r}: {name} has splits {sorted(splits)}.")
         rows = splits[split]
     else:
-        rows = _load_rows(name, split, key, split_key)
+        config = args.dataset_config if name == args.dataset_name else None
+        rows = _load_rows(name, split, key, split_key, config)
     return normalise(rows, args.prompt_column, args.id_column, split, f"{name} [{split}]")
 
 
