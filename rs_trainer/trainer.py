@@ -36,6 +36,15 @@ from rs_trainer.phases.sft import (
 from rs_trainer.phases.temperature import choose_temperature, probe_metrics, probe_prompts
 from rs_trainer.rewards import resolve_scorers, score
 from rs_trainer.run import data, resume, seeds
+from rs_trainer.run.deepspeed import (
+    configure_batch_sizes,
+    configure_gradient_clipping,
+    full_state_gathered,
+    is_zero3,
+    outside_zero3_init,
+    restore_trainable_gathered,
+    trainable_state_gathered,
+)
 from rs_trainer.run.io import append_jsonl, atomic_dir, recover_dir, write_atomic, write_json, write_jsonl
 from rs_trainer.run.layout import TRAIN_METRICS, RunLayout
 from rs_trainer.run.metrics import round_metrics, summary_table
@@ -110,26 +119,27 @@ class RejectionSamplingTrainer:
         args.check_selection_size(args.prompts_per_round or len(self.train_prompts))
         every_prompt = self.train_prompts + self.eval_prompts
         reward_device = local_device(args.reward_model_device, acc.num_processes, acc.device)
-        self.scorers, self.weights = resolve_scorers(
-            "reward_funcs",
-            args.reward_funcs,
-            args.reward_weights,
-            reward_device,
-            every_prompt,
-            args.dataset_name,
-        )
-        # Success (held-out accuracy, pass@k) is judged by `eval_reward_funcs` where given: a reward model trains,
-        # the verifier measures.
-        self.eval_scorers, self.eval_weights = self.scorers, self.weights
-        if args.eval_reward_funcs:
-            self.eval_scorers, self.eval_weights = resolve_scorers(
-                "eval_reward_funcs",
-                args.eval_reward_funcs,
-                None,
+        with outside_zero3_init():  # reward models are whole on each rank, never ZeRO-3 partitions
+            self.scorers, self.weights = resolve_scorers(
+                "reward_funcs",
+                args.reward_funcs,
+                args.reward_weights,
                 reward_device,
                 every_prompt,
                 args.dataset_name,
             )
+            # Success (held-out accuracy, pass@k) is judged by `eval_reward_funcs` where given: a reward model
+            # trains, the verifier measures.
+            self.eval_scorers, self.eval_weights = self.scorers, self.weights
+            if args.eval_reward_funcs:
+                self.eval_scorers, self.eval_weights = resolve_scorers(
+                    "eval_reward_funcs",
+                    args.eval_reward_funcs,
+                    None,
+                    reward_device,
+                    every_prompt,
+                    args.dataset_name,
+                )
 
         self.model_path, self.tokenizer = self._load_tokenizer()
         self._setup_generators()
@@ -171,14 +181,24 @@ class RejectionSamplingTrainer:
                 "`gradient_accumulation_steps` > 1 is not supported under DeepSpeed yet; raise "
                 "`per_device_train_batch_size` instead, or use the FSDP2 config."
             )
+        try:  # ZeRO-3 without a DataLoader: our batch sizes and clipping, not `auto`
+            configure_batch_sizes(acc, args.per_device_train_batch_size, args.gradient_accumulation_steps)
+            configure_gradient_clipping(acc, args.max_grad_norm)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.kl_reference = self._kl_reference()
+        with outside_zero3_init():
+            self.kl_reference = self._kl_reference()
         measured = any(spec.is_policy and spec.engine == "local" for spec in self.generator_specs)
         if args.max_kl is not None and (self.kl_reference is None or not measured):
             raise ConfigError(
                 "`max_kl` needs KL to be measured: LoRA (or `kl_to_base: on`) and the policy sampling in-process."
             )
-        self.base_state = trainable_state(self.model) if args.sft_from == "base" else None
+        self.base_state = None
+        if args.sft_from == "base" and is_zero3(self.model):  # partitions: gathered, rank 0 keeps the copy
+            self.base_state = trainable_state_gathered(self.model, keep=acc.is_main_process)
+        elif args.sft_from == "base":
+            self.base_state = trainable_state(self.model)
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.files.run_config, self._run_config())
@@ -649,8 +669,10 @@ class RejectionSamplingTrainer:
                     token_budget=args.generation_token_budget,
                 )
         elif spec.engine == "local":
+            with outside_zero3_init():
+                frozen = load_frozen(spec.model, self.model_args, acc.device)
             generator = LocalGenerator(
-                *load_frozen(spec.model, self.model_args, acc.device),
+                *frozen,
                 args.generation_batch_size,
                 args.generation_engine,
                 own_tokenizer=True,
@@ -709,9 +731,9 @@ class RejectionSamplingTrainer:
         server, error, address = None, None, None
         if acc.is_main_process:
             try:
-                folder = (
-                    self.write_served_model(r, self.sampling_params(spec, r).top_k) if spec.is_policy else spec.model
-                )
+                with outside_zero3_init():  # rank 0 alone loads it: no collective partitioning
+                    top_k = self.sampling_params(spec, r).top_k
+                    folder = self.write_served_model(r, top_k) if spec.is_policy else spec.model
                 server = ManagedServer(spec.command, folder, self.files.server_log(r, spec.name), spec.startup_timeout)
                 server.name = spec.name
                 server.start()
@@ -823,7 +845,9 @@ class RejectionSamplingTrainer:
         """`num_train_epochs` over `train_set`; returns loss and step statistics. A round with nothing selected
         skips."""
         args, acc = self.args, self.accelerator
-        if self.base_state is not None:
+        if args.sft_from == "base" and is_zero3(self.model):
+            restore_trainable_gathered(self.model, self.base_state)
+        elif args.sft_from == "base":
             restore_trainable(self.model, self.base_state)
         if not train_set:
             self.log(f"round {r}: nothing selected; SFT skipped")
@@ -957,7 +981,11 @@ class RejectionSamplingTrainer:
         if not self.args.save_checkpoints:
             return
         acc.wait_for_everyone()
-        if self.model_args.use_peft and fsdp_units(acc.unwrap_model(self.model)):
+        if is_zero3(self.model) and self.model_args.use_peft:
+            state = trainable_state_gathered(self.model, keep=acc.is_main_process)  # the adapter only
+        elif is_zero3(self.model):
+            state = full_state_gathered(self.model, keep=acc.is_main_process)
+        elif self.model_args.use_peft and fsdp_units(acc.unwrap_model(self.model)):
             state = trainable_full_state(acc.unwrap_model(self.model), keep=acc.is_main_process)  # the adapter only
         else:
             state = acc.get_state_dict(self.model)

@@ -34,7 +34,10 @@ def torchrun(*args, kill_at: str | None = None, timeout: int = 20, check: bool =
     }
     if kill_at:
         env["RS_KILL_AT"] = kill_at
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", WORKER, *map(str, args)]
+    from rs_trainer.phases.generators.server import free_port
+
+    port = ["--master_port", str(free_port())]  # another suite's torchrun may still hold the default port
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *port, WORKER, *map(str, args)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stderr[-4000:]

@@ -218,3 +218,82 @@ def test_sft_from_base_restores_full_weights(tiny_model, tmp_path, kind):
         assert result["trained_diff"] > 1e-3  # training moved the weights
         assert result["restored_diff"] == 0.0
         assert result["stepped_diff"] == 0.0  # and the next step does not put the trained ones back
+
+
+def run_trainer(argv: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess:
+    """The whole trainer on the ZeRO-3 accelerator, on two processes (tests/zero3_worker.py `run`)."""
+    from rs_trainer.phases.generators.server import free_port
+
+    env = {k: v for k, v in os.environ.items() if k not in ("ACCELERATE_USE_CPU", "RS_KILL_AT")}
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
+    if kill_at:
+        env["RS_KILL_AT"] = kill_at
+    port = ["--master_port", str(free_port())]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *port, WORKER, "run", *argv]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def run_args(model, out, **overrides) -> list[str]:
+    from helpers import recipe_args
+
+    settings = {
+        "task_num_train": 7,  # odd: the ranks hold different numbers of prompts
+        "num_generations": 3,
+        "selection_top_k": 5,
+        "num_rounds": 2,
+        "generation_batch_size": 2,
+        "max_completion_length": 6,
+        "report_to": "none",
+        "reward_funcs": ["tests.scorers_for_tests.length_reward"],
+        "eval_reward_funcs": ["numeric_answer"],
+        **overrides,
+    }
+    return recipe_args(model, out, **settings)
+
+
+def round_record(out) -> tuple[list, list]:
+    from rs_trainer.run.io import read_jsonl
+
+    losses = [json.loads((out / f"round_{r}" / "metrics.json").read_text())["train/loss"] for r in range(2)]
+    rows = [
+        (x["prompt_id"], x["sample_index"], x["completion"]) for x in read_jsonl(out / "round_1/generations.jsonl")
+    ]
+    return losses, rows
+
+
+@needs_deepspeed
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "options,kill_at",
+    [
+        # LoRA with the temperature probe, rationalization and drift, killed as round 0's checkpoint is swapped in.
+        (
+            {
+                "use_peft": True,
+                "lora_target_modules": ["q_proj", "v_proj"],
+                "lora_dropout": 0.0,
+                "temperature": "auto",
+                "temperature_probe_prompts": 3,
+                "rationalize": True,
+            },
+            "checkpoint",
+        ),
+        # ReST-EM with full fine-tuning (`sft_from: base`), killed as round 0's metrics are written.
+        ({"sft_from": "base", "pool_previous_rounds": True}, "metrics.json"),
+    ],
+    ids=["lora", "full-sft-from-base"],
+)
+def test_whole_run_under_zero3_killed_and_resumed(tiny_model, tmp_path, options, kill_at):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    done = run_trainer(run_args(tiny_model, whole, **options))
+    assert done.returncode == 0, done.stderr[-4000:]
+    killed = run_trainer(run_args(tiny_model, cut, **options), kill_at=kill_at)
+    assert killed.returncode != 0
+    resumed = run_trainer(run_args(tiny_model, cut, **options))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    (losses, rows), (cut_losses, cut_rows) = round_record(whole), round_record(cut)
+    assert losses[0] > 1.0 and cut_losses == pytest.approx(losses, abs=1e-6)
+    assert cut_rows == rows  # round 1 sampled from the same weights, loaded back into the partitions
+    if options.get("use_peft"):
+        metrics = json.loads((whole / "round_1" / "metrics.json").read_text())
+        assert metrics["rs/kl_samples"] == 21 and metrics["rs/kl_ref"] != 0.0  # drift is measured under ZeRO-3

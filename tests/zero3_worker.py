@@ -9,6 +9,7 @@ group has two. A short collective timeout turns a deadlock into a failure within
     torchrun --nproc_per_node 2 tests/zero3_worker.py generate <model folder> <rs|hf> <out.json>
     torchrun --nproc_per_node 2 tests/zero3_worker.py load <model folder> <lora|full> <out.json>
     torchrun --nproc_per_node 2 tests/zero3_worker.py restore <model folder> <lora|full> <out.json>
+    torchrun --nproc_per_node 2 tests/zero3_worker.py run <rs_trainer arguments...>
 """
 
 from __future__ import annotations
@@ -250,7 +251,28 @@ def _broadcast(obj):
     return box[0]
 
 
+def run_case(*argv: str) -> int:
+    """The whole trainer on the ZeRO-3 accelerator; with `RS_KILL_AT` set, SIGKILLed as tests/kill_at.py does."""
+    if os.environ.get("RS_KILL_AT"):
+        import kill_at
+
+        os.replace = kill_at.replace_or_die
+    from rs_trainer.cli import parse_args, run_command
+    from rs_trainer.trainer import RejectionSamplingTrainer
+
+    def body():
+        args, model_args = parse_args(list(argv))
+        trainer = RejectionSamplingTrainer(args, model_args, accelerator=zero3_accelerator())
+        trainer.setup()
+        trainer.train()
+        trainer.cleanup()
+
+    return run_command("rs_trainer", body)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     case, *rest = sys.argv[1:]
+    if case == "run":
+        sys.exit(run_case(*rest))
     {"prepare": prepare_case, "generate": generate_case, "load": load_case, "restore": restore_case}[case](*rest)

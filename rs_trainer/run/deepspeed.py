@@ -295,6 +295,26 @@ def _gathered(params: list, modifier_rank: int | None = None):
     return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
 
 
+def full_state_gathered(model, keep: bool) -> dict[str, torch.Tensor] | None:
+    """The whole model's state dict at full shape on the CPU, where `keep` is true, for a full fine-tuning checkpoint.
+
+    Accelerate's `get_state_dict` refuses under ZeRO-3 unless the DeepSpeed config sets
+    `stage3_gather_16bit_weights_on_model_save`; this gathers one parameter at a time instead (every rank calls it)
+    and keeps the parameters' own dtype. Buffers are not partitioned and are copied as they are."""
+    module = _unwrapped(model)
+    state = {}
+    for name, param in module.named_parameters():
+        with _gathered([param]):
+            if keep:
+                state[name] = param.detach().to("cpu", copy=True)
+    if keep:
+        persistent = set(module.state_dict())  # without non-persistent buffers (rotary frequencies)
+        for name, buffer in module.named_buffers():
+            if name in persistent:
+                state[name] = buffer.detach().to("cpu", copy=True)
+    return state if keep else None
+
+
 def trainable_state_gathered(model, keep: bool = True) -> dict[str, torch.Tensor] | None:
     """A CPU copy of the trainable parameters at their full shape (the adapter with LoRA, everything without),
     for `sft_from: base`; None where `keep` is false.

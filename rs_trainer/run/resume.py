@@ -65,7 +65,10 @@ def load_weights(model, checkpoint: Path) -> None:
     if (checkpoint / "adapter_model.safetensors").exists():
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
+        from rs_trainer.run.deepspeed import gathered_for_loading
+
+        with gathered_for_loading(model):  # ZeRO-3 partitions gathered (a no-op otherwise)
+            result = set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
         if getattr(result, "unexpected_keys", None):
             raise RuntimeError(f"{checkpoint}: adapter keys do not match the model: {result.unexpected_keys[:3]}")
         return
