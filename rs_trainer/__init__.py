@@ -1,6 +1,7 @@
 """rs_trainer: rejection-sampling fine-tuning on Accelerate, TRL and PEFT."""
 
-from rs_trainer.config import ConfigError, RSConfig
+from rs_trainer.config import RSConfig
+from rs_trainer.errors import ConfigError
 
 __all__ = ["ConfigError", "RSConfig", "RejectionSamplingTrainer"]
 __version__ = "0.1.0"

@@ -16,8 +16,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from rs_trainer.config import ConfigError, RSConfig, check_model_numbers, check_peft_keys, first_line
-from rs_trainer.phases.generators.openai_client import GeneratorError
+from rs_trainer.config import RSConfig, check_model_numbers, check_peft_keys
+from rs_trainer.errors import ConfigError, GeneratorError, first_line
 from rs_trainer.run.io import is_disk_full
 
 

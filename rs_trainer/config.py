@@ -17,6 +17,7 @@ import typing
 import warnings
 from dataclasses import dataclass, field
 
+from rs_trainer.errors import ConfigError, first_line  # noqa: F401  (first_line: re-export; remove once the trainer imports errors)
 from rs_trainer.phases.filters import DEDUPE_MODES
 
 SELECTION_STRATEGIES = ("best_of_n", "top_k_per_prompt", "threshold", "percentile", "top_k", "top_fraction", "rso")
@@ -57,15 +58,6 @@ LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv
 def is_local_file(name: str) -> bool:
     """A dataset given as one file (see `LOCAL_FORMATS`), which holds a single split."""
     return any(name.endswith(ext) for ext in LOCAL_FORMATS)
-
-
-class ConfigError(ValueError):
-    """A recipe value that cannot work; the message names the key and what to change."""
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an error's message (or its type), to quote inside a one-line error."""
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 @dataclass(frozen=True)

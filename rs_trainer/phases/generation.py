@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rs_trainer.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -53,8 +55,6 @@ class SamplingParams:
 
 def check_prompt_lengths(prompts: list[dict], prompt_ids: list[list[int]], max_new: int, context: int | None) -> None:
     """Refuse, naming it, the first prompt that leaves no room for `max_new` tokens in the model's `context`."""
-    from rs_trainer.config import ConfigError
-
     for p, seq in zip(prompts, prompt_ids, strict=True):
         if context and len(seq) + max_new > context:
             raise ConfigError(
@@ -174,8 +174,6 @@ def generate(
             )
         except torch.OutOfMemoryError:
             if len(group) == 1:
-                from rs_trainer.config import ConfigError
-
                 raise ConfigError(
                     f"Prompt {prompts[group[0]]['prompt_id']!r} with its {num_samples} samples of up to "
                     f"{params.max_new_tokens} tokens does not fit in {device}'s memory; lower `num_generations` or "

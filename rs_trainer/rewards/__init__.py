@@ -14,6 +14,7 @@ import importlib.util
 import math
 from collections.abc import Callable
 
+from rs_trainer.errors import ConfigError, ScorerError, first_line
 from rs_trainer.rewards.sandbox import code_tests
 from rs_trainer.rewards.verifiers import math_answer, numeric_answer
 
@@ -26,10 +27,6 @@ BUILTIN_SCORERS: dict[str, Callable] = {
 BUILTIN_NEEDS = {"math_answer": ("math_verify", "'rs_trainer[math]'")}
 REWARD_MODEL_PREFIX = "reward_model:"
 _REWARD_MODELS: dict[tuple, Callable] = {}  # one loaded reward model per (path, device), however often named
-
-
-class ScorerError(RuntimeError):
-    """A scorer raised, or returned a value that cannot be used; the message names the scorer and sample."""
 
 
 def resolve_scorer(name: str, reward_model_device: str | None = None) -> Callable:
@@ -77,7 +74,6 @@ def resolve_scorers(
     """The scorers a recipe key (`reward_funcs`, `eval_reward_funcs`) names, with their weights (1.0 each when
     `weights` is None), after checking that `prompts` carry every ground-truth column they read. A scorer that
     cannot be loaded is refused as a `ConfigError` naming `key` and the scorer."""
-    from rs_trainer.config import ConfigError, first_line
     from rs_trainer.rewards.columns import check_scorer_columns
 
     scorers = {}

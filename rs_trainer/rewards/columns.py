@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rs_trainer.config import ConfigError
+from rs_trainer.errors import ConfigError
 
 
 def check_scorer_columns(scorers: dict, prompts: list[dict], source: str) -> None:

@@ -10,7 +10,8 @@ import json
 import random
 from pathlib import Path
 
-from rs_trainer.config import LOCAL_FORMATS, ConfigError, first_line
+from rs_trainer.config import LOCAL_FORMATS
+from rs_trainer.errors import ConfigError, first_line
 
 BUILTIN_PREFIX = "builtin:"
 

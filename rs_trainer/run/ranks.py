@@ -7,7 +7,7 @@ import secrets
 from datetime import timedelta
 from pathlib import Path
 
-from rs_trainer.config import ConfigError
+from rs_trainer.errors import ConfigError
 
 
 def make_accelerator(args):

@@ -27,7 +27,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-from rs_trainer.config import ConfigError
+from rs_trainer.errors import ConfigError
 from rs_trainer.phases import selection
 from rs_trainer.run import data, seeds
 from rs_trainer.run.io import write_json, write_jsonl

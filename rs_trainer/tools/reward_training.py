@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rs_trainer.config import ConfigError
+from rs_trainer.errors import ConfigError
 from rs_trainer.phases.filters import drop_duplicates
 from rs_trainer.run.io import atomic_dir, write_json, write_jsonl
 from rs_trainer.run.models import ensure_pad_token

@@ -21,12 +21,9 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
+from rs_trainer.errors import GeneratorError
 from rs_trainer.phases.generation import SamplingParams, render_prompt
 from rs_trainer.phases.generators.spec import GeneratorSpec
-
-
-class GeneratorError(RuntimeError):
-    """A generator could not produce its samples; the message names the endpoint, the model and the fix."""
 
 
 def request_seed(seed: int, prompt_id: str, sample_index: int) -> int:

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from rs_trainer.phases.generators.openai_client import GeneratorError
+from rs_trainer.errors import GeneratorError
 
 HOST = "127.0.0.1"
 

@@ -7,7 +7,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from rs_trainer.config import ConfigError
+from rs_trainer.errors import ConfigError, GeneratorError
 from rs_trainer.phases.generators.spec import GeneratorSpec
 
 GPU_ONLY_SERVERS = ("vllm", "sglang", "text-generation-launcher")  # programs of engines that need a CUDA GPU
@@ -36,7 +36,7 @@ def check_generators(
     the test request carries (see `check_endpoint`)."""
     import torch
 
-    from rs_trainer.phases.generators.openai_client import GeneratorError, OpenAIGenerator, check_endpoint
+    from rs_trainer.phases.generators.openai_client import OpenAIGenerator, check_endpoint
     from rs_trainer.run.models import check_model_folder, resolve_model_path
 
     endpoints = {}

@@ -6,7 +6,7 @@ import dataclasses
 import warnings
 from dataclasses import dataclass, field
 
-from rs_trainer.config import ConfigError
+from rs_trainer.errors import ConfigError
 
 ENGINES = ("local", "openai", "server")
 APIS = ("completions", "chat")
