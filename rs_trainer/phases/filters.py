@@ -13,20 +13,12 @@ from __future__ import annotations
 
 import statistics
 
-from rs_trainer.phases.selection import group_by_prompt, scored
+from rs_trainer.phases.selection import scored
+from rs_trainer.samples import group_by_prompt, normalise_completion
 
 DEDUPE_MODES = ("exact", "normalised")
 # Margins are differences of floats: 0.6 - 0.5 is 0.0999...98. A gap this close to the bar counts as reaching it.
 MARGIN_TOLERANCE = 1e-9
-
-
-def normalise_completion(text: str) -> str:
-    """Whitespace runs collapse to one space, ends are stripped, and case is folded.
-
-    >>> normalise_completion("  The Answer\\n is 4 ")
-    'the answer is 4'
-    """
-    return " ".join(text.split()).casefold()
 
 
 def _rewards(group: list[dict]) -> list[float]:

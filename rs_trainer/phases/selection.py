@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import defaultdict
 
-Key = tuple[str, int]
+from rs_trainer.samples import Key, group_by_prompt, key
+
 FIELDS = ("prompt_id", "sample_index", "reward", "completion_tokens")  # all that a strategy reads of a sample
 
 
@@ -47,18 +47,6 @@ def _eligible(samples: list[dict], min_reward: float | None) -> list[dict]:
     return [s for s in scored(samples) if min_reward is None or s["reward"] >= min_reward]
 
 
-def group_by_prompt(samples: list[dict]) -> dict[str, list[dict]]:
-    """Samples grouped by `prompt_id`, in order of first appearance."""
-    groups = defaultdict(list)
-    for s in samples:
-        groups[s["prompt_id"]].append(s)
-    return groups
-
-
-def _key(s: dict) -> Key:
-    return (s["prompt_id"], s["sample_index"])
-
-
 def top_k_per_prompt(
     samples: list[dict], k: int, seed: int = 0, prefer_shorter: bool = True, min_reward: float | None = None
 ) -> list[Key]:
@@ -70,7 +58,7 @@ def top_k_per_prompt(
     chosen = []
     for group in group_by_prompt(_eligible(samples, min_reward)).values():
         group.sort(key=lambda s: rank_key(s, seed, prefer_shorter))
-        chosen.extend(_key(s) for s in group[:k])
+        chosen.extend(key(s) for s in group[:k])
     return chosen
 
 
@@ -95,7 +83,7 @@ def threshold(
     """
     kept = _eligible(samples, reward_threshold)
     if cap_per_prompt is None:
-        return [_key(s) for s in sorted(kept, key=lambda s: rank_key(s, seed, prefer_shorter))]
+        return [key(s) for s in sorted(kept, key=lambda s: rank_key(s, seed, prefer_shorter))]
     return top_k_per_prompt(kept, cap_per_prompt, seed, prefer_shorter)
 
 
@@ -126,7 +114,7 @@ def statistical_rejection(
             best = max(s["reward"] for s in remaining)
             pick = remaining[rng.randrange(len(remaining))]
             if rng.random() < math.exp((pick["reward"] - best) / beta):
-                chosen.append(_key(pick))
+                chosen.append(key(pick))
                 remaining.remove(pick)
                 accepted += 1
     return chosen
@@ -140,7 +128,7 @@ def top_k_global(
     Example (k=2): {"a": [0.1, 0.8], "b": [0.9, 0.3]} -> [("b", 0), ("a", 1)].
     """
     ranked = sorted(_eligible(samples, min_reward), key=lambda s: rank_key(s, seed, prefer_shorter))
-    return [_key(s) for s in ranked[:k]]
+    return [key(s) for s in ranked[:k]]
 
 
 def percentile_value(rewards: list[float], q: float) -> float:
@@ -187,7 +175,7 @@ def percentile_per_prompt(
         if min_reward is not None:
             cut = max(cut, min_reward)
         kept = sorted((s for s in group if s["reward"] >= cut), key=lambda s: rank_key(s, seed, prefer_shorter))
-        chosen.extend(_key(s) for s in kept[:cap_per_prompt])
+        chosen.extend(key(s) for s in kept[:cap_per_prompt])
     return chosen
 
 

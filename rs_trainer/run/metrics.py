@@ -5,8 +5,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
-from rs_trainer.phases.filters import normalise_completion
-from rs_trainer.phases.selection import group_by_prompt
+from rs_trainer.samples import group_by_prompt, key, normalise_completion, passes
 
 
 def _stats(values: list[float], prefix: str) -> dict:
@@ -27,14 +26,9 @@ def round_metrics(samples: list[dict], selected: set, pass_threshold: float) -> 
     (the `eval_reward_funcs` verdict, when a reward model gives `reward`).
     """
     rewards = [s["reward"] for s in samples if s["reward"] is not None]
-    picked = [s for s in samples if (s["prompt_id"], s["sample_index"]) in selected]
+    picked = [s for s in samples if key(s) in selected]
     chosen = [s["reward"] for s in picked]
-
-    def passes(s: dict) -> bool:
-        verdict = s.get("verified_reward", s["reward"])
-        return verdict is not None and verdict >= pass_threshold
-
-    by_prompt = {pid: [passes(s) for s in group] for pid, group in group_by_prompt(samples).items()}
+    by_prompt = {pid: [passes(s, pass_threshold) for s in group] for pid, group in group_by_prompt(samples).items()}
     unique = {(s["prompt_id"], normalise_completion(s["completion"])) for s in samples}
     out = {
         "rs/num_prompts": len(by_prompt),
@@ -65,15 +59,14 @@ def generator_metrics(samples: list[dict], selected: set, pass_threshold: float)
     by_generator = defaultdict(list)
     for s in samples:
         by_generator[s.get("generator", "policy")].append(s)
-    num_selected = sum((s["prompt_id"], s["sample_index"]) in selected for s in samples)
+    num_selected = sum(key(s) in selected for s in samples)
     out = {}
     for name, rows in sorted(by_generator.items()):
         rewards = [s["reward"] for s in rows if s["reward"] is not None]
-        verdicts = [s.get("verified_reward", s["reward"]) for s in rows]
-        picked = sum((s["prompt_id"], s["sample_index"]) in selected for s in rows)
+        picked = sum(key(s) in selected for s in rows)
         out[f"gen/{name}/samples"] = len(rows)
         out[f"gen/{name}/reward_mean"] = statistics.fmean(rewards) if rewards else None
-        out[f"gen/{name}/pass_rate"] = statistics.fmean(v is not None and v >= pass_threshold for v in verdicts)
+        out[f"gen/{name}/pass_rate"] = statistics.fmean(passes(s, pass_threshold) for s in rows)
         out[f"gen/{name}/selected_share"] = picked / num_selected if num_selected else 0.0
         out[f"gen/{name}/tokens"] = sum(s["completion_tokens"] for s in rows)
     return out

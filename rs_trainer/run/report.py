@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rs_trainer.samples import group_by_prompt
+
 
 def plot_report(history: list[dict], samples: list[dict], base_accuracy: float | None, path: str | Path) -> Path:
     """Draw reward mean and max, acceptance and pass rates (per generator too), held-out accuracy, KL to the base
@@ -123,8 +125,6 @@ def save_figure(fig, path: str | Path) -> Path:
 def sample_table(samples: list[dict], num_prompts: int = 5) -> list[dict]:
     """The best and worst completion (by reward, then sample_index) of the first `num_prompts` prompts (sorted by
     prompt_id), for reading."""
-    from rs_trainer.phases.selection import group_by_prompt
-
     groups = group_by_prompt([s for s in samples if s["reward"] is not None])
     rows = []
     for pid in sorted(groups)[:num_prompts]:

@@ -31,6 +31,7 @@ from rs_trainer.errors import ConfigError
 from rs_trainer.phases import selection
 from rs_trainer.run import data, seeds
 from rs_trainer.run.io import write_json, write_jsonl
+from rs_trainer.samples import key, with_prompt, with_scores
 
 # ---------------------------------------------------------------- estimators (pure)
 
@@ -155,9 +156,7 @@ def prompt_rows(prompts: list[dict], samples: list[dict], seed: int, prefer_shor
     for p in prompts:
         group = sorted(by_prompt[p["prompt_id"]], key=lambda s: s["sample_index"])
         candidates = [{k: s.get(k) for k in fields} for s in group]
-        winner = next(
-            (c for c, s in zip(candidates, group, strict=True) if (s["prompt_id"], s["sample_index"]) in best), None
-        )
+        winner = next((c for c, s in zip(candidates, group, strict=True) if key(s) in best), None)
         rows.append({"prompt_id": p["prompt_id"], "prompt": p["prompt"], "best": winner, "candidates": candidates})
     return rows
 
@@ -242,9 +241,8 @@ def run(args, model_args, candidate_models: list[str] | None = None) -> dict:
     samples = [row for m, name in enumerate(models) for row in _sample_model(name, m, prompts, args, model_args)]
     timings["timing/generate"] = time.perf_counter() - start
     start = time.perf_counter()
-    by_id = {p["prompt_id"]: p for p in prompts}
-    samples = [{**by_id[s["prompt_id"]], **s} for s in samples]
-    samples = [{**s, **sc} for s, sc in zip(samples, score(samples, scorers, weights), strict=True)]
+    samples = with_prompt(samples, {p["prompt_id"]: p for p in prompts})
+    samples = with_scores(samples, score(samples, scorers, weights))
     timings["timing/score"] = time.perf_counter() - start
 
     rows = prompt_rows(prompts, samples, args.seed, args.prefer_shorter)
