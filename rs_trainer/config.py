@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from rs_trainer.errors import ConfigError, first_line  # noqa: F401  (first_line: re-export; remove once the trainer imports errors)
+from rs_trainer.generators.spec import GeneratorSpec, parse_generators
 from rs_trainer.phases.filters import DEDUPE_MODES
 
 SELECTION_STRATEGIES = ("best_of_n", "top_k_per_prompt", "threshold", "percentile", "top_k", "top_fraction", "rso")
@@ -280,7 +281,7 @@ class RSConfig:
             "help": "Where samples come from, each a mapping with a `name`: the policy in-process (the default when "
             "none is listed), a frozen model such as a teacher (`model: <path>`), an OpenAI-compatible endpoint "
             "(`engine: openai`, `base_url`, `model`) or a server rs_trainer starts each round (`engine: server`, "
-            "`command`). Every key is documented in rs_trainer/phases/generators/spec.py."
+            "`command`). Every key is documented in rs_trainer/generators/spec.py."
         },
     )
     generation_batch_size: int = field(
@@ -664,10 +665,8 @@ class RSConfig:
                     stacklevel=3,
                 )
 
-    def generator_specs(self) -> list:
+    def generator_specs(self) -> list[GeneratorSpec]:
         """The `generators` as checked `GeneratorSpec`s (the policy in-process when none is listed)."""
-        from rs_trainer.phases.generators import parse_generators
-
         return parse_generators(self.generators, self.num_generations)
 
     def samples_per_prompt(self) -> int:

@@ -92,7 +92,7 @@ class Server:
     """A real `transformers serve` on 127.0.0.1, started and stopped by process id."""
 
     def __init__(self, tmp: Path, port: int | None = None):
-        from rs_trainer.phases.generators.server import free_port
+        from rs_trainer.generators.server import free_port
 
         self.port = port or free_port()
         self.tmp = tmp

@@ -34,7 +34,7 @@ def torchrun(*args, kill_at: str | None = None, timeout: int = 20, check: bool =
     }
     if kill_at:
         env["RS_KILL_AT"] = kill_at
-    from rs_trainer.phases.generators.server import free_port
+    from rs_trainer.generators.server import free_port
 
     port = ["--master_port", str(free_port())]  # another suite's torchrun may still hold the default port
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *port, WORKER, *map(str, args)]

@@ -12,7 +12,7 @@ import pytest
 from helpers import REPO, SERVE, Server, recipe_args
 
 from rs_trainer.cli import main
-from rs_trainer.phases.generators.server import free_port
+from rs_trainer.generators.server import free_port
 from rs_trainer.run.io import read_jsonl, read_jsonl_prefix
 from rs_trainer.tools.export import dpo_pairs
 
@@ -72,7 +72,7 @@ def test_gpu_only_server_on_a_cpu_machine_is_refused(tiny_model, tmp_path, capsy
 
 def test_server_command_with_unknown_braces_is_refused():
     from rs_trainer.config import ConfigError
-    from rs_trainer.phases.generators import parse_generators
+    from rs_trainer.generators import parse_generators
 
     command = 'vllm serve {model} --port {port} --override-generation-config {"do_sample": true}'
     with pytest.raises(ConfigError, match=r"`command` has a placeholder other than .* write literal braces doubled"):
@@ -199,9 +199,9 @@ def test_server_killed_mid_round_then_resumed(tiny_model, sampling_model, tmp_pa
 
 def test_a_server_that_does_not_sample_is_reported(tiny_model, server):
     """The tiny model's own generation config does not sample, so `transformers serve` decodes greedily."""
+    from rs_trainer.generators.openai_client import OpenAIGenerator
+    from rs_trainer.generators.spec import GeneratorSpec
     from rs_trainer.phases.generation import SamplingParams, encode_prompts
-    from rs_trainer.phases.generators.openai_client import OpenAIGenerator
-    from rs_trainer.phases.generators.spec import GeneratorSpec
     from rs_trainer.run.models import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model))
@@ -216,7 +216,7 @@ def test_a_server_that_does_not_sample_is_reported(tiny_model, server):
 
 
 def test_adapter_endpoints_follow_each_servers_documented_api():
-    from rs_trainer.phases.generators.openai_client import adapter_endpoint
+    from rs_trainer.generators.openai_client import adapter_endpoint
 
     assert adapter_endpoint("http://h:8000/v1", "vllm", "load") == "http://h:8000/v1/load_lora_adapter"
     assert adapter_endpoint("http://h:30000/v1/", "sglang", "unload") == "http://h:30000/unload_lora_adapter"
@@ -276,7 +276,7 @@ def test_the_served_model_samples_with_the_rounds_top_k_and_no_default_one(tiny_
     import torch
     from transformers import AutoTokenizer
 
-    from rs_trainer.phases.generators.setup import write_served_model
+    from rs_trainer.generators.checks import write_served_model
 
     folder = write_served_model(
         tmp_path / "served", str(tiny_model), None, torch.float32, AutoTokenizer.from_pretrained(tiny_model), top_k

@@ -143,7 +143,7 @@ def test_outside_zero3_init_turns_zero3_init_off_and_back():
 
 def torchrun(*args, timeout: int = 30) -> list[dict]:
     """Run a tests/zero3_worker.py case on two processes; each rank's JSON result (the last argument is its path)."""
-    from rs_trainer.phases.generators.server import free_port
+    from rs_trainer.generators.server import free_port
 
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}  # DeepSpeed, not Accelerate's MULTI_CPU
     env.update(
@@ -222,7 +222,7 @@ def test_sft_from_base_restores_full_weights(tiny_model, tmp_path, kind):
 
 def run_trainer(argv: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess:
     """The whole trainer on the ZeRO-3 accelerator, on two processes (tests/zero3_worker.py `run`)."""
-    from rs_trainer.phases.generators.server import free_port
+    from rs_trainer.generators.server import free_port
 
     env = {k: v for k, v in os.environ.items() if k not in ("ACCELERATE_USE_CPU", "RS_KILL_AT")}
     env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")

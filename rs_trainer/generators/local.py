@@ -1,0 +1,76 @@
+"""In-process sampling with `transformers` (`rs_trainer.phases.generation.generate`): the policy itself, or a frozen
+model such as a teacher, loaded for the round and released after it."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+
+from rs_trainer.phases.generation import SamplingParams, encode_prompts, generate
+
+
+class LocalGenerator:
+    """`model` samples in this process. With `own_tokenizer`, prompts are rendered with this model's tokenizer
+    and chat template (a teacher of another family); the completion text is what travels on."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        batch_size: int = 0,
+        engine: str = "auto",
+        own_tokenizer: bool = False,
+        token_budget: int = 0,
+    ):
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size, self.engine, self.own_tokenizer = batch_size, engine, own_tokenizer
+        self.token_budget = token_budget
+
+    def generate(
+        self,
+        prompts: list[dict],
+        prompt_ids: list[list[int]],
+        num_samples: int,
+        params: SamplingParams,
+        seed: int = 0,
+        on_batch: Callable[[list[dict]], None] | None = None,
+    ) -> list[dict]:
+        if self.own_tokenizer:
+            prompt_ids = encode_prompts(self.tokenizer, prompts)
+        return generate(
+            self.model,
+            self.tokenizer,
+            prompts,
+            num_samples,
+            params,
+            batch_size=self.batch_size,
+            seed=seed,
+            prompt_ids=prompt_ids,
+            on_batch=on_batch,
+            engine=self.engine,
+            token_budget=self.token_budget,
+        )
+
+
+def load_frozen(name: str, model_args, device) -> tuple:
+    """A frozen model and its tokenizer, in eval mode on `device`, with the policy's dtype and attention keys."""
+    import dataclasses
+
+    from rs_trainer.run.models import load_policy, load_tokenizer, resolve_model_path
+
+    tokenizer = load_tokenizer(resolve_model_path(name))
+    frozen_args = dataclasses.replace(model_args, model_name_or_path=name, use_peft=False)
+    model, _ = load_policy(frozen_args)
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        model.to(device)
+    model.requires_grad_(False).eval()
+    return model, tokenizer
+
+
+def release() -> None:
+    """Return freed memory: call once every reference to a released model has been dropped."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
