@@ -42,7 +42,7 @@ $(DEMO_RUN):
 	$(MAKE) demo ARGS=
 
 reward-model: install $(DEMO_RUN)
-	$(BIN)/python -m rs_trainer.tools.reward_training --config recipes/smollm2/reward_model_minilm.yaml $(ARGS)
+	$(BIN)/python -m rs_trainer reward-model --config recipes/smollm2/reward_model_minilm.yaml $(ARGS)
 
 demo-reward-model: install
 	test -f $(REWARD_MODEL) || $(MAKE) reward-model ARGS=
@@ -61,7 +61,7 @@ demo-served: install
 
 # Best-of-N at inference time, no training: 32 questions x 16 samples; writes outputs/smollm2-best-of-n/best_of_n.png.
 best-of-n: install
-	$(BIN)/python -m rs_trainer.tools.best_of_n --config recipes/smollm2/best_of_n.yaml $(ARGS)
+	$(BIN)/python -m rs_trainer best-of-n --config recipes/smollm2/best_of_n.yaml $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,9 +1,12 @@
-"""Every command of the project, and their one error wrapper (`run_command`):
+"""Every command of the project, and their one error wrapper (`run_command`). `main` dispatches on the first word,
+as `trl <command>` does; anything else is training, so `accelerate launch -m rs_trainer --config ...` needs no word:
 
-- `accelerate launch -m rs_trainer --config recipes/<model>/<recipe>.yaml [--key value ...]` (`main`);
-- `python -m rs_trainer.tools.best_of_n --config <recipe>` (`best_of_n_main`);
-- `python -m rs_trainer.tools.reward_training --config <recipe>` (`reward_training_main`);
-- `python -m rs_trainer.tools.export {dpo,sft} --output_dir <run> --out <file>` (`export_main`).
+- `accelerate launch -m rs_trainer [train] --config recipes/<model>/<recipe>.yaml [--key value ...]` (`train_main`);
+- `rs-trainer best-of-n --config <recipe>` (`best_of_n_main`);
+- `rs-trainer reward-model --config <recipe>` (`reward_training_main`);
+- `rs-trainer export {dpo,sft} --output_dir <run> --out <file>` (`export_main`).
+
+`rs-trainer ...` and `python -m rs_trainer ...` are the same command.
 
 Recipes and overrides are parsed by `trl.TrlParser` into `RSConfig` and TRL's `ModelConfig`; a key that neither
 knows is refused with its name. The library modules hold no argument parsing and no exit codes.
@@ -183,7 +186,7 @@ def run_command(prog: str, body: Callable[[], int | None]) -> int:
         return 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def train_main(argv: list[str] | None = None) -> int:
     """`accelerate launch -m rs_trainer --config <recipe> [--key value ...]`: rejection-sampling rounds."""
 
     def body():
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def best_of_n_main(argv: list[str] | None = None, candidate_models: list[str] | None = None) -> int:
-    """`python -m rs_trainer.tools.best_of_n --config <recipe>`: Best-of-N at inference time, no training."""
+    """`rs-trainer best-of-n --config <recipe>`: Best-of-N at inference time, no training."""
     from rs_trainer.tools.best_of_n import run
 
     def body():
@@ -219,7 +222,7 @@ def best_of_n_main(argv: list[str] | None = None, candidate_models: list[str] | 
         print(f"expected best-of-n reward over {metrics['num_prompts_in_curve']} prompts: {curve}")
         print(f"wrote the best completions, metrics and plot to {args.output_dir}")
 
-    return run_command("rs_trainer.tools.best_of_n", body)
+    return run_command("rs_trainer best-of-n", body)
 
 
 def parse_reward_training_args(argv: list[str] | None = None):
@@ -245,7 +248,7 @@ def parse_reward_training_args(argv: list[str] | None = None):
 
 
 def reward_training_main(argv: list[str] | None = None) -> int:
-    """`python -m rs_trainer.tools.reward_training --config <recipe>`: a reward model from finished runs."""
+    """`rs-trainer reward-model --config <recipe>`: a reward model from finished runs."""
     from rs_trainer.tools.reward_training import train_reward_model
 
     def fmt(x):
@@ -259,18 +262,16 @@ def reward_training_main(argv: list[str] | None = None) -> int:
             f"{fmt(metrics['eval/pairwise_accuracy'])} trained"
         )
 
-    return run_command("rs_trainer.tools.reward_training", body)
+    return run_command("rs_trainer reward-model", body)
 
 
 def export_main(argv: list[str] | None = None) -> int:
-    """`python -m rs_trainer.tools.export {dpo,sft} --output_dir <run> --out <file>`: datasets for other trainers."""
+    """`rs-trainer export {dpo,sft} --output_dir <run> --out <file>`: datasets for other trainers."""
     import argparse
 
     from rs_trainer.tools import export
 
-    parser = argparse.ArgumentParser(
-        prog="python -m rs_trainer.tools.export", description=export.__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="rs_trainer export", description=export.__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=("dpo", "sft"), help="Preference pairs or an SFT set.")
     parser.add_argument("--output_dir", required=True, help="A run's output_dir (holding round_<r>/).")
     parser.add_argument("--out", required=True, help="The JSONL file to write.")
@@ -294,4 +295,21 @@ def export_main(argv: list[str] | None = None) -> int:
             raise ConfigError(str(err)) from None
         print(f"wrote {len(rows)} {ns.kind} rows to {ns.out}")
 
-    return run_command("rs_trainer.tools.export", body)
+    return run_command("rs_trainer export", body)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "train": train_main,
+    "best-of-n": best_of_n_main,
+    "reward-model": reward_training_main,
+    "export": export_main,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`rs-trainer [train|best-of-n|reward-model|export] ...`: the command its first word names; without one
+    (the first argument is `--config` or another key), training."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
+    return train_main(argv)

@@ -12,6 +12,7 @@ from helpers import build_tiny_model, recipe_args
 
 from rs_trainer.cli import best_of_n_main
 from rs_trainer.config import ConfigError
+from rs_trainer.phases import estimators
 from rs_trainer.run.io import read_jsonl
 from rs_trainer.tools import best_of_n
 
@@ -21,12 +22,12 @@ def brute_force(rewards: list[float], n: int) -> float:
 
 
 def test_docstring_examples():
-    assert best_of_n.expected_best_of_n([2.0, 0.0, 1.0], 2) == pytest.approx(5 / 3)
-    assert best_of_n.expected_best_of_n([2.0, 0.0, 1.0], 1) == 1.0
-    assert best_of_n.expected_best_of_n([2.0, 0.0, 1.0], 3) == 2.0
-    assert best_of_n.best_of_n_curve([[0.0, 1.0], [1.0, 1.0]]) == [0.75, 1.0]
-    assert best_of_n.kl_bound(1) == 0.0
-    assert best_of_n.kl_bound(4) == pytest.approx(0.636, abs=1e-3)
+    assert estimators.expected_best_of_n([2.0, 0.0, 1.0], 2) == pytest.approx(5 / 3)
+    assert estimators.expected_best_of_n([2.0, 0.0, 1.0], 1) == 1.0
+    assert estimators.expected_best_of_n([2.0, 0.0, 1.0], 3) == 2.0
+    assert estimators.best_of_n_curve([[0.0, 1.0], [1.0, 1.0]]) == [0.75, 1.0]
+    assert estimators.kl_bound(1) == 0.0
+    assert estimators.kl_bound(4) == pytest.approx(0.636, abs=1e-3)
     samples = [
         {"prompt_id": "a", "sample_index": 0, "model": "x", "reward": 0.2, "completion": "u", "completion_tokens": 1},
         {"prompt_id": "a", "sample_index": 1, "model": "y", "reward": 0.9, "completion": "v", "completion_tokens": 1},
@@ -52,22 +53,22 @@ def test_docstring_examples():
 )
 def test_estimator_matches_brute_force_over_every_subset(rewards):
     for n in range(1, len(rewards) + 1):
-        assert best_of_n.expected_best_of_n(rewards, n) == pytest.approx(brute_force(rewards, n), abs=1e-12)
+        assert estimators.expected_best_of_n(rewards, n) == pytest.approx(brute_force(rewards, n), abs=1e-12)
 
 
 def test_estimator_is_exactly_monotone_and_refuses_bad_input():
     rng = random.Random(0)
     for _ in range(50):
         rewards = [[rng.choice([0.1, 0.2, 0.3, rng.random()]) for _ in range(9)] for _ in range(3)]
-        curve = best_of_n.best_of_n_curve(rewards)
+        curve = estimators.best_of_n_curve(rewards)
         assert all(a <= b for a, b in itertools.pairwise(curve))  # exact: no rounding dip, even with ties
-    assert best_of_n.best_of_n_curve([[0.1] * 7]) == [0.1] * 7
+    assert estimators.best_of_n_curve([[0.1] * 7]) == [0.1] * 7
     with pytest.raises(ValueError, match="n must be in 1..3"):
-        best_of_n.expected_best_of_n([1.0, 2.0, 3.0], 4)
+        estimators.expected_best_of_n([1.0, 2.0, 3.0], 4)
     with pytest.raises(ValueError, match="finite"):
-        best_of_n.expected_best_of_n([1.0, math.nan], 1)
+        estimators.expected_best_of_n([1.0, math.nan], 1)
     with pytest.raises(ValueError, match="same number"):
-        best_of_n.best_of_n_curve([[1.0], [1.0, 2.0]])
+        estimators.best_of_n_curve([[1.0], [1.0, 2.0]])
 
 
 def check_outputs(out, num_prompts: int, candidates: int) -> tuple[list[dict], dict]:

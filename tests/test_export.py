@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from rs_trainer.cli import export_main
+from rs_trainer.cli import export_main, main
 from rs_trainer.run.io import read_jsonl, write_jsonl
 from rs_trainer.tools import export
 
@@ -151,6 +151,17 @@ def test_cli_writes_files_and_names_missing_rounds(tmp_path, capsys):
     assert len(read_jsonl(tmp_path / "p.jsonl")) == 8  # 4 prompts x 2 rounds, best vs worst
     assert export_main(["sft", "--output_dir", str(run), "--rounds", "3", "--out", str(tmp_path / "s.jsonl")]) == 2
     assert "round(s) [3]" in capsys.readouterr().err
+
+
+def test_one_entry_point_dispatches_on_its_first_word(tmp_path, capsys):
+    """`rs-trainer export ...` reaches the exporter; without a command word the arguments are training's."""
+    run = write_run(tmp_path)
+    assert main(["export", "sft", "--output_dir", str(run), "--out", str(tmp_path / "s.jsonl")]) == 0
+    assert len(read_jsonl(tmp_path / "s.jsonl")) == 8  # the selected rows of both rounds
+    assert main(["export", "sft", "--output_dir", str(run), "--rounds", "3", "--out", str(tmp_path / "x")]) == 2
+    assert "rs_trainer export: error:" in capsys.readouterr().err
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert capsys.readouterr().err.startswith("rs_trainer: error: `--config`")
 
 
 def trainer_config(cls, out_dir, **extra):

@@ -4,7 +4,7 @@ temperature drift from round to round as the model sharpens).
 The probe takes `temperature_probe_prompts` of the round's own prompts (a seeded draw), samples each of them N
 times at every temperature of `temperature_grid`, scores the samples with the round's reward functions, and keeps
 the temperature with the highest expected best-of-N reward, estimated without bias from the N samples
-(`best_of_n.expected_best_of_n`); ties go to the higher mean reward, then to the lower temperature. The probe
+(`estimators.expected_best_of_n`); ties go to the higher mean reward, then to the lower temperature. The probe
 prompts' samples at the chosen temperature are the round's samples for those prompts, so the probe costs
 (len(grid) - 1) x probe prompts x N extra samples: with the default grid of 4 and 8 probe prompts, 24 prompts'
 worth, which is 25% of a 96-prompt round and 2.3% of a 1024-prompt one.
@@ -18,7 +18,7 @@ import math
 import random
 
 from rs_trainer.config import AUTO
-from rs_trainer.tools.best_of_n import expected_best_of_n
+from rs_trainer.phases.estimators import expected_best_of_n
 
 __all__ = ["AUTO", "choose_temperature", "probe_metrics", "probe_prompts"]
 

@@ -1,14 +1,14 @@
 """Best-of-N inference: sample N completions per prompt, score them, keep the best, and measure what N buys.
 
-    python -m rs_trainer.tools.best_of_n --config recipes/<model>/<recipe>.yaml [--key value ...]
+    rs-trainer best-of-n --config recipes/<model>/<recipe>.yaml [--key value ...]
 
 The same recipe keys as training (prompts, sampling of round 0, scorers, `prefer_shorter`, `seed`). Writes to
 `output_dir`:
 - `best_of_n.jsonl`: per prompt, the best completion and every candidate with its reward and the `model` that
   wrote it;
-- `best_of_n_metrics.json`: the expected best-of-n reward for n = 1..N (`expected_best_of_n`, unbiased, from the
-  same N samples), the analytic KL bound `log n - (n - 1) / n` of the best-of-n policy from the base policy
-  (Beirami et al. 2024), and per-model statistics;
+- `best_of_n_metrics.json`: the expected best-of-n reward for n = 1..N (`phases.estimators.expected_best_of_n`,
+  unbiased, from the same N samples), the analytic KL bound `log n - (n - 1) / n` of the best-of-n policy from the
+  base policy (Beirami et al. 2024), and per-model statistics;
 - `best_of_n.png`: reward against n, and reward against the KL bound.
 
 Several models can compete (`candidate_models`): each samples N per prompt, and the best is chosen over all of
@@ -20,83 +20,16 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import math
 import statistics
-import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
 from rs_trainer.errors import ConfigError
 from rs_trainer.phases import selection
+from rs_trainer.phases.estimators import best_of_n_curve, kl_bound
 from rs_trainer.run import data, seeds
 from rs_trainer.run.io import write_json, write_jsonl
 from rs_trainer.samples import key, with_prompt, with_scores
-
-# ---------------------------------------------------------------- estimators (pure)
-
-
-def _exact_sorted(rewards: list[float]) -> tuple[list[int], int]:
-    """Rewards sorted ascending as integers over one common denominator, for exact sums."""
-    for r in rewards:
-        if r is None or not math.isfinite(r):
-            raise ValueError(f"Rewards must be finite numbers, got {r!r}.")
-    fractions = [Fraction(r) for r in sorted(rewards)]
-    denominator = max(f.denominator for f in fractions)  # float denominators are powers of 2: the max is the lcm
-    return [f.numerator * (denominator // f.denominator) for f in fractions], denominator
-
-
-def expected_best_of_n(rewards: list[float], n: int) -> float:
-    """Unbiased estimate of E[max reward of n samples] from N >= n samples of one prompt: the mean of the maximum
-    over all C(N, n) subsets of size n, in closed form. With rewards sorted ascending r_(1) <= ... <= r_(N), the
-    i-th smallest is the maximum of C(i-1, n-1) subsets, so the mean is sum_i C(i-1, n-1) / C(N, n) * r_(i).
-
-    Computed exactly (integers) and rounded once, so the estimate never falls as n grows, even by rounding.
-
-    Rewards [2.0, 0.0, 1.0], n=2: the subsets {0,1}, {0,2}, {1,2} have maxima 2, 2, 1, so 5/3; n=1 is the mean,
-    n=3 the maximum.
-
-    >>> round(expected_best_of_n([2.0, 0.0, 1.0], 2), 3), expected_best_of_n([2.0, 0.0, 1.0], 1)
-    (1.667, 1.0)
-    >>> expected_best_of_n([2.0, 0.0, 1.0], 3)
-    2.0
-    """
-    count = len(rewards)
-    if not 1 <= n <= count:
-        raise ValueError(f"n must be in 1..{count} (the number of samples), got {n}.")
-    ints, denominator = _exact_sorted(rewards)
-    total = sum(math.comb(i - 1, n - 1) * ints[i - 1] for i in range(n, count + 1))
-    return total / (math.comb(count, n) * denominator)  # int / int is correctly rounded
-
-
-def best_of_n_curve(rewards_by_prompt: list[list[float]]) -> list[float]:
-    """`expected_best_of_n` for n = 1..N averaged over prompts; every prompt must have the same N.
-
-    n=1 averages the means 0.5 and 1.0; n=2 the maxima:
-
-    >>> best_of_n_curve([[0.0, 1.0], [1.0, 1.0]])
-    [0.75, 1.0]
-    """
-    sizes = {len(r) for r in rewards_by_prompt}
-    if len(sizes) != 1:
-        raise ValueError(f"Every prompt needs the same number of rewards; got sizes {sorted(sizes)}.")
-    count = sizes.pop()
-    return [
-        math.fsum(expected_best_of_n(r, n) for r in rewards_by_prompt) / len(rewards_by_prompt)
-        for n in range(1, count + 1)
-    ]
-
-
-def kl_bound(n: int) -> float:
-    """The analytic KL(best-of-n policy || base policy) bound, `log n - (n - 1) / n` nats.
-
-    >>> kl_bound(1), round(kl_bound(4), 3)  # log 4 - 0.75
-    (0.0, 0.636)
-    """
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}.")
-    return math.log(n) - (n - 1) / n
-
 
 # ---------------------------------------------------------------- sampling and scoring
 
@@ -224,7 +157,7 @@ def run(args, model_args, candidate_models: list[str] | None = None) -> dict:
     from rs_trainer.rewards import resolve_scorers, score
 
     if PartialState().num_processes > 1:
-        raise ConfigError("best_of_n runs in one process; start it with `python -m rs_trainer.tools.best_of_n`.")
+        raise ConfigError("best_of_n runs in one process; start it with `python -m rs_trainer best-of-n`.")
     if args.for_round("temperature", 0) == "auto":
         raise ConfigError("`temperature: auto` is for training rounds; give best_of_n a number, such as 0.8.")
     models = [model_args.model_name_or_path, *(candidate_models or [])]
@@ -253,9 +186,3 @@ def run(args, model_args, candidate_models: list[str] | None = None) -> dict:
     if metrics["n"]:
         _plot_curve(metrics, out / "best_of_n.png")
     return metrics
-
-
-if __name__ == "__main__":  # `python -m rs_trainer.tools.best_of_n`; the command itself lives in rs_trainer.cli
-    from rs_trainer.cli import best_of_n_main
-
-    sys.exit(best_of_n_main())

@@ -1,23 +1,24 @@
 """Datasets for other trainers from the scored samples of a run: DPO preference pairs and SFT sets, in TRL's
 conversational formats, so that `trl.DPOTrainer` and `trl.SFTTrainer` train on them as they are.
 
-Pure functions over sample lists (`dpo_pairs`, `sft_rows`), and `export_*` helpers that read
+Pure functions over sample lists (`dpo_pairs`, and `sft_rows` from `rs_trainer.run.formats`), and `export_*`
+helpers that read
 `output_dir/round_<r>/generations.jsonl` (one round, several, or all of them pooled) and write one JSONL file
 atomically. Each row keeps `round`, `prompt_id` and the sample indices it came from: rows are keyed, never by text.
 
-    python -m rs_trainer.tools.export dpo --output_dir outputs/run --out pairs.jsonl --rule best_vs_each_lower
-    python -m rs_trainer.tools.export sft --output_dir outputs/run --rounds 0 1 --out sft.jsonl
+    rs-trainer export dpo --output_dir outputs/run --out pairs.jsonl --rule best_vs_each_lower
+    rs-trainer export sft --output_dir outputs/run --rounds 0 1 --out sft.jsonl
 """
 
 from __future__ import annotations
 
 import random
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 from rs_trainer.phases.filters import MARGIN_TOLERANCE
 from rs_trainer.phases.selection import rank_key, scored
+from rs_trainer.run.formats import pair_row, sft_rows
 from rs_trainer.run.io import read_jsonl, write_jsonl
 from rs_trainer.run.layout import RunLayout
 
@@ -33,36 +34,12 @@ def ranking_score(sample: dict, length_penalty: float = 0.0) -> float:
     return sample["reward"] - length_penalty * sample.get("completion_tokens", 0)
 
 
-def _assistant(text: str) -> list[dict]:
-    return [{"role": "assistant", "content": text}]
-
-
 def _scored_groups(samples: list[dict]) -> dict[tuple, list[dict]]:
     """Samples with a reward, grouped by (round, prompt_id); NaN is refused with the sample named."""
     groups = defaultdict(list)
     for s in scored(samples):
         groups[(s.get("round"), s["prompt_id"])].append(s)
     return groups
-
-
-def _pair_row(chosen: dict, rejected: dict, margin: float) -> dict:
-    row = {
-        "prompt": chosen["prompt"],
-        "chosen": _assistant(chosen["completion"]),
-        "rejected": _assistant(rejected["completion"]),
-        "round": chosen.get("round"),
-        "prompt_id": chosen["prompt_id"],
-        "chosen_sample_index": chosen["sample_index"],
-        "rejected_sample_index": rejected["sample_index"],
-        "chosen_reward": chosen["reward"],
-        "rejected_reward": rejected["reward"],
-        "margin": margin,
-    }
-    if "model" in chosen or "model" in rejected:
-        row.update(chosen_model=chosen.get("model"), rejected_model=rejected.get("model"))
-    if "generator" in chosen or "generator" in rejected:  # a pair may cross generators: teacher vs student
-        row.update(chosen_generator=chosen.get("generator"), rejected_generator=rejected.get("generator"))
-    return row
 
 
 def dpo_pairs(
@@ -114,29 +91,8 @@ def dpo_pairs(
             lower = lower[-1:]
         elif rule == "best_vs_random":
             lower = [random.Random(f"dpo:{seed}:{round_index}:{prompt_id}").choice(lower)]
-        pairs.extend(_pair_row(best, s, gap) for s, gap in lower)
+        pairs.extend(pair_row(best, s, gap) for s, gap in lower)
     return pairs
-
-
-def sft_rows(samples: list[dict], selected_only: bool = True, drop_truncated: bool = False) -> list[dict]:
-    """An SFT set in TRL's conversational prompt-completion format: `prompt` (messages) and `completion` (one
-    assistant message), with `round`, `prompt_id`, `sample_index` and `reward`.
-
-    Example: samples [(a, 0, selected), (a, 1, not selected)] -> one row, for ("a", 0); with
-    `selected_only=False` -> both.
-    """
-    return [
-        {
-            "round": s.get("round"),
-            "prompt_id": s["prompt_id"],
-            "sample_index": s["sample_index"],
-            "reward": s["reward"],
-            "prompt": s["prompt"],
-            "completion": _assistant(s["completion"]),
-        }
-        for s in samples
-        if (s.get("selected") or not selected_only) and (s.get("finished", True) or not drop_truncated)
-    ]
 
 
 def round_numbers(output_dir: str | Path) -> list[int]:
@@ -185,9 +141,3 @@ def export_dpo(
     rows = dpo_pairs(load_generations(output_dir, rounds), **pair_options)
     write_jsonl(path, rows)
     return rows
-
-
-if __name__ == "__main__":  # `python -m rs_trainer.tools.export`; the command itself lives in rs_trainer.cli
-    from rs_trainer.cli import export_main
-
-    sys.exit(export_main())

@@ -1,6 +1,6 @@
 """Train a reward model offline with `trl.RewardTrainer`, on preference pairs cut from this project's own runs.
 
-    python -m rs_trainer.tools.reward_training --config recipes/smollm2/reward_model_minilm.yaml [--key value ...]
+    rs-trainer reward-model --config recipes/smollm2/reward_model_minilm.yaml [--key value ...]
 
 Llama-2-style rejection sampling needs a reward model before its first round. Here the pairs come from the scored
 generations of finished runs (`generations_from`: their `output_dir`s): the samples of each prompt, pooled over
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,9 +182,3 @@ def train_reward_model(data_args: RewardDataArguments, training_args, model_args
     }
     write_json(out / "reward_model_metrics.json", metrics)
     return metrics
-
-
-if __name__ == "__main__":  # `python -m rs_trainer.tools.reward_training`; the command itself lives in rs_trainer.cli
-    from rs_trainer.cli import reward_training_main
-
-    sys.exit(reward_training_main())
