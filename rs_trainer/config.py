@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from rs_trainer.errors import ConfigError, first_line  # noqa: F401  (first_line: re-export; remove once the trainer imports errors)
 from rs_trainer.generators.spec import GeneratorSpec, parse_generators
 from rs_trainer.phases.filters import DEDUPE_MODES
+from rs_trainer.phases.temperature import AUTO
+from rs_trainer.run.data import is_local_file
 
 SELECTION_STRATEGIES = ("best_of_n", "top_k_per_prompt", "threshold", "percentile", "top_k", "top_fraction", "rso")
-AUTO = "auto"  # `temperature: auto`
 UNSET = "<unset>"  # a deprecated key whose `null` means something (`eval_split: null`): given or not
 PER_ROUND_FIELDS = ("temperature", "top_p", "top_k", "max_completion_length")
 # Keys that take one value per round as well, but that `for_round` does not read (selection reads them).
@@ -50,15 +51,6 @@ SELECTION_KEYS = {
     "max_per_prompt": ("threshold", "percentile"),
     "reward_percentile": ("percentile",),
 }
-
-
-# Local dataset files by extension -> the `datasets` builder that reads them.
-LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-
-
-def is_local_file(name: str) -> bool:
-    """A dataset given as one file (see `LOCAL_FORMATS`), which holds a single split."""
-    return any(name.endswith(ext) for ext in LOCAL_FORMATS)
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,9 @@ from __future__ import annotations
 import math
 import random
 
-from rs_trainer.config import AUTO
 from rs_trainer.phases.estimators import expected_best_of_n
 
-__all__ = ["AUTO", "choose_temperature", "probe_metrics", "probe_prompts"]
+AUTO = "auto"  # `temperature: auto`, the recipe value that asks for a probe each round
 
 
 def probe_prompts(prompts: list[dict], count: int, seed: int, round_index: int) -> list[dict]:

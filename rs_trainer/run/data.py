@@ -10,10 +10,16 @@ import json
 import random
 from pathlib import Path
 
-from rs_trainer.config import LOCAL_FORMATS
 from rs_trainer.errors import ConfigError, first_line
 
 BUILTIN_PREFIX = "builtin:"
+# Local dataset files by extension -> the `datasets` builder that reads them.
+LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def is_local_file(name: str) -> bool:
+    """A dataset given as one file (see `LOCAL_FORMATS`), which holds a single split."""
+    return any(name.endswith(ext) for ext in LOCAL_FORMATS)
 
 
 def _check_jsonl(path: Path) -> None:
