@@ -13,7 +13,6 @@ a hosted API.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -24,12 +23,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from rs_trainer.errors import GeneratorError
 from rs_trainer.generators.spec import GeneratorSpec
 from rs_trainer.phases.generation import SamplingParams, render_prompt
-
-
-def request_seed(seed: int, prompt_id: str, sample_index: int) -> int:
-    """A distinct, reproducible seed per request, from (seed, prompt, sample)."""
-    digest = hashlib.blake2b(f"{seed}:{prompt_id}:{sample_index}".encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "big") & 0x7FFFFFFF
+from rs_trainer.run import seeds
 
 
 def make_client(spec: GeneratorSpec, base_url: str):
@@ -172,7 +166,7 @@ class OpenAIGenerator:
         start = time.perf_counter()
         while len(choices) < n:
             want = n - len(choices) if self.honours_n is not False else 1
-            got = self._request(prompt, ids, want, params, request_seed(seed, prompt["prompt_id"], len(choices)))
+            got = self._request(prompt, ids, want, params, seeds.request_seed(seed, prompt["prompt_id"], len(choices)))
             if not got:
                 raise GeneratorError(
                     f"generator {self.spec.name!r} at {self.base_url} (model {self.model!r}) answered with no "

@@ -8,13 +8,13 @@ Speed choices (their measurements are in BENCHMARKS.md, "Generation"):
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from rs_trainer.errors import ConfigError
+from rs_trainer.run import seeds
 
 
 @dataclass(frozen=True)
@@ -112,10 +112,6 @@ def plan_batches(
     return batches
 
 
-def batch_seed(seed: int, batch_index: int) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{seed}:{batch_index}".encode(), digest_size=4).digest(), "big")
-
-
 @torch.no_grad()
 def generate(
     model,
@@ -170,7 +166,7 @@ def generate(
         attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
         try:
             gen_rows = _ENGINES[engine](
-                model, input_ids, attention, num_samples, params, eos_ids, pad_id, batch_seed(seed, b)
+                model, input_ids, attention, num_samples, params, eos_ids, pad_id, seeds.batch_seed(seed, b)
             )
         except torch.OutOfMemoryError:
             if len(group) == 1:

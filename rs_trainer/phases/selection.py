@@ -11,23 +11,18 @@ and no sample position is favoured. Samples with reward None, or below `min_rewa
 
 from __future__ import annotations
 
-import hashlib
 import math
 
+from rs_trainer.run import seeds
 from rs_trainer.samples import Key, group_by_prompt, key
 
 FIELDS = ("prompt_id", "sample_index", "reward", "completion_tokens")  # all that a strategy reads of a sample
 
 
-def _tie_draw(seed: int, prompt_id: str, sample_index: int) -> int:
-    digest = hashlib.blake2b(f"{seed}:{prompt_id}:{sample_index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
-
-
 def rank_key(sample: dict, seed: int, prefer_shorter: bool = True) -> tuple:
     """Sort key: smaller is better."""
     length = sample.get("completion_tokens", 0) if prefer_shorter else 0
-    return (-sample["reward"], length, _tie_draw(seed, sample["prompt_id"], sample["sample_index"]))
+    return (-sample["reward"], length, seeds.tie_draw(seed, sample["prompt_id"], sample["sample_index"]))
 
 
 def scored(samples: list[dict]) -> list[dict]:
@@ -101,13 +96,11 @@ def statistical_rejection(
 
     Example (β=0.5, k=1): rewards [1.0, 0.0] -> sample 0 is accepted with probability e^2/(e^2+1) ≈ 0.88.
     """
-    import random
-
     if beta <= 0:
         raise ValueError(f"`rso_beta` must be > 0, got {beta}.")
     chosen = []
     for prompt_id, group in group_by_prompt(_eligible(samples, min_reward)).items():
-        rng = random.Random(f"rso:{seed}:{prompt_id}")
+        rng = seeds.rso_rng(seed, prompt_id)
         remaining = sorted(group, key=lambda s: s["sample_index"])
         accepted = 0
         while remaining and accepted < k:

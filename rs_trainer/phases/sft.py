@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from rs_trainer.run import seeds
 
 IGNORE = -100
 
@@ -101,7 +102,7 @@ def plan_steps(
     steps = []
     for epoch in range(epochs):
         order = list(range(len(examples)))
-        random.Random(f"sft:{seed}:{epoch}").shuffle(order)
+        seeds.sft_order_rng(seed, epoch).shuffle(order)
         for start in range(0, len(order), per_step):
             chunk = order[start : start + per_step]
             mine = [examples[i] for i in chunk[rank::world_size]]

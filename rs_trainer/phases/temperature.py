@@ -15,9 +15,9 @@ Pure: rewards in, a choice out; the trainer does the sampling.
 from __future__ import annotations
 
 import math
-import random
 
 from rs_trainer.phases.estimators import expected_best_of_n
+from rs_trainer.run import seeds
 
 AUTO = "auto"  # `temperature: auto`, the recipe value that asks for a probe each round
 
@@ -26,7 +26,7 @@ def probe_prompts(prompts: list[dict], count: int, seed: int, round_index: int) 
     """A seeded draw of `count` of the round's prompts (all of them when there are fewer), in the round's order."""
     if count >= len(prompts):
         return list(prompts)
-    picked = set(random.Random(f"temperature-probe:{seed}:{round_index}").sample(range(len(prompts)), count))
+    picked = set(seeds.probe_draw_rng(seed, round_index).sample(range(len(prompts)), count))
     return [p for i, p in enumerate(prompts) if i in picked]
 
 

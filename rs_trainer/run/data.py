@@ -7,10 +7,10 @@ truths such as `answer`), which are passed on to the scorers. Nothing is ever ke
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 from rs_trainer.errors import ConfigError, first_line
+from rs_trainer.run import seeds
 
 BUILTIN_PREFIX = "builtin:"
 # Local dataset files by extension -> the `datasets` builder that reads them.
@@ -127,7 +127,7 @@ def draw_round_prompts(prompts: list[dict], per_round: int | None, seed: int, ro
     """All prompts, or `per_round` of them drawn with a seed derived from (seed, round)."""
     if per_round is None or per_round >= len(prompts):
         return list(prompts)
-    rng = random.Random(f"prompts:{seed}:{round_index}")
+    rng = seeds.prompt_draw_rng(seed, round_index)
     return [prompts[i] for i in sorted(rng.sample(range(len(prompts)), per_round))]
 
 

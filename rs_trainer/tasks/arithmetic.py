@@ -5,7 +5,7 @@ Train and eval splits never share an (a, b) pair, so held-out accuracy measures 
 
 from __future__ import annotations
 
-import random
+from rs_trainer.run import seeds
 
 SUFFIX = "Give only the final number."
 VERIFIER = "numeric_answer"  # the completion's final number against `answer` (rs_trainer.rewards.verifiers)
@@ -29,7 +29,7 @@ def make_splits(num_train: int, num_eval: int, lo: int, hi: int, seed: int) -> d
             f"builtin:arithmetic has only {len(pairs)} distinct pairs in [{lo}, {hi}]; lower `task_num_train` + "
             f"`task_num_eval` ({num_train + num_eval}) or widen `task_min_operand`/`task_max_operand`."
         )
-    rng = random.Random(f"arithmetic:{seed}:{lo}:{hi}")
+    rng = seeds.arithmetic_rng(seed, lo, hi)
     chosen = rng.sample(pairs, num_train + num_eval)
 
     def row(split: str, i: int, a: int, b: int) -> dict:

@@ -12,12 +12,12 @@ atomically. Each row keeps `round`, `prompt_id` and the sample indices it came f
 
 from __future__ import annotations
 
-import random
 from collections import defaultdict
 from pathlib import Path
 
 from rs_trainer.phases.filters import MARGIN_TOLERANCE
 from rs_trainer.phases.selection import rank_key, scored
+from rs_trainer.run import seeds
 from rs_trainer.run.formats import pair_row, sft_rows
 from rs_trainer.run.io import read_jsonl, write_jsonl
 from rs_trainer.run.layout import RunLayout
@@ -90,7 +90,7 @@ def dpo_pairs(
         if rule == "best_vs_worst":
             lower = lower[-1:]
         elif rule == "best_vs_random":
-            lower = [random.Random(f"dpo:{seed}:{round_index}:{prompt_id}").choice(lower)]
+            lower = [seeds.dpo_draw_rng(seed, round_index, prompt_id).choice(lower)]
         pairs.extend(pair_row(best, s, gap) for s, gap in lower)
     return pairs
 

@@ -21,7 +21,6 @@ Writes to `output_dir`:
 
 from __future__ import annotations
 
-import random
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from rs_trainer.errors import ConfigError
 from rs_trainer.phases.filters import drop_duplicates
+from rs_trainer.run import seeds
 from rs_trainer.run.io import atomic_dir, write_json, write_jsonl
 from rs_trainer.run.models import ensure_pad_token
 from rs_trainer.tools.export import PAIR_RULES, dpo_pairs, load_generations
@@ -64,7 +64,7 @@ def split_by_prompt(pairs: list[dict], eval_fraction: float, seed: int) -> tuple
     is held out, at least one when there are two prompts or more.
     """
     ids = sorted({p["prompt_id"] for p in pairs})
-    random.Random(f"reward-split:{seed}").shuffle(ids)
+    seeds.reward_split_rng(seed).shuffle(ids)
     n_eval = min(len(ids) - 1, max(1, round(eval_fraction * len(ids)))) if eval_fraction > 0 else 0
     held_out = set(ids[:n_eval])
     return [p for p in pairs if p["prompt_id"] not in held_out], [p for p in pairs if p["prompt_id"] in held_out]
