@@ -22,6 +22,7 @@ from rs_trainer.generators.spec import GeneratorSpec, parse_generators
 from rs_trainer.phases.filters import DEDUPE_MODES
 from rs_trainer.phases.temperature import AUTO
 from rs_trainer.run.data import is_local_file
+from rs_trainer.tasks import arithmetic
 
 SELECTION_STRATEGIES = ("best_of_n", "top_k_per_prompt", "threshold", "percentile", "top_k", "top_fraction", "rso")
 UNSET = "<unset>"  # a deprecated key whose `null` means something (`eval_split: null`): given or not
@@ -296,11 +297,12 @@ class RSConfig:
     )
     # ---- scoring ----
     reward_funcs: list[str] = field(
-        default_factory=lambda: ["numeric_answer"],
+        default_factory=lambda: [arithmetic.VERIFIER],
         metadata={
             "help": "Scorers: built-in names (numeric_answer, math_answer, code_tests), `reward_model:<hub id, "
             "folder or embedded:name>`, or dotted paths to functions with TRL's reward signature "
-            "`fn(prompts, completions, **columns) -> list[float | None]`."
+            "`fn(prompts, completions, **columns) -> list[float | None]`. Default: the verifier of the default "
+            "dataset, builtin:arithmetic (numeric_answer)."
         },
     )
     reward_weights: list[float] | None = field(

@@ -107,8 +107,6 @@ def test_percentile_docstring_examples():
     assert selection.percentile_value([4.0], 37) == 4.0
     got = selection.percentile_per_prompt(matrix({"a": [0.0, 1.0, 2.0, 3.0], "b": [5.0, 5.0]}), 50)
     assert got[:2] == [("a", 3), ("a", 2)] and sorted(got[2:]) == [("b", 0), ("b", 1)]
-    assert selection.rising_schedule(50, 90, 3) == [50.0, 70.0, 90.0]
-    assert selection.rising_schedule(50, 90, 1) == [50.0]
     assert selection.schedule_value([50, 75, 90], 1) == 75
     assert selection.schedule_value([50, 75, 90], 5) == 90
 
@@ -153,9 +151,6 @@ def test_schedules_refuse_falling_or_empty_values():
         selection.schedule_value([50, 80, 70], 0)
     with pytest.raises(ValueError, match="empty"):
         selection.schedule_value([], 0)
-    with pytest.raises(ValueError, match="stop"):
-        selection.rising_schedule(90, 50, 3)
-    assert selection.rising_schedule(0, 100, 5) == [0.0, 25.0, 50.0, 75.0, 100.0]
 
 
 def test_select_percentile_follows_the_schedule_per_round():

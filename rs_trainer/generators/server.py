@@ -98,9 +98,6 @@ class ManagedServer:
             f"{self.startup_timeout:.0f} s (`startup_timeout`); its log ends:\n{self.log_tail()}"
         )
 
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
     def stop(self) -> None:
         """SIGTERM to the server's process group, SIGKILL after 30 s; idempotent."""
         if self.process is None:

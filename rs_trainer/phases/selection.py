@@ -172,22 +172,6 @@ def percentile_per_prompt(
     return chosen
 
 
-def rising_schedule(start: float, stop: float, num_rounds: int) -> list[float]:
-    """Evenly spaced values from `start` to `stop` over `num_rounds` rounds: ReST's Improve steps, where each round
-    keeps a stricter share of samples (Gulcehre et al. 2023).
-
-    Example: rising_schedule(50, 90, 3) -> [50.0, 70.0, 90.0]; with 1 round -> [50.0].
-    """
-    if num_rounds < 1:
-        raise ValueError(f"`num_rounds` must be at least 1, got {num_rounds}.")
-    if stop < start:
-        raise ValueError(f"A rising schedule needs stop ({stop}) >= start ({start}).")
-    if num_rounds == 1:
-        return [float(start)]
-    step = (stop - start) / (num_rounds - 1)
-    return [float(start + r * step) for r in range(num_rounds - 1)] + [float(stop)]
-
-
 def schedule_value(schedule: list[float], round_index: int) -> float:
     """The value of a per-round schedule in round `round_index` (0-based); the last value repeats. The schedule
     must not fall: a later round never keeps a looser share than an earlier one.
