@@ -15,7 +15,7 @@ import contextlib
 
 import torch
 
-from rs_trainer.phases.sft import IGNORE, collate
+from rs_trainer.phases.sft import IGNORE, collate, completion_logits
 
 
 @torch.no_grad()
@@ -25,15 +25,7 @@ def completion_logprobs(model, examples: list[dict], pad_id: int, batch_size: in
     device = next(model.parameters()).device
     logprobs, entropies, counts = [], [], []
     for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start : start + batch_size], pad_id, device)
-        labels = batch["labels"]
-        has_label = (labels[:, 1:] != IGNORE).any(dim=0)
-        first = int(has_label.nonzero()[0]) if has_label.any() else labels.size(1) - 2
-        keep = torch.arange(first, labels.size(1) - 1, device=device)
-        logits = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep
-        ).logits.float()
-        targets = labels[:, first + 1 :]
+        logits, targets = completion_logits(model, collate(examples[start : start + batch_size], pad_id, device))
         mask = (targets != IGNORE).float()
         log_p = torch.log_softmax(logits, dim=-1)
         picked = log_p.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)

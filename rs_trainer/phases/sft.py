@@ -60,13 +60,12 @@ def count_targets(example: dict) -> int:
     return sum(1 for t in example["labels"][1:] if t != IGNORE)
 
 
-def completion_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over completion tokens (labels != -100), weighted per example; returns
-    (loss sum, weighted token count). The caller divides by the tokens of the whole optimizer step.
+def completion_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(logits, targets)` of a collated batch (`collate`): the float logits from the first position that predicts a
+    completion token onwards, and the labels they predict (-100 where there is none), aligned position by position.
 
-    Logits are computed only from the first position that predicts a completion token onwards
-    (`logits_to_keep`): the prompt positions need no vocabulary projection, which is a large share of a small
-    model's compute and of its activation memory.
+    Only those positions get logits (`logits_to_keep`): the prompt positions need no vocabulary projection, which is
+    a large share of a small model's compute and of its activation memory.
     """
     labels = batch["labels"]
     has_label = (labels[:, 1:] != IGNORE).any(dim=0)
@@ -75,7 +74,15 @@ def completion_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
     logits = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep
     ).logits.float()
-    targets = labels[:, start + 1 :]
+    return logits, labels[:, start + 1 :]
+
+
+def completion_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over completion tokens (labels != -100), weighted per example; returns
+    (loss sum, weighted token count). The caller divides by the tokens of the whole optimizer step. Logits are
+    computed for the completion positions only (`completion_logits`).
+    """
+    logits, targets = completion_logits(model, batch)
     per_token = F.cross_entropy(
         logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
     ).view_as(targets)
