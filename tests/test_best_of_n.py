@@ -11,7 +11,7 @@ import pytest
 from helpers import build_tiny_model, recipe_args
 
 from rs_trainer.cli import best_of_n_main
-from rs_trainer.config import ConfigError
+from rs_trainer.errors import ConfigError
 from rs_trainer.phases import estimators
 from rs_trainer.run.io import read_jsonl
 from rs_trainer.tools import best_of_n

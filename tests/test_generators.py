@@ -71,7 +71,7 @@ def test_gpu_only_server_on_a_cpu_machine_is_refused(tiny_model, tmp_path, capsy
 
 
 def test_server_command_with_unknown_braces_is_refused():
-    from rs_trainer.config import ConfigError
+    from rs_trainer.errors import ConfigError
     from rs_trainer.generators import parse_generators
 
     command = 'vllm serve {model} --port {port} --override-generation-config {"do_sample": true}'

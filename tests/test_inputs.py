@@ -6,7 +6,8 @@ import pytest
 from helpers import recipe_args, write_jsonl
 
 from rs_trainer.cli import main, parse_args
-from rs_trainer.config import ConfigError, RSConfig
+from rs_trainer.config import RSConfig
+from rs_trainer.errors import ConfigError
 
 
 def run_cli(argv, capsys) -> tuple[int, str]:

@@ -10,7 +10,8 @@ import pytest
 from helpers import REPO, recipe_args, write_jsonl
 
 from rs_trainer.cli import main
-from rs_trainer.config import ConfigError, RSConfig
+from rs_trainer.config import RSConfig
+from rs_trainer.errors import ConfigError
 
 
 def refused(argv, capsys, *needles) -> str:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rs_trainer.config import ConfigError
+from rs_trainer.errors import ConfigError
 from rs_trainer.run.ranks import local_device
 
 

@@ -204,7 +204,8 @@ def test_rso_tends_to_best_of_n_and_to_uniform():
 
 
 def test_rso_is_a_selection_strategy_with_a_beta_per_round():
-    from rs_trainer.config import ConfigError, RSConfig
+    from rs_trainer.config import RSConfig
+    from rs_trainer.errors import ConfigError
     from rs_trainer.phases.selection import select
 
     args = RSConfig(selection="rso", rso_beta=[1e-6, 1e6], k_per_prompt=1)

@@ -7,7 +7,8 @@ import pytest
 from helpers import recipe_args
 
 from rs_trainer.cli import main
-from rs_trainer.config import ConfigError, RSConfig
+from rs_trainer.config import RSConfig
+from rs_trainer.errors import ConfigError
 from rs_trainer.phases.temperature import choose_temperature, probe_metrics, probe_prompts
 from rs_trainer.run.io import read_jsonl
 
