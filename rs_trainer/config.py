@@ -17,7 +17,7 @@ import typing
 import warnings
 from dataclasses import dataclass, field
 
-from rs_trainer.errors import ConfigError, first_line  # noqa: F401  (first_line: re-export; remove once the trainer imports errors)
+from rs_trainer.errors import ConfigError
 from rs_trainer.generators.spec import GeneratorSpec, parse_generators
 from rs_trainer.phases.filters import DEDUPE_MODES
 from rs_trainer.phases.temperature import AUTO

@@ -28,7 +28,6 @@ FORBIDDEN = {
 }
 # The old path of rs_trainer/generators/, re-exporting what rs_trainer/trainer.py imports from there until the
 # trainer split switches its imports (issue 22); delete this line with that folder.
-SHIMS = ("rs_trainer.phases.generators",)
 
 
 def module_names() -> dict[str, Path]:
@@ -91,8 +90,6 @@ def test_the_library_never_imports_the_command_line():
 def test_each_layer_imports_only_downward():
     upward = []
     for module, targets in import_graph().items():
-        if any(within(module, shim) for shim in SHIMS):
-            continue
         for layer, forbidden in FORBIDDEN.items():
             if within(module, layer):
                 upward += [f"{module} -> {t}" for t in sorted(targets) if any(within(t, f) for f in forbidden)]

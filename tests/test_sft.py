@@ -104,8 +104,10 @@ def test_optimizer_state_is_freed_after_a_rounds_sft(tiny_model, tmp_path):
     )
     trainer = RejectionSamplingTrainer(args, model_args)
     trainer.setup()
-    rows = [{"prompt_id": p["prompt_id"], "completion": "12", "finished": True} for p in trainer.train_prompts[:4]]
-    stats = trainer.sft(rows, 0)
+    rows = [
+        {"prompt_id": p["prompt_id"], "completion": "12", "finished": True} for p in trainer.inputs.train_prompts[:4]
+    ]
+    stats = trainer.learner.fit(rows, 0)
     assert stats["train/steps"] > 0
     assert len(trainer.optimizer.state) == 0
 
@@ -134,8 +136,11 @@ def test_gradient_checkpointing_trains_the_same(tiny_model, tmp_path):
         trainer.setup()
         model = trainer.accelerator.unwrap_model(trainer.model)
         assert model.base_model.model.is_activation_checkpointing == on
-        rows = [{"prompt_id": p["prompt_id"], "completion": "12", "finished": True} for p in trainer.train_prompts[:4]]
-        stats = trainer.sft(rows, 0)
+        rows = [
+            {"prompt_id": p["prompt_id"], "completion": "12", "finished": True}
+            for p in trainer.inputs.train_prompts[:4]
+        ]
+        stats = trainer.learner.fit(rows, 0)
         lora = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
         results.append((stats["train/loss"], lora))
     (loss_off, off), (loss_on, on_) = results

@@ -206,7 +206,7 @@ def test_reward_model_trains_while_the_verifier_judges(tiny_model, embedded_path
 
 
 def test_selection_gathers_ids_and_rewards_never_the_text_of_every_sample(tiny_model, tmp_path, monkeypatch):
-    import rs_trainer.trainer as trainer_module
+    import rs_trainer.trainer.sampler as trainer_module
     from rs_trainer.phases import selection
 
     gathered = []

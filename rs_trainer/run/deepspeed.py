@@ -23,6 +23,7 @@ TRL 1.16.0, and run on the CPU with gloo (`tests/test_zero3.py`).
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import torch
 
@@ -279,10 +280,10 @@ def load_full_state(model, state: dict[str, torch.Tensor]) -> tuple[list[str], l
 
 
 def _is_engine(model) -> bool:
-    try:
-        from deepspeed import DeepSpeedEngine
-    except ImportError:
+    if "deepspeed" not in sys.modules:  # no engine exists yet; importing DeepSpeed would cost seconds and a warning
         return False
+    from deepspeed import DeepSpeedEngine
+
     return isinstance(model, DeepSpeedEngine)
 
 

@@ -201,3 +201,13 @@ def kbit_device_map() -> dict:
     from accelerate import PartialState
 
     return {"": PartialState().local_process_index if torch.cuda.is_available() else "cpu"}
+
+
+def enable_checkpointing(model) -> None:
+    """Activation (gradient) checkpointing, non-reentrant: it works with frozen inputs (LoRA) and with FSDP2.
+    transformers 5.23 renamed the method (the old name warns); older 5.x releases have only the old one."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

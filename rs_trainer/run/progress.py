@@ -1,10 +1,31 @@
-"""Progress bars: rate and ETA on the main process; plain lines when the output is not a terminal."""
+"""Progress bars (rate and ETA on the main process; plain lines when the output is not a terminal) and the round's
+clock."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
 
 from tqdm.auto import tqdm
+
+
+class RoundClock:
+    """A round's timings: seconds per phase (`timing/<phase>` in the metrics) and when each phase began."""
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+        self.started: dict[str, float] = {}  # wall-clock time, to compare with rows' `generated_at`
+        self._start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        start, self.started[name] = time.perf_counter(), time.time()
+        yield
+        self.timings[name] = time.perf_counter() - start
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start
 
 
 def progress_bar(total: int, desc: str, unit: str, enabled: bool = True) -> tqdm:

@@ -1,1 +1,0 @@
-from rs_trainer.generators.server import ManagedServer  # noqa: F401  (re-export for trainer.py)

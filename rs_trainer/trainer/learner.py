@@ -1,0 +1,203 @@
+"""What the policy learns and how it is measured: SFT on a round's selected rows, drift (KL to the base model and
+entropy) on its own samples, held-out greedy evaluation, and its checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from accelerate.utils import gather_object
+
+from rs_trainer.generators.local import release
+from rs_trainer.phases.generation import SamplingParams, generate
+from rs_trainer.phases.sft import (
+    build_example,
+    plan_steps,
+    reset_optimizer,
+    restore_trainable,
+    tokenize_completion,
+    train_steps,
+)
+from rs_trainer.run import data, resume, seeds
+from rs_trainer.run.deepspeed import (
+    full_state_gathered,
+    is_zero3,
+    restore_trainable_gathered,
+    trainable_state_gathered,
+)
+from rs_trainer.run.io import atomic_dir, write_json
+from rs_trainer.run.layout import TRAIN_METRICS
+from rs_trainer.run.sharding import fsdp_units, full_weights, trainable_full_state
+from rs_trainer.samples import with_prompt
+from rs_trainer.trainer.ranks import log, progress
+
+
+class Learner:
+    """Trains and measures the policy for the trainer; reads `RunInputs`, holds nothing but the `Policy`."""
+
+    def __init__(self, inputs, policy):
+        self.inputs, self.policy = inputs, policy
+
+    def fit(self, train_set: list[dict], r: int) -> dict:
+        """`num_train_epochs` over `train_set`; returns loss and step statistics. A round with nothing selected
+        skips. With `sft_from: base` the trainable weights start from the base model's again."""
+        inputs, policy = self.inputs, self.policy
+        args, acc = inputs.args, inputs.accelerator
+        if args.sft_from == "base" and is_zero3(policy.model):
+            restore_trainable_gathered(policy.model, policy.base_state)
+        elif args.sft_from == "base":
+            restore_trainable(policy.model, policy.base_state)
+        examples = self.training_examples(train_set)
+        if not examples:  # nothing selected, or (setup refuses this) no example fits `max_length`
+            log(
+                acc,
+                f"round {r}: "
+                + ("no example fits `max_length`" if train_set else "nothing selected")
+                + "; SFT skipped",
+            )
+            return {"train/loss": None, "train/steps": 0, "train/tokens": 0}
+        steps = plan_steps(
+            examples,
+            args.num_train_epochs,
+            args.per_device_train_batch_size,
+            args.gradient_accumulation_steps,
+            acc.process_index,
+            acc.num_processes,
+            seed=seeds.round_seed(args.seed, r),
+        )
+        losses, tokens, last_lr = self._train(steps, r)
+        return {
+            "train/steps_per_rank": gather_object([len(steps)]),
+            "train/loss": sum(losses) / len(losses),
+            "train/loss_first": losses[0],
+            "train/loss_last": losses[-1],
+            "train/steps": len(steps),
+            "train/examples": len(examples),
+            "train/tokens": sum(gather_object([tokens])),
+            "train/lr": last_lr,
+        }
+
+    def _train(self, steps: list, r: int) -> tuple[list[float], int, float]:
+        """A fresh fine-tuning run over `steps` (new AdamW moments, new schedule); the optimizer's state is freed
+        after it, so that generation and evaluation have that memory (2 x the trainable parameters in fp32)."""
+        from transformers import get_scheduler
+
+        inputs, policy = self.inputs, self.policy
+        args, acc = inputs.args, inputs.accelerator
+        reset_optimizer(policy.optimizer)
+        scheduler = get_scheduler(
+            args.lr_scheduler_type,
+            policy.optimizer,
+            num_warmup_steps=int(args.warmup_ratio * len(steps)),
+            num_training_steps=len(steps),
+        )
+        with progress(acc, len(steps), f"round {r} sft", "steps") as bar:
+
+            def on_step(loss: float) -> None:
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # drawn by the update, not on a line of its own
+                bar.update(1)
+
+            pad = inputs.tokenizer.pad_token_id
+            model, optimizer = policy.model, policy.optimizer
+            losses, tokens = train_steps(acc, model, optimizer, scheduler, steps, pad, args.max_grad_norm, on_step)
+        reset_optimizer(policy.optimizer)
+        release()
+        return losses, tokens, scheduler.get_last_lr()[0]
+
+    def training_examples(self, rows: list[dict]) -> list[dict]:
+        """Each row as the token sequence it was sampled as: its prompt's ids (never a hinted or re-rendered text),
+        its completion and the end token when it finished; rows whose prompt fills `max_len` are left out."""
+        inputs = self.inputs
+        tokenizer = inputs.tokenizer
+        examples = []
+        for s in rows:
+            completion = tokenize_completion(tokenizer, s["completion"], s["finished"], tokenizer.eos_token_id)
+            ex = build_example(inputs.prompt_ids[s["prompt_id"]], completion, inputs.max_len)
+            if ex is not None:
+                examples.append(ex)
+        return examples
+
+    def measure_drift(self, rows: list[dict], r: int) -> dict:
+        """`rs/kl_ref` (nats per sample) and `rs/entropy` (nats per token) of the policy on its own samples of the
+        round, before this round's SFT (the weights that sampled them); see `rs_trainer.phases.divergence`. `rows`
+        are this rank's rows of the round, of which a seeded draw of `kl_samples` (split over the ranks) is used."""
+        from rs_trainer.phases.divergence import kl_and_entropy
+
+        inputs, policy = self.inputs, self.policy
+        args, acc = inputs.args, inputs.accelerator
+        if policy.kl_reference is None:
+            return {}
+        own = {spec.name for spec in inputs.generator_specs if spec.is_policy and spec.engine == "local"}
+        mine = [s for s in rows if s.get("generator", "policy") in own]
+        share = -(-args.kl_samples // acc.num_processes)  # ceil
+        if args.kl_samples and len(mine) > share:
+            rng = seeds.kl_rows_rng(args.seed, r, acc.process_index)
+            mine = [mine[i] for i in sorted(rng.sample(range(len(mine)), share))]
+        examples = self.training_examples(mine)
+        ref = None if policy.kl_reference == "adapter" else policy.kl_reference
+        pad = inputs.tokenizer.pad_token_id
+        with full_weights(acc.unwrap_model(policy.model)) as model:  # ranks run different numbers of batches
+            sums = kl_and_entropy(model, examples, pad, ref_model=ref) if examples else {}
+        total = {
+            k: sum(part.get(k, 0) for part in gather_object([sums]))
+            for k in ("kl_sum", "entropy_sum", "tokens", "samples")
+        }
+        if not total["samples"]:
+            return {}
+        return {
+            "rs/kl_ref": total["kl_sum"] / total["samples"],
+            "rs/entropy": total["entropy_sum"] / max(total["tokens"], 1),
+            "rs/kl_samples": total["samples"],
+        }
+
+    def evaluate(self) -> dict:
+        """Held-out greedy decoding, judged by the eval scorers: `eval/accuracy`, the fraction of eval prompts whose
+        completion reaches `pass_threshold`, and `eval/reward`, the mean reward of those that got one."""
+        inputs = self.inputs
+        args, acc = inputs.args, inputs.accelerator
+        local = data.shard(inputs.eval_prompts, acc.process_index, acc.num_processes)
+        with full_weights(acc.unwrap_model(self.policy.model)) as model:
+            out = generate(
+                model,
+                inputs.tokenizer,
+                local,
+                1,
+                SamplingParams(temperature=0.0, max_new_tokens=args.eval_max_new_tokens),
+                batch_size=args.generation_batch_size,
+                prompt_ids=[inputs.eval_prompt_ids[p["prompt_id"]] for p in local],
+                engine=args.generation_engine,
+                token_budget=args.generation_token_budget,
+            )
+        by_id = {p["prompt_id"]: p for p in local}
+        rewards = gather_object(inputs.scoring.judge(with_prompt(out, by_id)))
+        given = [x for x in rewards if x is not None]
+        return {
+            "eval/accuracy": sum(x is not None and x >= args.pass_threshold for x in rewards) / len(rewards),
+            "eval/reward": sum(given) / len(given) if given else None,
+        }
+
+    def save_checkpoint(self, path: Path, sft_stats: dict) -> None:
+        """Save the adapter (LoRA) or the full model with its tokenizer, loadable without this package, and the
+        round's SFT statistics beside them (`TRAIN_METRICS`): a run killed later in the round resumes from
+        here without training again. The folder is swapped in whole (`atomic_dir`)."""
+        inputs, model = self.inputs, self.policy.model
+        acc = inputs.accelerator
+        if not inputs.args.save_checkpoints:
+            return
+        acc.wait_for_everyone()
+        main, lora = acc.is_main_process, inputs.model_args.use_peft
+        if is_zero3(model):  # partitions, gathered one parameter at a time
+            state = trainable_state_gathered(model, keep=main) if lora else full_state_gathered(model, keep=main)
+        elif lora and fsdp_units(acc.unwrap_model(model)):
+            state = trainable_full_state(acc.unwrap_model(model), keep=main)  # the adapter only
+        else:
+            state = acc.get_state_dict(model)
+        if main:
+            with atomic_dir(path) as tmp:
+                acc.unwrap_model(model).save_pretrained(tmp, state_dict=state, safe_serialization=True)
+                inputs.tokenizer.save_pretrained(tmp)
+                write_json(tmp / TRAIN_METRICS, sft_stats)
+        acc.wait_for_everyone()
+
+    def load_checkpoint(self, path: Path) -> None:
+        """A saved round's adapter or full weights, back into the (possibly sharded) policy, on every rank."""
+        resume.load_weights(self.inputs.accelerator.unwrap_model(self.policy.model), path)

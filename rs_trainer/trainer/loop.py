@@ -1,0 +1,194 @@
+"""`RejectionSamplingTrainer`: setup, the round loop, resume, cleanup. Read `run_round` top to bottom for the
+algorithm:
+  prompts -> generate N each -> score -> select -> SFT on the selected set -> evaluate -> save
+and the next round samples from the model this round trained. The work is done by collaborators that never call
+back: `RoundSampler` (generate, probe, select, rationalize), `Serving` (the generators), `Learner` (SFT, drift,
+evaluation, checkpoints) and the functions of `records` (what a round writes)."""
+
+from __future__ import annotations
+
+import json
+from typing import NamedTuple
+
+from accelerate.utils import set_seed
+
+from rs_trainer.errors import ConfigError
+from rs_trainer.generators.local import release
+from rs_trainer.phases.temperature import AUTO
+from rs_trainer.run import data, resume, seeds
+from rs_trainer.run.io import recover_dir, write_json
+from rs_trainer.run.metrics import summary_table
+from rs_trainer.run.progress import RoundClock
+from rs_trainer.run.ranks import make_accelerator
+from rs_trainer.trainer.learner import Learner
+from rs_trainer.trainer.ranks import log
+from rs_trainer.trainer.records import collect_metrics, commit_scored_rows, finish_round
+from rs_trainer.trainer.sampler import RoundSampler
+from rs_trainer.trainer.serving import Serving
+from rs_trainer.trainer.setup import build_policy, prepare_run, write_run_config
+
+
+class RoundRows(NamedTuple):
+    rows: list[dict]  # this rank's rows of the round, scored and marked `selected`
+    selected: list[dict]  # the selected rows of every rank, on every rank
+    every_row: list[dict] | None  # every row of the round, on the main process (None on the others)
+
+
+class RejectionSamplingTrainer:
+    """Rejection-sampling rounds from an `RSConfig` and TRL's `ModelConfig`: `setup()`, `train()`, `cleanup()`."""
+
+    def __init__(self, args, model_args, accelerator=None):
+        self.args = args
+        self.model_args = model_args
+        self.accelerator = accelerator or make_accelerator(args)
+        self.inputs = None  # RunInputs, from `setup`
+        self.policy = None  # Policy: the prepared model and optimizer
+        self.sampler: RoundSampler | None = None
+        self.learner: Learner | None = None
+        self.history: list[dict] = []
+        self.pool: list[dict] = []  # selected samples of earlier rounds, for `pool_previous_rounds`
+        self.base_accuracy: float | None = None
+
+    # The policy's parts, for callers that inspect the trained model.
+    model = property(lambda self: self.policy.model)
+    optimizer = property(lambda self: self.policy.optimizer)
+    base_state = property(lambda self: self.policy.base_state)
+
+    def setup(self) -> None:
+        """Validate everything that can be validated, then load. Nothing is written before all checks pass."""
+        set_seed(self.args.seed)
+        self.inputs = prepare_run(self.args, self.model_args, self.accelerator)
+        self.policy = build_policy(self.inputs)
+        serving = Serving(self.inputs, self.policy)
+        self.sampler = RoundSampler(self.inputs, self.policy, serving)
+        self.learner = Learner(self.inputs, self.policy)
+        write_run_config(self.inputs)
+
+    def train(self) -> list[dict]:
+        """Every round not yet finished in `output_dir`; returns the rounds' metrics."""
+        self.base_accuracy = self.evaluate_base()
+        for r in range(self.resume(), self.args.num_rounds):
+            if not self.run_round(r):
+                break
+        log(self.accelerator, "\n" + summary_table(self.history))
+        if self.accelerator.is_main_process:
+            write_json(self.inputs.files.summary, self.history)
+        return self.history
+
+    def run_round(self, r: int) -> bool:
+        """One round: sample, score and select (or read them back), train, evaluate, report. Returns False when
+        the run stops here (`max_kl_action: stop`)."""
+        args = self.args
+        clock = RoundClock()
+        set_seed(seeds.global_seed(args.seed, r))  # dropout and any other global draw: the same path when resumed
+        rows, selected, every_row = self.sample_score_select(r, clock)
+        with clock.phase("kl"):
+            drift = self.learner.measure_drift(rows, r)
+        if self.drifted_too_far(r, drift):
+            return False
+        self.pool.extend(selected)
+        train_set = self.pool if args.pool_previous_rounds else selected
+        sft_stats = self.sft_round(r, train_set, clock)
+        with clock.phase("eval"):
+            evaluation = (
+                self.learner.evaluate() if self.inputs.eval_prompts else {"eval/accuracy": None, "eval/reward": None}
+            )
+        before = self.history[-1]["eval/accuracy"] if self.history else self.base_accuracy
+        measured = {**sft_stats, **drift, **evaluation}
+        metrics = collect_metrics(self.inputs, r, every_row, selected, measured, clock, before)
+        self.history.append(metrics)
+        finish_round(self.inputs, r, every_row, metrics, self.history, self.base_accuracy)
+        log(self.accelerator, summary_table(self.history[-1:]))
+        return True
+
+    def sample_score_select(self, r: int, clock: RoundClock) -> RoundRows:
+        """The round's rows, scored and marked. A round that got as far as its `generations.jsonl` before a kill is
+        read back, not sampled again."""
+        acc, args, sampler = self.accelerator, self.args, self.sampler
+        saved = resume.scored_rows(self.inputs.files, r)
+        if saved is not None:
+            mine = data.shard(saved, acc.process_index, acc.num_processes)
+            return RoundRows(mine, [s for s in saved if s["selected"]], saved if acc.is_main_process else None)
+        prompts = data.draw_round_prompts(self.inputs.train_prompts, args.prompts_per_round, args.seed, r)
+        if args.for_round("temperature", r) == AUTO:
+            with clock.phase("temperature_probe"):
+                sampler.probe_temperature(prompts, r)
+        with clock.phase("generate"):
+            rows = sampler.generate(prompts, r, clock)
+        release()  # the KV caches, before the reward model scores
+        with clock.phase("score"):
+            rows = self.inputs.scoring.score(rows)
+        with clock.phase("select"):
+            sampler.select(rows, r)
+        if args.rationalize:
+            with clock.phase("rationalize"):
+                rows += sampler.rationalize(rows, r)
+        every_row = commit_scored_rows(self.inputs, r, rows)
+        return RoundRows(rows, sampler.gather_selected(rows), every_row)
+
+    def drifted_too_far(self, r: int, drift: dict) -> bool:
+        """`max_kl`: warn, or (`max_kl_action: stop`) end the run before this round's SFT."""
+        kl, limit = drift.get("rs/kl_ref"), self.args.max_kl
+        if kl is None or limit is None or kl <= limit:
+            return False
+        message = f"round {r}: KL to the base model {kl:.3f} passed `max_kl` {limit}"
+        stop = self.args.max_kl_action == "stop"
+        log(
+            self.accelerator,
+            message + ("; stopping before this round's SFT (`max_kl_action: stop`)." if stop else "."),
+        )
+        return stop
+
+    def sft_round(self, r: int, train_set: list[dict], clock: RoundClock) -> dict:
+        """SFT on `train_set` and the checkpoint; a round killed after its save loads that checkpoint instead."""
+        files = self.inputs.files
+        sft_stats = resume.trained_round(files, r)
+        if sft_stats is not None:
+            self.learner.load_checkpoint(files.checkpoint(r))
+            return sft_stats
+        set_seed(
+            seeds.global_seed(self.args.seed, r)
+        )  # the same draws (dropout) whether the round's samples were made or read
+        with clock.phase("sft"):
+            sft_stats = self.learner.fit(train_set, r)
+        with clock.phase("save"):
+            self.learner.save_checkpoint(files.checkpoint(r), sft_stats)
+        return sft_stats
+
+    def resume(self) -> int:
+        """Pick up the finished rounds of an earlier run in `output_dir`; return the first round still to run."""
+        acc, files = self.accelerator, self.inputs.files
+        if acc.is_main_process:  # a checkpoint swap cut short by a kill is finished or undone before anyone reads
+            for r in files.rounds():
+                recover_dir(files.checkpoint(r))
+        acc.wait_for_everyone()
+        self.history = resume.finished_rounds(files)[: self.args.num_rounds]
+        if not self.history:
+            return 0
+        last = len(self.history) - 1
+        checkpoint = files.checkpoint(last)
+        if not checkpoint.exists():
+            raise ConfigError(f"Cannot resume from round {last}: {checkpoint} is missing (`save_checkpoints` false?).")
+        # The next round samples from the model the last round trained (with `sft_from: base` too).
+        self.learner.load_checkpoint(checkpoint)
+        for r in range(len(self.history)):
+            self.pool.extend(s for s in resume.scored_rows(files, r) if s["selected"])
+        log(acc, f"resuming {files.root}: rounds 0..{last} are finished")
+        return len(self.history)
+
+    def evaluate_base(self) -> float | None:
+        """Held-out accuracy of the base model, computed once per run and kept in `base_eval.json`."""
+        path = self.inputs.files.base_eval
+        if not self.inputs.eval_prompts:
+            return None
+        if path.exists():
+            return json.loads(path.read_text())["eval/accuracy"]
+        evaluation = self.learner.evaluate()
+        log(self.accelerator, f"base model: held-out greedy accuracy {evaluation['eval/accuracy']}")
+        self.accelerator.log({k: v for k, v in evaluation.items() if v is not None}, step=0)
+        if self.accelerator.is_main_process:
+            write_json(path, evaluation)
+        return evaluation["eval/accuracy"]
+
+    def cleanup(self) -> None:
+        self.accelerator.end_training()  # closes the trackers

@@ -1,0 +1,308 @@
+"""Everything a run needs before its first round, checked before anything is written: `prepare_run` builds the
+frozen `RunInputs` (prompts, their token ids, tokenizer, scorers, generators), `build_policy` the trained model and
+its optimizer (`Policy`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate.utils import DistributedType
+
+from rs_trainer.config import NON_SEMANTIC_KEYS, config_changes
+from rs_trainer.errors import ConfigError, first_line
+from rs_trainer.phases.generation import check_prompt_lengths, encode_prompts
+from rs_trainer.phases.sft import trainable_state
+from rs_trainer.phases.temperature import AUTO
+from rs_trainer.rewards.scoring import Scoring
+from rs_trainer.run import data
+from rs_trainer.run.deepspeed import (
+    configure_batch_sizes,
+    configure_gradient_clipping,
+    is_zero3,
+    outside_zero3_init,
+    trainable_state_gathered,
+)
+from rs_trainer.run.layout import RunLayout
+from rs_trainer.run.models import (
+    check_model_folder,
+    enable_checkpointing,
+    load_policy,
+    load_tokenizer,
+    resolve_model_path,
+)
+from rs_trainer.run.ranks import check_shared_storage, local_device
+from rs_trainer.trainer.serving import sampling_params
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What every collaborator of the trainer reads, fixed at setup: the recipe, the run's files, the prompts and
+    their token ids, the tokenizer, the scorers and the generators."""
+
+    args: object  # RSConfig
+    model_args: object  # trl.ModelConfig
+    accelerator: object
+    files: RunLayout
+    train_prompts: list[dict]
+    eval_prompts: list[dict]
+    prompt_by_id: dict[str, dict]
+    model_path: str
+    tokenizer: object
+    prompt_ids: dict[str, list[int]]  # each training prompt's ids, as rendered for generation
+    eval_prompt_ids: dict[str, list[int]]  # each held-out prompt's
+    context: int  # the model's context (10**9 when it names none)
+    max_len: int  # longest prompt + completion trained on
+    scoring: Scoring
+    generator_specs: list
+    sample_ranges: dict[str, range]  # each generator's sample indices
+    endpoints: dict  # `engine: openai` generators, checked and ready
+
+
+@dataclass
+class Policy:
+    """The model being trained, as prepared by Accelerate, with its optimizer; what drift is measured against
+    (`kl_reference`: "adapter", a frozen model, or None); and the trainable weights `sft_from: base` restores."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    kl_reference: object = None
+    base_state: dict | None = None
+
+
+def prepare_run(args, model_args, accelerator) -> RunInputs:
+    """Load and check the prompts, scorers, tokenizer and generators, and the `output_dir`; nothing is written
+    before all of them pass."""
+    files = RunLayout(Path(args.output_dir))
+    train_prompts = data.load_prompts(args, args.dataset_train_split)
+    eval_prompts = load_eval_prompts(args)
+    if args.rationalize:
+        check_rationalization_hint(args.rationalization_hint, train_prompts[0])
+    if args.prompts_per_round and args.prompts_per_round > len(train_prompts):
+        raise ConfigError(
+            f"`prompts_per_round` ({args.prompts_per_round}) is more than the {len(train_prompts)} prompts "
+            f"in {args.dataset_name} [{args.dataset_train_split}]; lower it, or leave it unset to use them all."
+        )
+    args.check_selection_size(args.prompts_per_round or len(train_prompts))
+    reward_device = local_device(args.reward_model_device, accelerator.num_processes, accelerator.device)
+    with outside_zero3_init():  # reward models are whole on each rank, never ZeRO-3 partitions
+        scoring = Scoring.from_recipe(args, reward_device, train_prompts + eval_prompts)
+    model_path, tokenizer = load_model_tokenizer(model_args.model_name_or_path)
+    specs, ranges, endpoints = setup_generators(args, files, tokenizer, model_args.use_peft)
+    if AUTO in args.temperature and not any(s.is_policy and s.temperature is None for s in specs):
+        raise ConfigError(
+            "`temperature: auto` probes the policy at the round's temperature, but no generator is the policy "
+            "without its own `temperature`; list one, or give `temperature` numbers."
+        )
+    (prompt_ids, eval_prompt_ids), context, max_len = encode_and_check_lengths(
+        args, tokenizer, model_path, train_prompts, eval_prompts
+    )
+    check_shared_storage(accelerator, files.root)  # every later decision reads `output_dir`, on every rank
+    check_output_dir(args, model_args, accelerator, files)
+    return RunInputs(
+        args=args,
+        model_args=model_args,
+        accelerator=accelerator,
+        files=files,
+        train_prompts=train_prompts,
+        eval_prompts=eval_prompts,
+        prompt_by_id={p["prompt_id"]: p for p in train_prompts},
+        model_path=model_path,
+        tokenizer=tokenizer,
+        prompt_ids=prompt_ids,
+        eval_prompt_ids=eval_prompt_ids,
+        context=context,
+        max_len=max_len,
+        scoring=scoring,
+        generator_specs=specs,
+        sample_ranges=ranges,
+        endpoints=endpoints,
+    )
+
+
+def build_policy(inputs: RunInputs) -> Policy:
+    """The policy loaded (LoRA on or off), its optimizer, both prepared by Accelerate; the KL reference and the
+    base weights for `sft_from: base`."""
+    from trl import get_peft_config
+
+    args, model_args, acc = inputs.args, inputs.model_args, inputs.accelerator
+    try:
+        model, _ = load_policy(model_args, get_peft_config(model_args))
+    except ValueError as err:
+        if "target_modules" not in str(err) and "Target modules" not in str(err):
+            raise
+        raise ConfigError(
+            f"`lora_target_modules` {model_args.lora_target_modules} match no layer of "
+            f"{model_args.model_name_or_path}; name its linear layers (q_proj, v_proj, ...) or `all-linear`."
+        ) from None
+    model.config.use_cache = True
+    if args.gradient_checkpointing:
+        enable_checkpointing(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+    if acc.distributed_type == DistributedType.DEEPSPEED and args.gradient_accumulation_steps > 1:
+        # Under DeepSpeed every backward pass with synced gradients steps the engine; our accumulation would
+        # take an optimizer step per micro-batch.
+        raise ConfigError(
+            "`gradient_accumulation_steps` > 1 is not supported under DeepSpeed yet; raise "
+            "`per_device_train_batch_size` instead, or use the FSDP2 config."
+        )
+    try:  # ZeRO-3 without a DataLoader: our batch sizes and clipping, not `auto`
+        configure_batch_sizes(acc, args.per_device_train_batch_size, args.gradient_accumulation_steps)
+        configure_gradient_clipping(acc, args.max_grad_norm)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    model, optimizer = acc.prepare(model, optimizer)
+    with outside_zero3_init():
+        reference = kl_reference(args, model_args, acc.device)
+    measured = any(spec.is_policy and spec.engine == "local" for spec in inputs.generator_specs)
+    if args.max_kl is not None and (reference is None or not measured):
+        raise ConfigError(
+            "`max_kl` needs KL to be measured: LoRA (or `kl_to_base: on`) and the policy sampling in-process."
+        )
+    base_state = None
+    if args.sft_from == "base" and is_zero3(model):  # partitions: gathered, rank 0 keeps the copy
+        base_state = trainable_state_gathered(model, keep=acc.is_main_process)
+    elif args.sft_from == "base":
+        base_state = trainable_state(model)
+    return Policy(model, optimizer, reference, base_state)
+
+
+def write_run_config(inputs: RunInputs) -> None:
+    """`run_config.json`, the first file of a run, once every check has passed; trackers started."""
+    acc = inputs.accelerator
+    if acc.is_main_process:
+        from rs_trainer.run.io import write_json
+
+        inputs.files.root.mkdir(parents=True, exist_ok=True)
+        write_json(inputs.files.run_config, run_config(inputs.args, inputs.model_args))
+    acc.wait_for_everyone()
+    if acc.log_with:
+        flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in inputs.args.to_dict().items()}
+        acc.init_trackers("rs_trainer", config=flat)
+
+
+def check_rationalization_hint(hint: str, row: dict) -> None:
+    fields = {name for _, name, _, _ in string.Formatter().parse(hint) if name}
+    missing = sorted(fields - set(row))
+    if missing or not fields:
+        raise ConfigError(
+            f"`rationalization_hint` {hint!r} must name ground-truth columns of the dataset in braces (such as "
+            f"{{answer}}); {missing or 'none'} are not among {sorted(set(row) - {'prompt', 'prompt_id'})}."
+        )
+
+
+def kl_reference(args, model_args, device):
+    """What drift is measured against: "adapter" (LoRA disabled), a frozen base model (`kl_to_base: on` without
+    LoRA), or None (off)."""
+    mode = args.kl_to_base
+    if mode == "off" or (mode == "auto" and not model_args.use_peft):
+        return None
+    if model_args.use_peft:
+        return "adapter"
+    from rs_trainer.generators.local import load_frozen
+
+    model, _ = load_frozen(model_args.model_name_or_path, model_args, device)
+    return model
+
+
+def setup_generators(args, files: RunLayout, tokenizer, use_peft: bool) -> tuple[list, dict, dict]:
+    """Every generator checked before anything is sampled: (specs, each one's sample indices, ready endpoints)."""
+    from rs_trainer.generators.checks import check_generators, sample_ranges
+
+    specs = args.generator_specs()
+    endpoints = check_generators(
+        specs,
+        tokenizer,
+        args.save_checkpoints,
+        use_peft,
+        first_params=lambda spec: sampling_params(args, files, spec, 0),
+    )
+    return specs, sample_ranges(specs), endpoints
+
+
+def load_model_tokenizer(name: str):
+    """The model's folder and tokenizer; a folder or hub id that holds no model is refused by name."""
+    try:
+        path = resolve_model_path(name)
+        check_model_folder(path)
+        from transformers import AutoConfig
+
+        AutoConfig.from_pretrained(path)
+        return path, load_tokenizer(path)
+    except (OSError, ValueError) as err:
+        reason = first_line(err)
+        raise ConfigError(
+            f"`model_name_or_path` {name} could not be loaded ({reason}); name a folder holding config.json, "
+            "weights and a tokenizer, a hub id available offline, or `embedded:SmolLM2-135M-Instruct`."
+        ) from None
+
+
+def load_eval_prompts(args) -> list[dict]:
+    if args.dataset_test_split is None:
+        return []
+    prompts = data.load_prompts(args, args.dataset_test_split, args.eval_dataset_name, eval=True)
+    return prompts[: args.max_eval_prompts] if args.max_eval_prompts else prompts
+
+
+def encode_and_check_lengths(args, tokenizer, model_path, *prompt_lists) -> tuple[list[dict], int, int]:
+    """Each list's token ids by prompt id (as rendered for generation), the model's context and `max_len`; a
+    prompt that leaves no room for a completion is refused by id."""
+    from transformers import AutoConfig
+
+    context = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    max_len = args.max_length or context or 4096
+    max_new = max(max(args.max_completion_length), args.eval_max_new_tokens)
+    encoded = []
+    for prompts in prompt_lists:
+        ids = encode_prompts(tokenizer, prompts)
+        check_prompt_lengths(prompts, ids, max_new, context)
+        if prompts:
+            longest = max(range(len(ids)), key=lambda i: len(ids[i]))
+            if len(ids[longest]) >= max_len:
+                raise ConfigError(
+                    f"`max_length` ({max_len}) leaves no room for a completion after prompt "
+                    f"{prompts[longest]['prompt_id']!r} ({len(ids[longest])} tokens); raise it above the longest "
+                    "prompt plus `max_completion_length`, or leave it unset to use the model's context."
+                )
+        encoded.append({p["prompt_id"]: seq for p, seq in zip(prompts, ids, strict=True)})
+    return encoded, context or 10**9, max_len
+
+
+def run_config(args, model_args) -> dict:
+    rs = {k: v for k, v in args.to_dict().items() if k not in NON_SEMANTIC_KEYS}
+    return {"rs": rs, "model": dataclasses.asdict(model_args)}
+
+
+def check_output_dir(args, model_args, accelerator, files: RunLayout) -> None:
+    """A folder, new or holding a run of the same config; `overwrite_output_dir` clears one of another config."""
+    root = files.root
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"`output_dir` {root} is a file; name a folder (new or holding a run).")
+    path = files.run_config
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    new = json.loads(json.dumps(run_config(args, model_args), default=str))
+    old_model = old.get("model", {})
+    changed = [f"rs.{k}" for k in config_changes(old.get("rs", {}), new["rs"])] + sorted(
+        f"model.{k}" for k in set(old_model) | set(new["model"]) if old_model.get(k) != new["model"].get(k)
+    )
+    if changed and not args.overwrite_output_dir:
+        raise ConfigError(
+            f"{root} holds a run with a different config (changed: {', '.join(changed)}), so it cannot "
+            "be resumed; choose another `output_dir` or pass `--overwrite_output_dir` to start over."
+        )
+    if args.overwrite_output_dir:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            for r in files.rounds():
+                shutil.rmtree(files.round(r))
+            for path in files.run_files():
+                path.unlink(missing_ok=True)
+        accelerator.wait_for_everyone()
