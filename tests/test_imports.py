@@ -26,8 +26,6 @@ FORBIDDEN = {
     "rs_trainer.config": ("rs_trainer.trainer", "rs_trainer.tools", "rs_trainer.cli"),
     "rs_trainer.tools": ("rs_trainer.trainer", "rs_trainer.cli"),
 }
-# The old path of rs_trainer/generators/, re-exporting what rs_trainer/trainer.py imports from there until the
-# trainer split switches its imports (issue 22); delete this line with that folder.
 
 
 def module_names() -> dict[str, Path]:
