@@ -85,6 +85,24 @@ def recipe_args(model_path, output_dir, **overrides) -> list[str]:
     return argv
 
 
+def two_rank_run_args(model_path, output_dir, **overrides) -> list[str]:
+    """A 2-round run for two processes: 7 prompts (odd, so the ranks hold different numbers), one prompt per
+    generation batch, a length reward that selects, the verifier judging."""
+    settings = {
+        "task_num_train": 7,
+        "num_generations": 3,
+        "selection_top_k": 5,
+        "num_rounds": 2,
+        "generation_batch_size": 2,
+        "max_completion_length": 6,
+        "report_to": "none",
+        "reward_funcs": ["tests.scorers_for_tests.length_reward"],
+        "eval_reward_funcs": ["numeric_answer"],
+        **overrides,
+    }
+    return recipe_args(model_path, output_dir, **settings)
+
+
 SERVE = str(Path(sys.executable).parent / "transformers")  # `transformers serve`, from transformers[serving]
 
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 import torch
-from helpers import REPO, recipe_args
+from helpers import REPO, two_rank_run_args
 
 from rs_trainer.run.io import read_jsonl
 
@@ -57,22 +57,6 @@ def test_generation_with_unequal_work_per_rank(tiny_model, tmp_path, engine, kin
     assert min(rank0) < max(rank0)  # rows ended at different steps
 
 
-def run_args(model, out, **overrides):
-    settings = {
-        "task_num_train": 7,  # odd: the ranks hold different numbers of prompts
-        "num_generations": 3,
-        "selection_top_k": 5,
-        "num_rounds": 2,
-        "generation_batch_size": 2,
-        "max_completion_length": 6,
-        "report_to": "none",
-        "reward_funcs": ["tests.scorers_for_tests.length_reward"],
-        "eval_reward_funcs": ["numeric_answer"],
-        **overrides,
-    }
-    return recipe_args(model, out, **settings)
-
-
 LORA = {"use_peft": True, "lora_target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0}
 
 
@@ -89,13 +73,15 @@ def rows(out, r):
 def test_lora_run_with_probe_and_rationalization_killed_and_resumed(tiny_model, tmp_path):
     options = {**LORA, "temperature": "auto", "temperature_probe_prompts": 3, "rationalize": True}
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    torchrun("run", *run_args(tiny_model, whole, **options), timeout=60)
+    torchrun("run", *two_rank_run_args(tiny_model, whole, **options), timeout=60)
     metrics = json.loads((whole / "round_1" / "metrics.json").read_text())
     assert metrics["rs/kl_samples"] == 21 and metrics["rs/kl_ref"] != 0.0  # drift is measured under FSDP2
     assert (whole / "round_1" / "checkpoint" / "adapter_model.safetensors").exists()
-    killed = torchrun("run", *run_args(tiny_model, cut, **options), kill_at="checkpoint", timeout=60, check=False)
+    killed = torchrun(
+        "run", *two_rank_run_args(tiny_model, cut, **options), kill_at="checkpoint", timeout=60, check=False
+    )
     assert killed.returncode != 0 and not (cut / "round_0" / "checkpoint").exists()
-    torchrun("run", *run_args(tiny_model, cut, **options), timeout=60)
+    torchrun("run", *two_rank_run_args(tiny_model, cut, **options), timeout=60)
     assert losses(cut) == pytest.approx(losses(whole), abs=1e-6)
     assert rows(cut, 1) == rows(whole, 1)  # round 1 sampled from the same adapter, loaded back on both ranks
 
@@ -104,11 +90,11 @@ def test_full_fine_tuning_resumed_under_fsdp2(tiny_model, tmp_path):
     from safetensors.torch import load_file
 
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    torchrun("run", *run_args(tiny_model, whole), timeout=60)
+    torchrun("run", *two_rank_run_args(tiny_model, whole), timeout=60)
     # Killed as round 0's metrics are written: the rerun loads round 0's full checkpoint into the sharded model.
-    killed = torchrun("run", *run_args(tiny_model, cut), kill_at="metrics.json", timeout=60, check=False)
+    killed = torchrun("run", *two_rank_run_args(tiny_model, cut), kill_at="metrics.json", timeout=60, check=False)
     assert killed.returncode != 0 and (cut / "round_0" / "checkpoint" / "model.safetensors").exists()
-    torchrun("run", *run_args(tiny_model, cut), timeout=60)
+    torchrun("run", *two_rank_run_args(tiny_model, cut), timeout=60)
     assert losses(cut) == pytest.approx(losses(whole), abs=1e-6)
     assert rows(cut, 1) == rows(whole, 1)
     a = load_file(whole / "round_1" / "checkpoint" / "model.safetensors")

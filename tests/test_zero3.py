@@ -20,7 +20,7 @@ import pytest
 import torch
 from accelerate import DeepSpeedPlugin
 from accelerate.utils import DistributedType
-from helpers import REPO
+from helpers import REPO, two_rank_run_args
 
 from rs_trainer.run.deepspeed import (
     configure_batch_sizes,
@@ -233,24 +233,6 @@ def run_trainer(argv: list[str], kill_at: str | None = None) -> subprocess.Compl
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def run_args(model, out, **overrides) -> list[str]:
-    from helpers import recipe_args
-
-    settings = {
-        "task_num_train": 7,  # odd: the ranks hold different numbers of prompts
-        "num_generations": 3,
-        "selection_top_k": 5,
-        "num_rounds": 2,
-        "generation_batch_size": 2,
-        "max_completion_length": 6,
-        "report_to": "none",
-        "reward_funcs": ["tests.scorers_for_tests.length_reward"],
-        "eval_reward_funcs": ["numeric_answer"],
-        **overrides,
-    }
-    return recipe_args(model, out, **settings)
-
-
 def round_record(out) -> tuple[list, list]:
     from rs_trainer.run.io import read_jsonl
 
@@ -285,11 +267,11 @@ def round_record(out) -> tuple[list, list]:
 )
 def test_whole_run_under_zero3_killed_and_resumed(tiny_model, tmp_path, options, kill_at):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    done = run_trainer(run_args(tiny_model, whole, **options))
+    done = run_trainer(two_rank_run_args(tiny_model, whole, **options))
     assert done.returncode == 0, done.stderr[-4000:]
-    killed = run_trainer(run_args(tiny_model, cut, **options), kill_at=kill_at)
+    killed = run_trainer(two_rank_run_args(tiny_model, cut, **options), kill_at=kill_at)
     assert killed.returncode != 0
-    resumed = run_trainer(run_args(tiny_model, cut, **options))
+    resumed = run_trainer(two_rank_run_args(tiny_model, cut, **options))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     (losses, rows), (cut_losses, cut_rows) = round_record(whole), round_record(cut)
     assert losses[0] > 1.0 and cut_losses == pytest.approx(losses, abs=1e-6)
