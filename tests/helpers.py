@@ -103,6 +103,12 @@ def two_rank_run_args(model_path, output_dir, **overrides) -> list[str]:
     return recipe_args(model_path, output_dir, **settings)
 
 
+def failure(proc) -> str:
+    """What a failed multi-process run said: every rank's one-line errors first, then the end of its stderr."""
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line and "rs_trainer" in line]
+    return "\n".join(errors) + "\n...\n" + proc.stderr[-3000:]
+
+
 SERVE = str(Path(sys.executable).parent / "transformers")  # `transformers serve`, from transformers[serving]
 
 

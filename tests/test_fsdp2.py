@@ -16,7 +16,7 @@ import time
 
 import pytest
 import torch
-from helpers import REPO, two_rank_run_args
+from helpers import REPO, failure, two_rank_run_args
 
 from rs_trainer.run.io import read_jsonl
 
@@ -40,7 +40,7 @@ def torchrun(*args, kill_at: str | None = None, timeout: int = 20, check: bool =
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *port, WORKER, *map(str, args)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if check:
-        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert proc.returncode == 0, failure(proc)
     return proc
 
 

@@ -48,11 +48,11 @@ def check_shared_storage(accelerator, output_dir: Path) -> None:
     except OSError:
         seen = False
     blind = [rank for rank, ok in enumerate(gather_object([seen])) if not ok]
-    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         path.unlink(missing_ok=True)
         if created:  # nothing is written before every check has passed
             output_dir.rmdir()
+    accelerator.wait_for_everyone()  # no rank looks at `output_dir` while rank 0 is still removing the check
     if blind:
         raise ConfigError(
             f"`output_dir` {output_dir} is not shared: rank(s) {blind} cannot read what rank 0 wrote there. Every "

@@ -282,7 +282,7 @@ def run_config(args, model_args) -> dict:
 def check_output_dir(args, model_args, accelerator, files: RunLayout) -> None:
     """A folder, new or holding a run of the same config; `overwrite_output_dir` clears one of another config."""
     root = files.root
-    if root.exists() and not root.is_dir():
+    if root.is_file():
         raise ConfigError(f"`output_dir` {root} is a file; name a folder (new or holding a run).")
     path = files.run_config
     if not path.exists():
