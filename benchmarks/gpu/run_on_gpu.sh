@@ -8,9 +8,9 @@
 # What it does, each step under `timeout`, the whole within BUDGET_S seconds (a step that would start past it is
 # skipped and listed as such):
 #   install       the carried wheels (trl, datasets, dill, multiprocess) into /tmp/site, then rs_trainer itself with
-#                 `pip install --no-deps --no-build-isolation -e .`: pyproject pins transformers==5.23.0 (and trl,
-#                 peft, datasets) exactly, which this machine's transformers 5.17 does not satisfy, so pip must not
-#                 resolve dependencies (and cannot: no network); then checks that the imports of a run work
+#                 `pip install --no-deps --no-build-isolation -e .`: pyproject's ranges admit this machine's
+#                 transformers 5.17, but pip cannot resolve the rest (bitsandbytes, gguf, tensorboard, ...: no
+#                 network), so it must not try; then checks that the imports of a run work
 #   env           GPU, driver and package versions
 #   peaks         HBM bandwidth (device-to-device copy) and bf16 matmul rate: what rooflines and MFU divide by
 #   build         random-weight models in a public shape (SHAPE: llama-3.2-1b or qwen2.5-1.5b), policy and reward model
@@ -59,7 +59,7 @@ do_install() {
     if [ "$SMOKE" != 1 ]; then
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
             .gpu_wheels/wheels/*.whl || return 1
-        # --no-deps: pyproject's exact pins (transformers==5.23.0, ...) do not hold here; PYTHONPATH has the repo
+        # --no-deps: there is no network to resolve the other dependencies from; PYTHONPATH has the repo
         # anyway, so a failed editable install is reported and not fatal.
         "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . || echo "editable install failed"
     fi
