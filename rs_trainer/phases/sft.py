@@ -119,18 +119,6 @@ def plan_steps(
     return steps
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    """A CPU copy of the trainable parameters (the adapter with LoRA, everything without)."""
-    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
-
-
-@torch.no_grad()
-def restore_trainable(model, state: dict[str, torch.Tensor]) -> None:
-    for n, p in model.named_parameters():
-        if n in state:
-            p.copy_(state[n].to(p.device))
-
-
 def reset_optimizer(optimizer) -> None:
     """Forget the optimizer's moments and step counts: each round is a fresh fine-tuning run.
 

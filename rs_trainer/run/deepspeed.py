@@ -354,7 +354,7 @@ def restore_trainable_gathered(model, state: dict[str, torch.Tensor] | None) -> 
     """
     module = _unwrapped(model)
     params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-    zero3 = any(hasattr(p, "ds_id") for _, p in params)
+    zero3 = is_zero3(module)
     copies = state is not None and (not zero3 or torch.distributed.get_rank() == 0)
     for name, param in params:
         with _gathered([param], modifier_rank=0):

@@ -93,8 +93,9 @@ def load_full_state(model, state: dict) -> tuple[list[str], list[str]]:
 
         result = set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
         return list(result.missing_keys), list(result.unexpected_keys)
-    if any(hasattr(p, "ds_id") for p in model.parameters()):  # DeepSpeed ZeRO-3 partitions
-        from rs_trainer.run.deepspeed import load_full_state as load_zero3
+    from rs_trainer.run.deepspeed import is_zero3
+    from rs_trainer.run.deepspeed import load_full_state as load_zero3
 
+    if is_zero3(model):
         return load_zero3(model, state)
     return model.load_state_dict(state, strict=False)

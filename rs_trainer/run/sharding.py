@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 
+from rs_trainer.run.deepspeed import gathered_for_generation, is_zero3
+
 
 def fsdp_units(model) -> list:
     """The model's FSDP2 modules (`fully_shard`), the root first; empty when it is not sharded with FSDP2."""
@@ -39,9 +41,7 @@ def full_weights(model):
     units = fsdp_units(model)
     if units:
         context = _fsdp2_unsharded(units)
-    elif any(hasattr(p, "ds_id") for p in model.parameters()):  # DeepSpeed ZeRO-3 partitions
-        from rs_trainer.run.deepspeed import gathered_for_generation
-
+    elif is_zero3(model):
         context = gathered_for_generation(model)
     else:
         context = contextlib.nullcontext()

@@ -13,7 +13,6 @@ from rs_trainer.phases.sft import (
     build_example,
     plan_steps,
     reset_optimizer,
-    restore_trainable,
     tokenize_completion,
     train_steps,
 )
@@ -42,10 +41,8 @@ class Learner:
         skips. With `sft_from: base` the trainable weights start from the base model's again."""
         inputs, policy = self.inputs, self.policy
         args, acc = inputs.args, inputs.accelerator
-        if args.sft_from == "base" and is_zero3(policy.model):
+        if args.sft_from == "base":
             restore_trainable_gathered(policy.model, policy.base_state)
-        elif args.sft_from == "base":
-            restore_trainable(policy.model, policy.base_state)
         examples = self.training_examples(train_set)
         if not examples:  # nothing selected, or (setup refuses this) no example fits `max_length`
             log(

@@ -17,7 +17,6 @@ from accelerate.utils import DistributedType
 from rs_trainer.config import NON_SEMANTIC_KEYS, config_changes
 from rs_trainer.errors import ConfigError, first_line
 from rs_trainer.phases.generation import check_prompt_lengths, encode_prompts
-from rs_trainer.phases.sft import trainable_state
 from rs_trainer.phases.temperature import AUTO
 from rs_trainer.rewards.scoring import Scoring
 from rs_trainer.run import data
@@ -166,10 +165,8 @@ def build_policy(inputs: RunInputs) -> Policy:
             "`max_kl` needs KL to be measured: LoRA (or `kl_to_base: on`) and the policy sampling in-process."
         )
     base_state = None
-    if args.sft_from == "base" and is_zero3(model):  # partitions: gathered, rank 0 keeps the copy
-        base_state = trainable_state_gathered(model, keep=acc.is_main_process)
-    elif args.sft_from == "base":
-        base_state = trainable_state(model)
+    if args.sft_from == "base":  # ZeRO-3 partitions are gathered, and rank 0 keeps the copy; else every rank does
+        base_state = trainable_state_gathered(model, keep=acc.is_main_process or not is_zero3(model))
     return Policy(model, optimizer, reference, base_state)
 
 
