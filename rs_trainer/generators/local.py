@@ -3,15 +3,18 @@ model such as a teacher, loaded for the round and released after it."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from collections.abc import Callable
 
+from rs_trainer.generators.handoff import PolicyWeights, RunContext
 from rs_trainer.phases.generation import SamplingParams, encode_prompts, generate
 
 
 class LocalGenerator:
     """`model` samples in this process. With `own_tokenizer`, prompts are rendered with this model's tokenizer
-    and chat template (a teacher of another family); the completion text is what travels on."""
+    and chat template (a teacher of another family); the completion text is what travels on. As the policy's
+    generator (`for_policy`), each round samples the live model, on full weights, for as long as it is open."""
 
     def __init__(
         self,
@@ -25,6 +28,20 @@ class LocalGenerator:
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.engine, self.own_tokenizer = batch_size, engine, own_tokenizer
         self.token_budget = token_budget
+
+    @classmethod
+    def for_policy(cls, run: RunContext) -> LocalGenerator:
+        return cls(None, run.tokenizer, run.batch_size, run.local_engine, token_budget=run.token_budget)
+
+    @contextlib.contextmanager
+    def open(self, weights: PolicyWeights, params: SamplingParams):
+        """The live model is the round's policy: nothing to hand over."""
+        with weights.live() as model:
+            self.model = model
+            try:
+                yield self
+            finally:
+                self.model = None
 
     def generate(
         self,
@@ -50,6 +67,29 @@ class LocalGenerator:
             engine=self.engine,
             token_budget=self.token_budget,
         )
+
+
+class FrozenGenerator(LocalGenerator):
+    """A fixed model (a teacher) sampling in this process: loaded when its round opens, and released after it,
+    before the next generator or SFT needs the memory."""
+
+    def __init__(self, name: str, run: RunContext):
+        super().__init__(
+            None, None, run.batch_size, run.local_engine, own_tokenizer=True, token_budget=run.token_budget
+        )
+        self.name, self.run = name, run
+
+    @contextlib.contextmanager
+    def open(self, weights: PolicyWeights, params: SamplingParams):
+        from rs_trainer.run.deepspeed import outside_zero3_init
+
+        with outside_zero3_init():
+            self.model, self.tokenizer = load_frozen(self.name, self.run.model_args, self.run.accelerator.device)
+        try:
+            yield self
+        finally:
+            self.model = None  # the only reference: the memory is free before the next generator
+            release()
 
 
 def load_frozen(name: str, model_args, device) -> tuple:

@@ -13,6 +13,7 @@ a hosted API.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -21,9 +22,11 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from rs_trainer.errors import GeneratorError
+from rs_trainer.generators.handoff import PolicyWeights, RunContext
 from rs_trainer.generators.spec import GeneratorSpec
 from rs_trainer.phases.generation import SamplingParams, render_prompt
 from rs_trainer.run import seeds
+from rs_trainer.run.ranks import on_main
 
 
 def make_client(spec: GeneratorSpec, base_url: str):
@@ -94,6 +97,19 @@ class OpenAIGenerator:
         self.log_tail = log_tail
         self.client = make_client(spec, base_url)
         self.honours_n: bool | None = None  # learnt from the first answer
+        self.send_seed: bool | None = None if spec.request_seed == "auto" else bool(spec.request_seed)
+
+    @contextlib.contextmanager
+    def open(self, weights: PolicyWeights, params: SamplingParams):
+        """An endpoint that stays up with a fixed model: nothing to hand over."""
+        yield self
+
+    def served_by(self) -> set[str]:
+        """The `owned_by` of the endpoint's models (`vllm` for a vLLM server); empty when it cannot list them."""
+        try:
+            return {getattr(m, "owned_by", "") or "" for m in self.client.with_options(max_retries=1).models.list()}
+        except Exception:  # noqa: BLE001 - any failure here only means "unknown"; sampling reports real errors
+            return set()
 
     def generate(
         self,
@@ -107,6 +123,8 @@ class OpenAIGenerator:
         """Every prompt's `num_samples` completions; a prompt's rows reach `on_batch` together once all are in."""
         import openai
 
+        if self.send_seed is None:  # `request_seed: auto`: none to vLLM (see GeneratorSpec)
+            self.send_seed = "vllm" not in self.served_by()
         results: dict[str, list[dict]] = {}
         lock = threading.Lock()
 
@@ -192,8 +210,9 @@ class OpenAIGenerator:
             "max_tokens": params.max_new_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
-            "seed": seed,
         }
+        if self.send_seed is not False:
+            common["seed"] = seed
         if n > 1:
             common["n"] = n
         extra = dict(self.spec.extra_body)
@@ -268,3 +287,34 @@ def post_adapter(spec: GeneratorSpec, action: str, name: str, path: str | None =
         raise GeneratorError(f"generator {spec.name!r}: POST {url} ({name}) answered {err.code}: {detail}") from None
     except OSError as err:
         raise GeneratorError(f"generator {spec.name!r}: POST {url} ({name}) failed: {err}") from None
+
+
+class AdapterServedPolicy(OpenAIGenerator):
+    """`engine: openai` with `adapter_api`: a server that stays up serves the policy. Round 0 samples the base
+    model (`spec.model`); a later round loads the previous round's adapter under a new name
+    (`<generator>-round<r-1>`), samples from it, and unloads it right after, so adapters never pile up in the
+    server's memory. The main process loads and unloads; every rank samples."""
+
+    def __init__(self, spec: GeneratorSpec, run: RunContext):
+        super().__init__(spec, spec.base_url, spec.model, run.tokenizer)
+        self.accelerator = run.accelerator
+
+    @contextlib.contextmanager
+    def open(self, weights: PolicyWeights, params: SamplingParams):
+        spec, checkpoint = self.spec, weights.checkpoint if weights.round > 0 else None
+        name = f"{spec.name}-round{weights.round - 1}" if checkpoint else spec.model
+
+        def load() -> None:
+            with contextlib.suppress(GeneratorError):  # left loaded by a run that was killed
+                post_adapter(spec, "unload", name)
+            post_adapter(spec, "load", name, str(checkpoint.resolve()))
+
+        if checkpoint:
+            on_main(self.accelerator, load, GeneratorError)
+        self.model = name
+        try:
+            yield self
+        finally:
+            if checkpoint and self.accelerator.is_main_process:
+                with contextlib.suppress(GeneratorError):
+                    post_adapter(spec, "unload", name)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from rs_trainer.errors import ConfigError
 
-ENGINES = ("local", "openai", "server")
+ENGINES = ("local", "vllm", "openai", "server")
 APIS = ("completions", "chat")
 ADAPTER_APIS = ("vllm", "sglang")
 POLICY = "policy"  # `model` value (or no `model`) that means the model being trained
@@ -19,9 +19,11 @@ class GeneratorSpec:
     """One source of samples in a round. Keys, as written in a recipe's `generators:` list:
 
     - `name` (`str`): unique; written on every row it generates (`generator`) and used in metric names.
-    - `engine` (`str`, *optional*, defaults to `"local"`): `local` (in-process), `openai` (an endpoint that is
-      already running, at `base_url`) or `server` (started by rs_trainer each round from `command`).
-    - `model` (`str`, *optional*): `local`: a frozen model (hub id, folder or `embedded:<name>`), default the policy;
+    - `engine` (`str`, *optional*, defaults to `"local"`): `local` (in-process `transformers`), `vllm` (`vllm.LLM`
+      in the training process, refreshed each round), `openai` (an endpoint that is already running, at
+      `base_url`) or `server` (started by rs_trainer each round from `command`).
+    - `model` (`str`, *optional*): `local` and `vllm`: a frozen model (hub id, folder or `embedded:<name>`), default
+      the policy;
       `openai`: the served model's name; `server`: a fixed model to serve, default the policy's latest weights.
     - `num_generations` (`int`, *optional*): default the recipe's `num_generations`.
     - `temperature`, `top_p`, `top_k`, `max_completion_length` (*optional*): override the round's sampling values.
@@ -45,6 +47,15 @@ class GeneratorSpec:
     - `logprobs` (`bool`, *optional*, defaults to `false`): ask for token log-probabilities and record their sum.
     - `extra_body` (`dict`, *optional*): extra request fields the server understands (vLLM's `top_k`,
       `transformers serve`'s `generation_config`).
+    - `request_seed` (`bool` or `"auto"`, *optional*, defaults to `"auto"`): send each request its own seed, so a
+      rerun draws the same samples. `auto` sends none to a vLLM server (its `/v1/models` says `owned_by: vllm`):
+      vLLM's CPU build crashes on seeded requests whose prompt is split over steps (chunked prefill), and a client
+      cannot tell a CPU server from a GPU one. Without seeds a rerun of a round draws other samples; the rows
+      already on disk are kept, so a resumed run still loses and doubles nothing.
+    - `gpu_memory_utilization` (`float`, *optional*, defaults to 0.3), `tensor_parallel_size` (`int`, defaults to
+      1), `enable_sleep_mode` (`bool`, defaults to `false`): `vllm` only, as in TRL's `vllm_*` keys; sleep mode
+      frees the engine's memory during SFT (GPU only: vLLM's CPU build ignores it).
+    - `vllm_kwargs` (`dict`, *optional*): `vllm` only, further `vllm.LLM` arguments, over rs_trainer's own.
     - `adapter_api` (`str`, *optional*): `openai` only, for an endpoint that stays up and serves the policy: `vllm`
       (started with `--enable-lora` and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`) or `sglang`. Round 0 samples
       from `model` (the base model); every later round loads the previous round's LoRA adapter through the
@@ -71,6 +82,11 @@ class GeneratorSpec:
     max_retries: int = 5
     logprobs: bool = False
     extra_body: dict = field(default_factory=dict)
+    request_seed: bool | str = "auto"
+    gpu_memory_utilization: float = 0.3
+    tensor_parallel_size: int = 1
+    enable_sleep_mode: bool = False
+    vllm_kwargs: dict = field(default_factory=dict)
     adapter_api: str | None = None
 
     @property
@@ -157,8 +173,19 @@ def _check(spec: GeneratorSpec, where: str) -> None:
             ) from None
     elif spec.command or spec.served_model:
         raise ConfigError(f"{where}: `command` and `served_model` are for `engine: server`.")
-    if spec.engine == "local" and (spec.api != "completions" or spec.prompt_format != "text" or spec.extra_body):
-        raise ConfigError(f"{where}: `api`, `prompt_format` and `extra_body` are for server engines.")
+    if spec.engine in ("local", "vllm") and (
+        spec.api != "completions" or spec.prompt_format != "text" or spec.extra_body or spec.request_seed != "auto"
+    ):
+        raise ConfigError(f"{where}: `api`, `prompt_format`, `extra_body` and `request_seed` are for server engines.")
+    vllm_keys = {"gpu_memory_utilization": 0.3, "tensor_parallel_size": 1, "enable_sleep_mode": False}
+    if spec.engine != "vllm" and (spec.vllm_kwargs or any(getattr(spec, k) != v for k, v in vllm_keys.items())):
+        raise ConfigError(f"{where}: {sorted([*vllm_keys, 'vllm_kwargs'])} are for `engine: vllm`.")
+    if spec.request_seed not in (True, False, "auto"):
+        raise ConfigError(f"{where}: `request_seed` must be true, false or auto, got {spec.request_seed!r}.")
+    if not 0 < spec.gpu_memory_utilization <= 1 or spec.tensor_parallel_size < 1:
+        raise ConfigError(f"{where}: `gpu_memory_utilization` in (0, 1] and `tensor_parallel_size` >= 1, please.")
+    if not isinstance(spec.vllm_kwargs, dict):
+        raise ConfigError(f"{where}: `vllm_kwargs` must be a mapping of `vllm.LLM` arguments.")
     if spec.temperature is not None and spec.temperature < 0:
         raise ConfigError(f"{where}: `temperature` must be >= 0.")
     if spec.max_concurrency < 1 or spec.max_retries < 0 or spec.timeout <= 0:

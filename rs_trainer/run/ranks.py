@@ -1,13 +1,31 @@
-"""What several processes need from one another: the process group's timeout, a shared `output_dir`, and each
-rank's own device for the models it scores with."""
+"""What several processes need from one another: the main process acting for all of them (`on_main`), the process
+group's timeout, a shared `output_dir`, and each rank's own device for the models it scores with."""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 from rs_trainer.errors import ConfigError
+
+
+def on_main(accelerator, action: Callable[[], object], error_type: type[Exception]):
+    """Run `action` on the main process only and return its result on every rank. When it raises `error_type`,
+    every rank raises it, so no rank waits for a collective that the others never reach."""
+    from accelerate.utils import broadcast_object_list
+
+    result, error = None, None
+    if accelerator.is_main_process:
+        try:
+            result = action()
+        except error_type as err:
+            error = str(err)
+    result, error = broadcast_object_list([result, error])
+    if error:
+        raise error_type(error)
+    return result
 
 
 def make_accelerator(args):

@@ -1,29 +1,12 @@
-"""What the trainer's collaborators share about ranks: the main process acting for all of them (its error raised
-on every rank), rows gathered on the main process only, and the log and progress bars, drawn by the main process."""
+"""What the trainer's collaborators share about ranks: rows gathered on the main process only, and the log and
+progress bars, drawn by the main process. (The main process acting for all, `on_main`, is in `rs_trainer.run.ranks`,
+where the generators use it.)"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from rs_trainer.run.progress import progress_bar
-
-
-def on_main(accelerator, action: Callable[[], object], error_type: type[Exception]):
-    """Run `action` on the main process only and return its result on every rank. When it raises `error_type`,
-    every rank raises it, so no rank waits for a collective that the others never reach."""
-    result, error = None, None
-    if accelerator.is_main_process:
-        try:
-            result = action()
-        except error_type as err:
-            error = str(err)
-    result, error = broadcast_object_list([result, error])
-    if error:
-        raise error_type(error)
-    return result
 
 
 def gather_to_main(rows: list, accelerator) -> list | None:
