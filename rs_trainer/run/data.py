@@ -101,22 +101,29 @@ def normalise(rows: list[dict], prompt_column: str, id_column: str | None, split
     return prompts
 
 
+def builtin_task(name: str | None):
+    """The task module of `rs_trainer.tasks` that `name` (`builtin:<task>`) picks; None for any other dataset."""
+    if not name or not name.startswith(BUILTIN_PREFIX):
+        return None
+    from rs_trainer.tasks import TASKS
+
+    task = TASKS.get(name[len(BUILTIN_PREFIX) :])
+    if task is None:
+        known = ", ".join(BUILTIN_PREFIX + t for t in TASKS)
+        raise ConfigError(f"Unknown built-in dataset {name!r}; the built-ins are: {known}.")
+    return task
+
+
 def load_prompts(args, split: str, name: str | None = None, eval: bool = False) -> list[dict]:
     """The prompts of `split` from `name` (default `args.dataset_name`); `eval` names the eval keys in errors."""
     name = name or args.dataset_name
     key = "eval_dataset_name" if eval and args.eval_dataset_name else "dataset_name"
     split_key = "dataset_test_split" if eval else "dataset_train_split"
-    if name.startswith(BUILTIN_PREFIX):
-        from rs_trainer.tasks import TASKS
-
-        task = TASKS.get(name[len(BUILTIN_PREFIX) :])
-        if task is None:
-            known = ", ".join(BUILTIN_PREFIX + t for t in TASKS)
-            raise ConfigError(f"Unknown built-in dataset {name!r}; the built-ins are: {known}.")
-        splits = task.splits(args)
-        if split not in splits:
-            raise ConfigError(f"`{split_key}` {split!r}: {name} has splits {sorted(splits)}.")
-        rows = splits[split]
+    task = builtin_task(name)
+    if task is not None:
+        if split not in task.SPLITS:
+            raise ConfigError(f"`{split_key}` {split!r}: {name} has splits {sorted(task.SPLITS)}.")
+        rows = task.split(args, split)
     else:
         config = args.dataset_config if name == args.dataset_name else None
         rows = _load_rows(name, split, key, split_key, config)

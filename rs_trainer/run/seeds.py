@@ -8,8 +8,8 @@ uninterrupted one would have drawn.
   SFT order (`sft_order_rng`) and the rows KL is measured on (`kl_rows_rng`); `global_seed` reseeds the global
   RNGs (dropout) at the start of a round and of its SFT.
 - The draws that are not per round: the prompts of a round (`prompt_draw_rng`), the probe's prompts
-  (`probe_draw_rng`), the arithmetic task's questions (`arithmetic_rng`), and the offline tools' draws
-  (`dpo_draw_rng`, `reward_split_rng`).
+  (`probe_draw_rng`), the arithmetic task's questions (`arithmetic_rng`) and those of each of its evaluation splits
+  (`arithmetic_split_rng`), and the offline tools' draws (`dpo_draw_rng`, `reward_split_rng`).
 
 Each `random.Random` is seeded by a tagged string (`"sft:{seed}:{epoch}"`): the tags keep draws apart, and they are
 part of the result. Changing one changes every run's draws, and a resumed run no longer matches an uninterrupted
@@ -22,6 +22,8 @@ True
 >>> [round(rng.random(), 6) for rng in (prompt_draw_rng(1, 2), probe_draw_rng(1, 2), rso_rng(1, "p"),
 ...  sft_order_rng(1, 0), kl_rows_rng(1, 2, 0), dpo_draw_rng(1, 2, "p"), reward_split_rng(1), arithmetic_rng(1, 1, 9))]
 [0.754281, 0.333482, 0.078885, 0.159297, 0.12422, 0.326682, 0.69554, 0.082756]
+>>> round(arithmetic_split_rng(1, "words", 1, 9).random(), 6)
+0.13431
 """
 
 from __future__ import annotations
@@ -113,3 +115,9 @@ def reward_split_rng(seed: int) -> random.Random:
 def arithmetic_rng(seed: int, lo: int, hi: int) -> random.Random:
     """The arithmetic task's questions, for operands in [lo, hi]."""
     return random.Random(f"arithmetic:{seed}:{lo}:{hi}")
+
+
+def arithmetic_split_rng(seed: int, split: str, lo: int, hi: int) -> random.Random:
+    """The questions of the arithmetic task's evaluation split `split`, for operands in [lo, hi]: each split
+    draws apart from the others and from the training questions."""
+    return random.Random(f"arithmetic-{split}:{seed}:{lo}:{hi}")
