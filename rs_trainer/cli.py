@@ -155,6 +155,7 @@ def dry_run(args, model_args) -> str:
             per_round * args.for_round("max_completion_length", r) for r in range(args.num_rounds)
         ],
         "rounds": args.num_rounds,
+        "eval_splits": args.evaluation_splits(),
         "device": str(state.device),
         "world_size": state.num_processes,
         "output_dir": args.output_dir,

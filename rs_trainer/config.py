@@ -21,7 +21,8 @@ from rs_trainer.errors import ConfigError
 from rs_trainer.generators.spec import GeneratorSpec, parse_generators
 from rs_trainer.phases.filters import DEDUPE_MODES
 from rs_trainer.phases.temperature import AUTO
-from rs_trainer.run.data import is_local_file
+from rs_trainer.run.data import builtin_task, is_local_file
+from rs_trainer.run.metrics import HELDOUT
 from rs_trainer.tasks import arithmetic
 
 SELECTION_STRATEGIES = ("best_of_n", "top_k_per_prompt", "threshold", "percentile", "top_k", "top_fraction", "rso")
@@ -97,6 +98,7 @@ KEY_RANGES = {
     "task_num_eval": Range(0),
     "task_min_operand": Range(),
     "task_max_operand": Range(),
+    "task_num_eval_ood": Range(1, fix="; or leave the task's out-of-distribution splits out of `eval_splits`"),
     "num_generations": Range(1),
     "temperature_grid": Range(0, open_low=True, note=" (the temperatures `temperature: auto` tries)"),
     "temperature_probe_prompts": Range(1),
@@ -240,6 +242,27 @@ class RSConfig:
     task_num_eval: int = field(default=64, metadata={"help": "builtin:arithmetic: held-out questions."})
     task_min_operand: int = field(default=1, metadata={"help": "builtin:arithmetic: smallest operand."})
     task_max_operand: int = field(default=20, metadata={"help": "builtin:arithmetic: largest operand."})
+    task_num_eval_ood: int = field(
+        default=64,
+        metadata={
+            "help": "builtin:arithmetic: questions in each out-of-distribution evaluation split of `eval_splits`. "
+            "64, as `task_num_eval`: each split adds one greedy pass over this many prompts to every evaluation."
+        },
+    )
+    eval_splits: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "The evaluation sets, each evaluated greedily every round and for the base model: `heldout` (the "
+            "`dataset_test_split` or `eval_dataset_name`; its metrics keep their names, `eval/accuracy` and "
+            "`eval/reward`) and, for builtin:arithmetic only, its out-of-distribution splits, reported as "
+            "`eval/<split>/accuracy` and `eval/<split>/reward` (TRL's Trainer names a dict of eval datasets the "
+            "same way, `eval_<name>_<metric>`): `phrasings` (a + b asked in other words), `words` (operands in "
+            "words), `stories` (word problems), `subtraction` and `three_terms` (other skills than the one "
+            "trained). Default: `heldout` plus, for builtin:arithmetic, phrasings, words and stories, the "
+            "two-term additions the training task teaches, so a recipe that fits the training phrasing without "
+            "learning to add shows it; none when `dataset_test_split` is null (evaluation off, as before)."
+        },
+    )
     # ---- generation ----
     num_generations: int = field(default=8, metadata={"help": "N: completions sampled per prompt."})
     temperature: list[str] = field(
@@ -567,6 +590,7 @@ class RSConfig:
         if isinstance(self.dedupe, str) and self.dedupe.lower() in ("", "none", "null"):
             self.dedupe = None
         self._check_dataset_files()
+        self._validate_eval_splits()
         if self.dedupe is not None and self.dedupe not in DEDUPE_MODES:
             raise ConfigError(f"`dedupe` must be one of {DEDUPE_MODES} or null, got {self.dedupe!r}.")
         if self.kl_to_base not in ("auto", "on", "off"):
@@ -612,6 +636,46 @@ class RSConfig:
                 "would evaluate on the training prompts; set `eval_dataset_name` to a held-out file, or "
                 "`dataset_test_split: null`."
             )
+
+    def _validate_eval_splits(self):
+        """Each name of `eval_splits` once, each one the built-in task has (only `heldout` for other datasets),
+        none the split trained on, and `heldout` only when there are held-out prompts."""
+        task = builtin_task(self.dataset_name)
+        if task is not None and self.dataset_train_split in self.evaluation_splits():
+            raise ConfigError(
+                f"`eval_splits` {self.evaluation_splits()} holds {self.dataset_train_split!r}, the "
+                "`dataset_train_split`: it would evaluate on the training prompts; list `eval_splits` without it."
+            )
+        if self.eval_splits is None:
+            return
+        known = [HELDOUT, *getattr(task, "EVAL_SPLITS", ())]
+        for name in self.eval_splits:
+            if self.eval_splits.count(name) > 1:
+                raise ConfigError(f"`eval_splits` names {name!r} twice; list each split once.")
+            if name not in known and task is None:
+                raise ConfigError(
+                    f"`eval_splits` {name!r}: only the built-in tasks (builtin:arithmetic) have evaluation splits "
+                    f"beside `heldout`; {self.dataset_name} is evaluated on `heldout` alone: `eval_splits: [heldout]`."
+                )
+            if name not in known:
+                raise ConfigError(
+                    f"`eval_splits` {name!r} is not an evaluation split of {self.dataset_name}; choose from "
+                    f"{', '.join(known)}."
+                )
+        if HELDOUT in self.eval_splits and self.dataset_test_split is None:
+            raise ConfigError(
+                "`eval_splits` names heldout but `dataset_test_split` is null (held-out evaluation off); name a "
+                "`dataset_test_split`, or leave heldout out of `eval_splits`."
+            )
+
+    def evaluation_splits(self) -> list[str]:
+        """The evaluation sets, in order: `eval_splits`, or by default `heldout` and the built-in task's
+        `DEFAULT_EVAL_SPLITS`, none when `dataset_test_split` is null."""
+        if self.eval_splits is not None:
+            return list(self.eval_splits)
+        if self.dataset_test_split is None:
+            return []
+        return [HELDOUT, *getattr(builtin_task(self.dataset_name), "DEFAULT_EVAL_SPLITS", ())]
 
     def _validate_optimisation(self):
         from transformers import SchedulerType

@@ -65,6 +65,20 @@ def refused(argv, capsys, *needles) -> str:
         ({"use_peft": True, "lora_r": 0}, ["`lora_r` must be at least 1 (the adapter's rank), got 0"]),
         ({"use_peft": True, "lora_alpha": 0}, ["`lora_alpha` must be > 0"]),
         ({"use_peft": True, "lora_dropout": 1.0}, ["`lora_dropout` must lie in [0, 1), got 1.0"]),
+        (
+            {"eval_splits": ["heldout", "phrasing"]},
+            ["`eval_splits` 'phrasing' is not an evaluation split of builtin:arithmetic", "heldout, phrasings, words"],
+        ),
+        ({"eval_splits": ["words", "heldout", "words"]}, ["`eval_splits` names 'words' twice"]),
+        (
+            {"eval_splits": ["heldout", "words"], "dataset_test_split": None},
+            ["`eval_splits` names heldout but `dataset_test_split` is null", "leave heldout out of `eval_splits`"],
+        ),
+        (
+            {"dataset_train_split": "phrasings"},
+            ["holds 'phrasings', the `dataset_train_split`: it would evaluate on the training prompts"],
+        ),
+        ({"task_num_eval_ood": 0}, ["`task_num_eval_ood` must be at least 1, got 0", "leave the task's"]),
     ],
 )
 def test_recipe_values_are_refused(tiny_model, tmp_path, capsys, overrides, needles):
@@ -210,7 +224,24 @@ def test_eval_split_missing_from_a_dataset_folder(tiny_model, tmp_path, capsys):
 
 def test_eval_split_missing_from_the_builtin_task(tiny_model, tmp_path, capsys):
     argv = recipe_args(tiny_model, tmp_path / "o", dataset_test_split="validation")
-    refused(argv, capsys, "`dataset_test_split` 'validation': builtin:arithmetic has splits ['test', 'train']")
+    refused(argv, capsys, "`dataset_test_split` 'validation': builtin:arithmetic has splits ['phrasings', 'stories',")
+
+
+def test_out_of_distribution_splits_of_a_dataset_that_has_none(tiny_model, tmp_path, capsys, prompts_file):
+    argv = recipe_args(
+        tiny_model,
+        tmp_path / "o",
+        dataset_name=str(prompts_file),
+        eval_dataset_name=str(prompts_file),
+        eval_splits=["heldout", "phrasings"],
+        selection_top_k=1,
+    )
+    refused(argv, capsys, "`eval_splits` 'phrasings': only the built-in tasks", "`eval_splits: [heldout]`")
+
+
+def test_more_out_of_distribution_questions_than_the_task_has(tiny_model, tmp_path, capsys):
+    argv = recipe_args(tiny_model, tmp_path / "o", task_num_train=390, task_num_eval_ood=20)  # 400 pairs in all
+    refused(argv, capsys, "`phrasings` split has only 10 pairs outside the training questions", "`task_num_eval_ood`")
 
 
 def test_dataset_file_with_no_rows(tiny_model, tmp_path, capsys):

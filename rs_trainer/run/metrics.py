@@ -7,6 +7,42 @@ from collections import defaultdict
 
 from rs_trainer.samples import group_by_prompt, key, normalise_completion, passes
 
+HELDOUT = "heldout"  # the evaluation set of `dataset_test_split` (or `eval_dataset_name`), as `eval_splits` names it
+
+
+def eval_key(split: str, metric: str) -> str:
+    """The name of an evaluation set's metric: `eval/<metric>` for the held-out set, the names runs had before there
+    were other sets (so older outputs, tables and resumed runs read the same), `eval/<split>/<metric>` for the rest.
+
+    >>> eval_key("heldout", "accuracy"), eval_key("words", "reward")
+    ('eval/accuracy', 'eval/words/reward')
+    """
+    return f"eval/{metric}" if split == HELDOUT else f"eval/{split}/{metric}"
+
+
+def other_eval_splits(*metrics: dict) -> list[str]:
+    """The evaluation sets besides the held-out one that `metrics` report (`eval/<split>/accuracy`), sorted.
+
+    >>> other_eval_splits({"eval/accuracy": 0.5, "eval/words/accuracy": 0.25}, {"eval/stories/accuracy": None})
+    ['stories', 'words']
+    """
+    found = {k.split("/")[1] for m in metrics for k in m if k.startswith("eval/") and k.count("/") == 2}
+    return sorted(s for s in found if any(eval_key(s, "accuracy") in m for m in metrics))
+
+
+def eval_metrics(split: str, rewards: list[float | None], pass_threshold: float) -> dict:
+    """An evaluation set's accuracy, the fraction of its prompts whose reward reaches `pass_threshold`, and reward,
+    the mean of the rewards given (None when no scorer gave one).
+
+    >>> eval_metrics("words", [1.0, 0.0, None, 1.0], 1.0)
+    {'eval/words/accuracy': 0.5, 'eval/words/reward': 0.6666666666666666}
+    """
+    given = [x for x in rewards if x is not None]
+    return {
+        eval_key(split, "accuracy"): sum(x is not None and x >= pass_threshold for x in rewards) / len(rewards),
+        eval_key(split, "reward"): sum(given) / len(given) if given else None,
+    }
+
 
 def _stats(values: list[float], prefix: str) -> dict:
     if not values:
@@ -79,7 +115,8 @@ def _fmt(value) -> str:
 
 
 def summary_table(history: list[dict]) -> str:
-    """One row per round: reward, acceptance, pass@1/pass@N and held-out accuracy before and after."""
+    """One row per round: reward, acceptance, pass@1/pass@N, held-out accuracy before and after, and the accuracy
+    of every other evaluation set (`<split>_acc`)."""
     cols = [
         ("round", "round"),
         ("reward_mean", "rs/reward_mean"),
@@ -88,6 +125,7 @@ def summary_table(history: list[dict]) -> str:
         ("pass@n", "rs/pass@n"),
         ("eval_acc_before", "eval/accuracy_before"),
         ("eval_acc_after", "eval/accuracy"),
+        *((f"{split}_acc", eval_key(split, "accuracy")) for split in other_eval_splits(*history)),
         ("seconds", "timing/round"),
     ]
     cells = [[name for name, _ in cols]] + [[_fmt(m.get(key)) for _, key in cols] for m in history]
