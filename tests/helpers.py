@@ -63,6 +63,7 @@ def recipe_args(model_path, output_dir, **overrides) -> list[str]:
         "dataset_name": "builtin:arithmetic",
         "task_num_train": 6,
         "task_num_eval": 4,
+        "task_num_eval_ood": 3,
         "num_rounds": 1,
         "num_generations": 2,
         "max_completion_length": 4,

@@ -38,6 +38,8 @@ def test_default_recipe_one_round_on_embedded_model(tmp_path, embedded_path):
         "16",
         "--task_num_eval",
         "8",
+        "--task_num_eval_ood",
+        "4",
         "--eval_max_new_tokens",
         "16",
     ]
@@ -61,6 +63,9 @@ def test_default_recipe_one_round_on_embedded_model(tmp_path, embedded_path):
         "rs/pass@n",
         "eval/accuracy",
         "eval/accuracy_before",
+        "eval/phrasings/accuracy",  # the default `eval_splits`: held-out, then the addition forms
+        "eval/words/accuracy",
+        "eval/stories/accuracy",
         "timing/generate",
         "timing/score",
         "timing/sft",

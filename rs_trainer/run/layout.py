@@ -3,7 +3,7 @@ asks it for a path; nothing else spells `round_<r>` or a file name.
 
     output_dir/
       run_config.json        the semantic config, checked when a run is resumed
-      base_eval.json         the base model's held-out accuracy
+      base_eval.json         the base model's evaluation, on every set of `eval_splits`
       summary.json           every round's metrics, when the run ends
       report.png             the plots, redrawn each round
       round_<r>/

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rs_trainer.run.metrics import HELDOUT, eval_key, other_eval_splits
 from rs_trainer.samples import group_by_prompt
 
 
-def plot_report(history: list[dict], samples: list[dict], base_accuracy: float | None, path: str | Path) -> Path:
-    """Draw reward mean and max, acceptance and pass rates (per generator too), held-out accuracy, KL to the base
-    model and entropy per round, the last round's reward distribution before and after selection, the sampling
-    temperature per round and the `temperature: auto` probes' tables, into `path` (written atomically)."""
+def plot_report(history: list[dict], samples: list[dict], base_eval: dict | None, path: str | Path) -> Path:
+    """Draw reward mean and max, acceptance and pass rates (per generator too), the accuracy of every evaluation set
+    (`base_eval`: the base model's, drawn at round -1), KL to the base model and entropy per round, the last round's
+    reward distribution before and after selection, the sampling temperature per round and the `temperature: auto`
+    probes' tables, into `path` (written atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,15 +49,7 @@ def plot_report(history: list[dict], samples: list[dict], base_accuracy: float |
             )
     ax.set(title="Acceptance and pass rates", xlabel="round", ylim=(0, 1.05))
     ax.legend(fontsize=8)
-    ax = axes[1][0]
-    acc_x = ([-1] if base_accuracy is not None else []) + rounds
-    acc_y = ([base_accuracy] if base_accuracy is not None else []) + [m.get("eval/accuracy") for m in history]
-    if any(a is not None for a in acc_y):
-        ax.plot(acc_x, acc_y, "o-", color="tab:green")
-        for x, y in zip(acc_x, acc_y, strict=True):
-            if y is not None:
-                ax.annotate(f"{y:.0%}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
-    ax.set(title="Held-out greedy accuracy (round -1 = base model)", xlabel="round", ylim=(0, 1.05))
+    plot_accuracy(axes[1][0], history, base_eval or {})
     ax = axes[1][1]
     rewards = [s["reward"] for s in samples if s["reward"] is not None]
     chosen = [s["reward"] for s in samples if s.get("selected") and s["reward"] is not None]
@@ -103,6 +97,30 @@ def plot_report(history: list[dict], samples: list[dict], base_accuracy: float |
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_accuracy(ax, history: list[dict], base_eval: dict) -> None:
+    """Greedy accuracy per round of every evaluation set, the base model's at round -1: the held-out set in green
+    with its values written, each other set (`eval/<split>/accuracy`) a dashed line of its own."""
+    rounds = [m["round"] for m in history]
+    others = other_eval_splits(base_eval, *history)
+    for split in (HELDOUT, *others):
+        key = eval_key(split, "accuracy")
+        base = base_eval.get(key)
+        xs = ([-1] if base is not None else []) + rounds
+        ys = ([base] if base is not None else []) + [m.get(key) for m in history]
+        if all(y is None for y in ys):
+            continue
+        if split != HELDOUT:
+            ax.plot(xs, ys, "s--", alpha=0.8, label=split)
+            continue
+        ax.plot(xs, ys, "o-", color="tab:green", label="heldout")
+        for x, y in zip(xs, ys, strict=True):
+            if y is not None:
+                ax.annotate(f"{y:.0%}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    if others:
+        ax.legend(fontsize=8)
+    ax.set(title="Greedy accuracy per evaluation set (round -1 = base model)", xlabel="round", ylim=(0, 1.05))
 
 
 def save_figure(fig, path: str | Path) -> Path:

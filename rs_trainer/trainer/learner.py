@@ -1,8 +1,9 @@
 """What the policy learns and how it is measured: SFT on a round's selected rows, drift (KL to the base model and
-entropy) on its own samples, held-out greedy evaluation, and its checkpoints."""
+entropy) on its own samples, greedy evaluation on the held-out and out-of-distribution sets, and its checkpoints."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from accelerate.utils import gather_object
@@ -25,6 +26,7 @@ from rs_trainer.run.deepspeed import (
 )
 from rs_trainer.run.io import atomic_dir, write_json
 from rs_trainer.run.layout import TRAIN_METRICS
+from rs_trainer.run.metrics import eval_metrics
 from rs_trainer.run.sharding import fsdp_units, full_weights, trainable_full_state
 from rs_trainer.samples import with_prompt
 from rs_trainer.trainer.ranks import log, progress
@@ -146,31 +148,40 @@ class Learner:
             "rs/kl_samples": total["samples"],
         }
 
-    def evaluate(self) -> dict:
-        """Held-out greedy decoding, judged by the eval scorers: `eval/accuracy`, the fraction of eval prompts whose
-        completion reaches `pass_threshold`, and `eval/reward`, the mean reward of those that got one."""
+    def evaluate(self, splits: list[str] | None = None, clock=None) -> dict:
+        """Greedy decoding of each evaluation set of `splits` (default: all of `eval_splits`), judged by the eval
+        scorers: its accuracy, the fraction of its prompts whose completion reaches `pass_threshold`, and its reward,
+        the mean reward of those that got one (`eval/accuracy` and `eval/reward` for the held-out set,
+        `eval/<split>/...` for the others: `run.metrics.eval_key`). Each set is spread over the ranks and decoded
+        on its own, so the held-out numbers are those a run without the other sets gets; `clock` times each
+        (`timing/eval/<split>`)."""
         inputs = self.inputs
         args, acc = inputs.args, inputs.accelerator
-        local = data.shard(inputs.eval_prompts, acc.process_index, acc.num_processes)
+        splits = list(inputs.eval_sets) if splits is None else splits
+        if not splits:
+            return {}
+        local = {s: data.shard(inputs.eval_sets[s], acc.process_index, acc.num_processes) for s in splits}
+        completions = {}
         with full_weights(acc.unwrap_model(self.policy.model)) as model:
-            out = generate(
-                model,
-                inputs.tokenizer,
-                local,
-                1,
-                SamplingParams(temperature=0.0, max_new_tokens=args.eval_max_new_tokens),
-                batch_size=args.generation_batch_size,
-                prompt_ids=[inputs.eval_prompt_ids[p["prompt_id"]] for p in local],
-                engine=args.generation_engine,
-                token_budget=args.generation_token_budget,
-            )
-        by_id = {p["prompt_id"]: p for p in local}
-        rewards = gather_object(inputs.scoring.judge(with_prompt(out, by_id)))
-        given = [x for x in rewards if x is not None]
-        return {
-            "eval/accuracy": sum(x is not None and x >= args.pass_threshold for x in rewards) / len(rewards),
-            "eval/reward": sum(given) / len(given) if given else None,
-        }
+            for split, prompts in local.items():
+                with clock.phase(f"eval/{split}") if clock else contextlib.nullcontext():
+                    completions[split] = generate(
+                        model,
+                        inputs.tokenizer,
+                        prompts,
+                        1,
+                        SamplingParams(temperature=0.0, max_new_tokens=args.eval_max_new_tokens),
+                        batch_size=args.generation_batch_size,
+                        prompt_ids=[inputs.eval_prompt_ids[p["prompt_id"]] for p in prompts],
+                        engine=args.generation_engine,
+                        token_budget=args.generation_token_budget,
+                    )
+        out = {}
+        for split, prompts in local.items():
+            by_id = {p["prompt_id"]: p for p in prompts}
+            rewards = gather_object(inputs.scoring.judge(with_prompt(completions[split], by_id)))
+            out.update(eval_metrics(split, rewards, args.pass_threshold))
+        return out
 
     def save_checkpoint(self, path: Path, sft_stats: dict) -> None:
         """Save the adapter (LoRA) or the full model with its tokenizer, loadable without this package, and the

@@ -17,7 +17,7 @@ from rs_trainer.generators.local import release
 from rs_trainer.phases.temperature import AUTO
 from rs_trainer.run import data, resume, seeds
 from rs_trainer.run.io import recover_dir, write_json
-from rs_trainer.run.metrics import summary_table
+from rs_trainer.run.metrics import eval_key, summary_table
 from rs_trainer.run.progress import RoundClock
 from rs_trainer.run.ranks import make_accelerator
 from rs_trainer.trainer.learner import Learner
@@ -47,7 +47,7 @@ class RejectionSamplingTrainer:
         self.learner: Learner | None = None
         self.history: list[dict] = []
         self.pool: list[dict] = []  # selected samples of earlier rounds, for `pool_previous_rounds`
-        self.base_accuracy: float | None = None
+        self.base_eval: dict = {}  # the base model's evaluation (`base_eval.json`)
 
     # The policy's parts, for callers that inspect the trained model.
     model = property(lambda self: self.policy.model)
@@ -66,7 +66,7 @@ class RejectionSamplingTrainer:
 
     def train(self) -> list[dict]:
         """Every round not yet finished in `output_dir`; returns the rounds' metrics."""
-        self.base_accuracy = self.evaluate_base()
+        self.base_eval = self.evaluate_base()
         for r in range(self.resume(), self.args.num_rounds):
             if not self.run_round(r):
                 break
@@ -90,14 +90,12 @@ class RejectionSamplingTrainer:
         train_set = self.pool if args.pool_previous_rounds else selected
         sft_stats = self.sft_round(r, train_set, clock)
         with clock.phase("eval"):
-            evaluation = (
-                self.learner.evaluate() if self.inputs.eval_prompts else {"eval/accuracy": None, "eval/reward": None}
-            )
-        before = self.history[-1]["eval/accuracy"] if self.history else self.base_accuracy
+            evaluation = {"eval/accuracy": None, "eval/reward": None, **self.learner.evaluate(clock=clock)}
+        before = self.history[-1]["eval/accuracy"] if self.history else self.base_eval.get("eval/accuracy")
         measured = {**sft_stats, **drift, **evaluation}
         metrics = collect_metrics(self.inputs, r, every_row, selected, measured, clock, before)
         self.history.append(metrics)
-        finish_round(self.inputs, r, every_row, metrics, self.history, self.base_accuracy)
+        finish_round(self.inputs, r, every_row, metrics, self.history, self.base_eval)
         log(self.accelerator, summary_table(self.history[-1:]))
         return True
 
@@ -176,19 +174,22 @@ class RejectionSamplingTrainer:
         log(acc, f"resuming {files.root}: rounds 0..{last} are finished")
         return len(self.history)
 
-    def evaluate_base(self) -> float | None:
-        """Held-out accuracy of the base model, computed once per run and kept in `base_eval.json`."""
+    def evaluate_base(self) -> dict:
+        """The base model's evaluation on every set of `eval_splits`, computed once per run and kept in
+        `base_eval.json`; a set the file lacks (a run begun before the set was evaluated) is evaluated and added.
+        It runs before `resume` loads a checkpoint, so the policy is still the base model."""
         path = self.inputs.files.base_eval
-        if not self.inputs.eval_prompts:
-            return None
-        if path.exists():
-            return json.loads(path.read_text())["eval/accuracy"]
-        evaluation = self.learner.evaluate()
-        log(self.accelerator, f"base model: held-out greedy accuracy {evaluation['eval/accuracy']}")
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        missing = [s for s in self.inputs.eval_sets if eval_key(s, "accuracy") not in saved]
+        if not missing:
+            return saved
+        evaluation = self.learner.evaluate(missing)
+        accuracies = ", ".join(f"{s} {evaluation[eval_key(s, 'accuracy')]:.3f}" for s in missing)
+        log(self.accelerator, f"base model: greedy accuracy {accuracies}")
         self.accelerator.log({k: v for k, v in evaluation.items() if v is not None}, step=0)
         if self.accelerator.is_main_process:
-            write_json(path, evaluation)
-        return evaluation["eval/accuracy"]
+            write_json(path, {**saved, **evaluation})
+        return {**saved, **evaluation}
 
     def cleanup(self) -> None:
         self.accelerator.end_training()  # closes the trackers

@@ -82,8 +82,9 @@ def generator_speeds(specs, rows: list[dict], clock) -> dict:
     return speeds
 
 
-def finish_round(inputs, r: int, samples: list[dict] | None, metrics: dict, history: list[dict], base) -> None:
-    """Trackers, the samples table, report.png, then metrics.json (last: it marks the round as finished)."""
+def finish_round(inputs, r: int, samples: list[dict] | None, metrics: dict, history: list[dict], base_eval) -> None:
+    """Trackers, the samples table, report.png (with `base_eval`, the base model's evaluation), then metrics.json
+    (last: it marks the round as finished)."""
     acc, files = inputs.accelerator, inputs.files
     acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "round"}, step=r + 1)
     if not acc.is_main_process:
@@ -93,5 +94,5 @@ def finish_round(inputs, r: int, samples: list[dict] | None, metrics: dict, hist
     for tracker in acc.trackers:
         if tracker.name == "wandb" and table:
             tracker.log_table("samples", columns=list(table[0]), data=[list(t.values()) for t in table], step=r)
-    plot_report(history, samples, base, files.report)
+    plot_report(history, samples, base_eval, files.report)
     write_json(files.metrics(r), metrics)

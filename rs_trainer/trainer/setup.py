@@ -28,6 +28,7 @@ from rs_trainer.run.deepspeed import (
     trainable_state_gathered,
 )
 from rs_trainer.run.layout import RunLayout
+from rs_trainer.run.metrics import HELDOUT
 from rs_trainer.run.models import (
     check_model_folder,
     enable_checkpointing,
@@ -49,12 +50,12 @@ class RunInputs:
     accelerator: object
     files: RunLayout
     train_prompts: list[dict]
-    eval_prompts: list[dict]
+    eval_sets: dict[str, list[dict]]  # each evaluation set's prompts, by its name in `eval_splits`, in that order
     prompt_by_id: dict[str, dict]
     model_path: str
     tokenizer: object
     prompt_ids: dict[str, list[int]]  # each training prompt's ids, as rendered for generation
-    eval_prompt_ids: dict[str, list[int]]  # each held-out prompt's
+    eval_prompt_ids: dict[str, list[int]]  # each evaluation prompt's, of every set
     context: int  # the model's context (10**9 when it names none)
     max_len: int  # longest prompt + completion trained on
     scoring: Scoring
@@ -79,7 +80,8 @@ def prepare_run(args, model_args, accelerator) -> RunInputs:
     before all of them pass."""
     files = RunLayout(Path(args.output_dir))
     train_prompts = data.load_prompts(args, args.dataset_train_split)
-    eval_prompts = load_eval_prompts(args)
+    eval_sets = load_eval_sets(args)
+    eval_prompts = [p for prompts in eval_sets.values() for p in prompts]
     if args.rationalize:
         check_rationalization_hint(args.rationalization_hint, train_prompts[0])
     if args.prompts_per_round and args.prompts_per_round > len(train_prompts):
@@ -109,7 +111,7 @@ def prepare_run(args, model_args, accelerator) -> RunInputs:
         accelerator=accelerator,
         files=files,
         train_prompts=train_prompts,
-        eval_prompts=eval_prompts,
+        eval_sets=eval_sets,
         prompt_by_id={p["prompt_id"]: p for p in train_prompts},
         model_path=model_path,
         tokenizer=tokenizer,
@@ -240,11 +242,23 @@ def load_model_tokenizer(name: str):
         ) from None
 
 
-def load_eval_prompts(args) -> list[dict]:
-    if args.dataset_test_split is None:
-        return []
-    prompts = data.load_prompts(args, args.dataset_test_split, args.eval_dataset_name, eval=True)
-    return prompts[: args.max_eval_prompts] if args.max_eval_prompts else prompts
+def load_eval_sets(args) -> dict[str, list[dict]]:
+    """The prompts of each evaluation set of `eval_splits`: `heldout` from `dataset_test_split` (of
+    `eval_dataset_name` where given, at most `max_eval_prompts`), the others from the built-in task."""
+    sets = {}
+    for split in args.evaluation_splits():
+        if split == HELDOUT:
+            prompts = data.load_prompts(args, args.dataset_test_split, args.eval_dataset_name, eval=True)
+            sets[split] = prompts[: args.max_eval_prompts] if args.max_eval_prompts else prompts
+        else:
+            sets[split] = data.load_prompts(args, split)
+    ids = [p["prompt_id"] for prompts in sets.values() for p in prompts]
+    if len(ids) != len(set(ids)):  # the sets' token ids are kept by prompt id
+        twice = next(i for i in ids if ids.count(i) > 1)
+        raise ConfigError(
+            f"prompt_id {twice!r} is in two evaluation sets of `eval_splits` {list(sets)}; ids must be unique."
+        )
+    return sets
 
 
 def encode_and_check_lengths(args, tokenizer, model_path, *prompt_lists) -> tuple[list[dict], int, int]:
