@@ -68,16 +68,18 @@ def test_drift_is_in_the_metrics_and_max_kl_stops_the_run(tiny_model, tmp_path, 
         dataset_test_split=None,
         report_to="none",
         reward_funcs=["tests.scorers_for_tests.length_reward"],
-        max_kl=1e-6,
+        max_kl=1e-3,
         max_kl_action="stop",
     )
     assert main(argv) == 0
     m0 = json.loads((out / "round_0" / "metrics.json").read_text())
-    assert m0["rs/kl_ref"] == 0.0 and m0["rs/entropy"] > 0  # round 0 samples the base model itself
+    # Round 0 samples the base model itself: 0, up to the sampler's incremental decoding against one full pass.
+    assert m0["rs/kl_ref"] == pytest.approx(0.0, abs=1e-5) and m0["rs/entropy"] > 0
+    assert m0["rs/kl_from_sampler"] == 1.0
     assert not (out / "round_1" / "metrics.json").exists() and not (out / "round_1" / "checkpoint").exists()
     captured = capsys.readouterr()
     err = captured.out + captured.err
-    assert "round 1: KL to the base model" in err and "passed `max_kl` 1e-06; stopping" in err
+    assert "round 1: KL to the base model" in err and "passed `max_kl` 0.001; stopping" in err
     assert len(json.loads((out / "summary.json").read_text())) == 1
 
 
@@ -97,3 +99,35 @@ def test_drift_is_measured_on_a_seeded_draw_of_kl_samples(tiny_model, tmp_path, 
     assert main(argv) == 0
     metrics = json.loads((out / "round_0" / "metrics.json").read_text())
     assert metrics["rs/kl_samples"] == measured and metrics["rs/entropy"] > 0
+
+
+def test_the_rs_engines_logprobs_and_entropies_are_the_policys_side_of_the_drift(tiny_model):
+    """The `rs` engine's per-row sums (from the logits it decoded with, at temperature 0.8 with top-k) equal a
+    plain forward pass at temperature 1 over the same tokens, so the drift measurement can skip that pass and give
+    the same KL and entropy."""
+    from rs_trainer.phases.generation import SamplingParams, _rs_generate
+
+    model = lora(tiny_model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(2)) * 0.5)
+    model.eval()
+    prompts = [[5, 6, 7, 8], [9, 10, 11, 12]]
+    params = SamplingParams(temperature=0.8, top_k=20, max_new_tokens=6)
+    eos = [3]
+    generated, (logprobs, entropies) = _rs_generate(
+        model, torch.tensor(prompts), torch.ones(2, 4, dtype=torch.long), 3, params, eos, 0, seed=7
+    )
+    exs = []
+    for row, tokens in enumerate(generated):
+        end = next((j for j, t in enumerate(tokens) if t in eos), None)
+        exs.append(build_example(prompts[row // 3], tokens if end is None else tokens[: end + 1], 64))
+    for ex, lp, ent in zip(exs, logprobs, entropies, strict=True):
+        assert (lp, ent) == pytest.approx(manual(model, ex), rel=1e-4, abs=1e-4)
+    full = kl_and_entropy(model, exs, pad_id=0, batch_size=4)
+    given = kl_and_entropy(model, exs, pad_id=0, batch_size=4, policy_logprobs=logprobs, entropy_sums=entropies)
+    assert full["kl_sum"] > 0.01
+    assert given == pytest.approx(full, rel=1e-4, abs=1e-4)
+    unknown = kl_and_entropy(model, exs, pad_id=0, batch_size=4, policy_logprobs=logprobs)
+    assert unknown["entropy_sum"] is None and unknown["kl_sum"] == pytest.approx(full["kl_sum"], rel=1e-4, abs=1e-4)

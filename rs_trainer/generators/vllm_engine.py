@@ -11,9 +11,9 @@ Each round the engine takes the weights the last round trained, with no restart 
 Every sample is its own request with its own seed (`seeds.request_seed`, as the server engines send), so a row
 does not depend on the batch it ran in or on the rank, and a resumed round reproduces it. Chunked prefill is off
 on the CPU: there, a seeded request whose prompt is split across steps crashes vLLM's worker ("CPU Generator does
-not use offset"). Rows carry `logprob`, the sum of the sampled tokens' log-probabilities under the model's raw
-distribution (temperature 1, no top-k/top-p: `logprobs_mode="raw_logprobs"`), the policy's side of the drift
-measurement.
+not use offset"). Rows carry `completion_ids` and `logprob`, the sum of those tokens' log-probabilities under
+the model's raw distribution (temperature 1, no top-k/top-p: `logprobs_mode="raw_logprobs"`), the policy's side of
+the drift measurement.
 
 On a GPU the recipe sets `gpu_memory_utilization`, `tensor_parallel_size` and `enable_sleep_mode` (the engine
 sleeps through SFT, so training gets the memory back: level 1 with LoRA, which keeps the base weights in host
@@ -221,6 +221,7 @@ class VLLMGenerator:
             "finished": finished,
             "finish_reason": output.finish_reason,
             "logprob": logprob,
+            "completion_ids": ids,  # what `logprob` sums over (re-tokenizing the text may differ)
         }
 
 

@@ -130,7 +130,10 @@ def generate(
 
     Returns one dict per completion, in (prompt order, sample_index) order: `prompt_id`, `sample_index`,
     `completion` (text, without the end token), `completion_tokens` (generated tokens, end token included) and
-    `finished` (the end token was produced before `max_new_tokens`). `on_batch(rows)` is called
+    `finished` (the end token was produced before `max_new_tokens`); the `rs` engine adds `completion_ids` (those
+    tokens) and `logprob` and `entropy`, the sums over them of the sampled token's log-probability and of the
+    next-token entropy under the model's raw distribution (temperature 1, no top-k or top-p), from the logits it
+    decodes with: the policy's side of the drift measurement, with no second pass. `on_batch(rows)` is called
     with each finished batch's rows, for progress bars and for appending them to disk as they finish.
 
     `engine`: `rs` prefills each prompt once, repeats its KV cache N times and drops finished rows from the batch
@@ -165,7 +168,7 @@ def generate(
         input_ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in seqs], device=device)
         attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
         try:
-            gen_rows = _ENGINES[engine](
+            gen_rows, stats = _ENGINES[engine](
                 model, input_ids, attention, num_samples, params, eos_ids, pad_id, seeds.batch_seed(seed, b)
             )
         except torch.OutOfMemoryError:
@@ -181,7 +184,7 @@ def generate(
             todo[:0] = [group[:half], group[half:]]  # the same prompts in two batches, the next batch index each
             continue
         b += 1
-        for (i, s), gen in zip(batch, gen_rows, strict=True):
+        for k, ((i, s), gen) in enumerate(zip(batch, gen_rows, strict=True)):
             end = next((j for j, t in enumerate(gen) if t in eos_ids), None)
             kept = gen if end is None else gen[:end]
             results[(i, s)] = {
@@ -191,6 +194,9 @@ def generate(
                 "completion_tokens": len(kept) + (end is not None),
                 "finished": end is not None,
             }
+            if stats is not None:  # the sums are over these very tokens (re-tokenizing the text may differ)
+                ids = gen if end is None else gen[: end + 1]
+                results[(i, s)].update(logprob=stats[0][k], entropy=stats[1][k], completion_ids=ids)
         if on_batch:
             on_batch([results[key] for key in batch])
     model.train(was_training)
@@ -219,7 +225,7 @@ def supports_rs_engine(model) -> bool:
     return hasattr(DynamicCache, "batch_select_indices") and hasattr(DynamicCache, "batch_repeat_interleave")
 
 
-def _hf_generate(model, input_ids, attention, n, params, eos_ids, pad_id, seed) -> list[list[int]]:
+def _hf_generate(model, input_ids, attention, n, params, eos_ids, pad_id, seed) -> tuple[list[list[int]], None]:
     torch.manual_seed(seed)
     out = model.generate(
         input_ids=input_ids.repeat_interleave(n, dim=0),
@@ -231,7 +237,7 @@ def _hf_generate(model, input_ids, attention, n, params, eos_ids, pad_id, seed) 
         synced_gpus=False,
         **params.generate_kwargs(),
     )
-    return out[:, input_ids.shape[1] :].tolist()
+    return out[:, input_ids.shape[1] :].tolist(), None
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
@@ -253,8 +259,9 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def _rs_generate(model, input_ids, attention, n, params, eos_ids, pad_id, seed) -> list[list[int]]:
-    """Prefill each prompt once, repeat its cache N times, decode, and drop rows as they finish."""
+def _rs_generate(model, input_ids, attention, n, params, eos_ids, pad_id, seed) -> tuple[list[list[int]], tuple]:
+    """Prefill each prompt once, repeat its cache N times, decode, and drop rows as they finish. Returns each row's
+    tokens, and (logprob sums, entropy sums) over them under the raw distribution, end token included."""
     from transformers import DynamicCache
 
     device = input_ids.device
@@ -278,10 +285,15 @@ def _rs_generate(model, input_ids, attention, n, params, eos_ids, pad_id, seed) 
     generated: list[list[int]] = [[] for _ in range(rows)]
     alive = torch.arange(rows, device=device)  # original row of each live batch position
     eos = torch.tensor(eos_ids, device=device)
+    logprob_sums = torch.zeros(rows, device=device)
+    entropy_sums = torch.zeros(rows, device=device)
     for step in range(params.max_new_tokens):
         tokens = sample_next(logits, params, generator)
         for row, tok in zip(alive.tolist(), tokens.tolist(), strict=True):
             generated[row].append(tok)
+        log_p = torch.log_softmax(logits.float(), dim=-1)
+        logprob_sums[alive] += log_p.gather(1, tokens[:, None]).squeeze(1)
+        entropy_sums[alive] += -(log_p.exp() * log_p).sum(dim=-1)
         done = torch.isin(tokens, eos)
         if step == params.max_new_tokens - 1:
             break
@@ -300,7 +312,7 @@ def _rs_generate(model, input_ids, attention, n, params, eos_ids, pad_id, seed) 
             use_cache=True,
         )
         cache, logits, next_pos = out.past_key_values, out.logits[:, -1], next_pos + 1
-    return generated
+    return generated, (logprob_sums.tolist(), entropy_sums.tolist())
 
 
 _ENGINES = {"rs": _rs_generate, "hf": _hf_generate}

@@ -11,6 +11,7 @@ from accelerate.utils import gather_object
 from rs_trainer.generators.local import release
 from rs_trainer.phases.generation import SamplingParams, generate
 from rs_trainer.phases.sft import (
+    IGNORE,
     build_example,
     plan_steps,
     reset_optimizer,
@@ -102,50 +103,73 @@ class Learner:
         release()
         return losses, tokens, scheduler.get_last_lr()[0]
 
-    def training_examples(self, rows: list[dict]) -> list[dict]:
+    def training_examples(self, rows: list[dict], keep_gaps: bool = False) -> list[dict]:
         """Each row as the token sequence it was sampled as: its prompt's ids (never a hinted or re-rendered text),
-        its completion and the end token when it finished; rows whose prompt fills `max_len` are left out."""
+        its completion and the end token when it finished; rows whose prompt fills `max_len` are left out (with
+        `keep_gaps`, left as None, so the list lines up with `rows`)."""
         inputs = self.inputs
         tokenizer = inputs.tokenizer
         examples = []
         for s in rows:
             completion = tokenize_completion(tokenizer, s["completion"], s["finished"], tokenizer.eos_token_id)
             ex = build_example(inputs.prompt_ids[s["prompt_id"]], completion, inputs.max_len)
-            if ex is not None:
+            if ex is not None or keep_gaps:
                 examples.append(ex)
         return examples
 
     def measure_drift(self, rows: list[dict], r: int) -> dict:
         """`rs/kl_ref` (nats per sample) and `rs/entropy` (nats per token) of the policy on its own samples of the
         round, before this round's SFT (the weights that sampled them); see `rs_trainer.phases.divergence`. `rows`
-        are this rank's rows of the round, of which a seeded draw of `kl_samples` (split over the ranks) is used."""
+        are this rank's rows of the round, of which a seeded draw of `kl_samples` (split over the ranks) is used.
+        Where the sampler recorded the policy's log-probabilities (the `rs` engine, vLLM) only the reference pass
+        runs; `rs/entropy` is then None unless the engine gave entropies too (the `rs` engine does, vLLM does not),
+        and `rs/kl_from_sampler` is 1."""
         from rs_trainer.phases.divergence import kl_and_entropy
 
         inputs, policy = self.inputs, self.policy
         args, acc = inputs.args, inputs.accelerator
         if policy.kl_reference is None:
             return {}
-        own = {spec.name for spec in inputs.generator_specs if spec.is_policy and spec.engine == "local"}
+        own = {s.name for s in inputs.generator_specs if s.is_policy and s.engine in ("local", "vllm")}
         mine = [s for s in rows if s.get("generator", "policy") in own]
         share = -(-args.kl_samples // acc.num_processes)  # ceil
         if args.kl_samples and len(mine) > share:
             rng = seeds.kl_rows_rng(args.seed, r, acc.process_index)
             mine = [mine[i] for i in sorted(rng.sample(range(len(mine)), share))]
-        examples = self.training_examples(mine)
+        sampled = bool(mine) and all(isinstance(s.get("logprob"), float) and s.get("completion_ids") for s in mine)
+        if sampled:  # the very tokens the sampler's sums cover; a completion cut by `max_len` is not comparable
+            built = [
+                build_example(inputs.prompt_ids[s["prompt_id"]], s["completion_ids"], inputs.max_len) for s in mine
+            ]
+            pairs = [
+                (s, ex)
+                for s, ex in zip(mine, built, strict=True)
+                if ex is not None and sum(label != IGNORE for label in ex["labels"]) == len(s["completion_ids"])
+            ]
+        else:
+            lined_up = zip(mine, self.training_examples(mine, keep_gaps=True), strict=True)
+            pairs = [(s, ex) for s, ex in lined_up if ex is not None]
+        examples = [ex for _, ex in pairs]
+        given = {}
+        if sampled:
+            given["policy_logprobs"] = [s["logprob"] for s, _ in pairs]
+            if all(isinstance(s.get("entropy"), float) for s, _ in pairs):
+                given["entropy_sums"] = [s["entropy"] for s, _ in pairs]
         ref = None if policy.kl_reference == "adapter" else policy.kl_reference
         pad = inputs.tokenizer.pad_token_id
         with full_weights(acc.unwrap_model(policy.model)) as model:  # ranks run different numbers of batches
-            sums = kl_and_entropy(model, examples, pad, ref_model=ref) if examples else {}
-        total = {
-            k: sum(part.get(k, 0) for part in gather_object([sums]))
-            for k in ("kl_sum", "entropy_sum", "tokens", "samples")
-        }
+            sums = kl_and_entropy(model, examples, pad, ref_model=ref, **given) if examples else {}
+        parts = gather_object([sums])
+        total = {k: sum(part.get(k) or 0 for part in parts) for k in ("kl_sum", "entropy_sum", "tokens", "samples")}
         if not total["samples"]:
             return {}
+        entropy_known = all(part.get("entropy_sum") is not None for part in parts if part)
+        from_sampler = all(gather_object([sampled or not examples]))
         return {
             "rs/kl_ref": total["kl_sum"] / total["samples"],
-            "rs/entropy": total["entropy_sum"] / max(total["tokens"], 1),
+            "rs/entropy": total["entropy_sum"] / max(total["tokens"], 1) if entropy_known else None,
             "rs/kl_samples": total["samples"],
+            "rs/kl_from_sampler": float(from_sampler),
         }
 
     def evaluate(self, splits: list[str] | None = None, clock=None) -> dict:
