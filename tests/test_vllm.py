@@ -190,6 +190,7 @@ def run_args(model_path, output_dir, **overrides) -> list[str]:
         "dataset_name": "builtin:arithmetic",
         "task_num_train": 8,
         "task_num_eval": 4,
+        "eval_splits": ["heldout"],
         "prompts_per_round": 8,
         "num_rounds": 2,
         "num_generations": 2,
