@@ -81,6 +81,26 @@ def test_server_command_with_unknown_braces_is_refused():
     assert parse_generators([{"name": "policy", "engine": "server", "command": ok}], 4)[0].command == ok
 
 
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"engine": "vllm", "api": "chat"}, "are for server engines"),
+        ({"engine": "local", "gpu_memory_utilization": 0.5}, "are for `engine: vllm`"),
+        ({"engine": "server", "command": "s {port}", "vllm_kwargs": {"max_num_seqs": 8}}, "are for `engine: vllm`"),
+        ({"engine": "vllm", "gpu_memory_utilization": 1.5}, r"`gpu_memory_utilization` in \(0, 1\]"),
+        ({"engine": "vllm", "tensor_parallel_size": 0}, "`tensor_parallel_size` >= 1"),
+        ({"engine": "openai", "base_url": "u", "model": "m", "request_seed": "sometimes"}, "true, false or auto"),
+        ({"engine": "vllm", "request_seed": True}, "are for server engines"),
+    ],
+)
+def test_vllm_and_seed_keys_are_checked(entry, message):
+    from rs_trainer.errors import ConfigError
+    from rs_trainer.generators import parse_generators
+
+    with pytest.raises(ConfigError, match=message):
+        parse_generators([{"name": "policy", **entry}], 4)
+
+
 def test_wrong_model_name_is_refused_before_sampling(tiny_model, server, tmp_path, capsys):
     out = tmp_path / "o"
     gens = [{"name": "policy"}, teacher(server.base_url, tmp_path / "no-such-model")]

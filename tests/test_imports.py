@@ -95,10 +95,36 @@ def test_each_layer_imports_only_downward():
 
 
 def test_every_engine_implements_the_generator_protocol():
+    """Both methods, with the protocol's parameters: the trainer calls every engine the same way."""
     from rs_trainer.generators import Generator
-    from rs_trainer.generators.local import LocalGenerator
-    from rs_trainer.generators.openai_client import OpenAIGenerator
+    from rs_trainer.generators.local import FrozenGenerator, LocalGenerator
+    from rs_trainer.generators.openai_client import AdapterServedPolicy, OpenAIGenerator
+    from rs_trainer.generators.server import ServedGenerator
+    from rs_trainer.generators.vllm_engine import VLLMGenerator
 
-    expected = inspect.signature(Generator.generate)
-    for engine in (LocalGenerator, OpenAIGenerator):
-        assert inspect.signature(engine.generate) == expected, engine.__name__
+    engines = (LocalGenerator, FrozenGenerator, VLLMGenerator, OpenAIGenerator, AdapterServedPolicy, ServedGenerator)
+    for method in ("generate", "open"):
+        expected = list(inspect.signature(getattr(Generator, method)).parameters)
+        for engine in engines:
+            assert list(inspect.signature(getattr(engine, method)).parameters) == expected, (engine.__name__, method)
+
+
+def test_each_recipe_engine_builds_its_generator():
+    """`build_generator` maps every engine of a recipe to its class, without loading a model or touching a server."""
+    from rs_trainer.generators import GeneratorSpec, build_generator
+    from rs_trainer.generators.handoff import RunContext
+
+    run = RunContext(None, None, None, "base", 0, "auto", 0, 512, None, None)
+    specs = {
+        "LocalGenerator": GeneratorSpec("policy"),
+        "FrozenGenerator": GeneratorSpec("teacher", model="some/teacher"),
+        "VLLMGenerator": GeneratorSpec("policy", engine="vllm"),
+        "AdapterServedPolicy": GeneratorSpec(
+            "policy", engine="openai", base_url="http://127.0.0.1:1/v1", model="m", adapter_api="vllm"
+        ),
+        "ServedGenerator": GeneratorSpec("policy", engine="server", command="serve {model} --port {port}"),
+    }
+    for name, spec in specs.items():
+        assert type(build_generator(spec, run)).__name__ == name
+    fixed = object()
+    assert build_generator(GeneratorSpec("api", engine="openai", base_url="u", model="m"), run, fixed) is fixed

@@ -385,6 +385,26 @@ def test_a_vllm_server_hot_loads_each_rounds_adapter(vllm_server, embedded_path,
     assert logprob_distance(out, 0, embedded_path, None) < 0.02
 
 
+def test_no_seed_goes_to_a_vllm_server_unless_the_recipe_asks(vllm_server, embedded_path):
+    """`request_seed: auto` learns from `/v1/models` that the server is vLLM and sends no seed (its CPU build
+    crashes on seeded requests under load); `request_seed: true` sends them."""
+    from rs_trainer.generators import GeneratorSpec
+    from rs_trainer.generators.openai_client import OpenAIGenerator
+    from rs_trainer.phases.generation import SamplingParams, encode_prompts
+    from rs_trainer.run.models import load_tokenizer
+
+    tokenizer, prompts = load_tokenizer(str(embedded_path)), question_prompts()[:2]
+    params = SamplingParams(temperature=0.8, max_new_tokens=4)
+    sent = {}
+    for setting in ("auto", True):
+        spec = GeneratorSpec("policy", engine="openai", base_url=vllm_server.base_url, model=str(embedded_path))
+        spec.request_seed = setting
+        client = OpenAIGenerator(spec, vllm_server.base_url, str(embedded_path), tokenizer)
+        assert len(client.generate(prompts, encode_prompts(tokenizer, prompts), 2, params, seed=3)) == 4
+        sent[setting] = client.send_seed
+    assert sent == {"auto": False, True: True}
+
+
 def test_a_vllm_server_killed_mid_round_then_the_rerun_resumes(vllm_server, embedded_path, tmp_path):
     """The server dies while round 0 samples: the run stops with a one-line error that says to rerun; with the
     server back, the rerun keeps the rows on disk and samples only the rest: every key once."""
