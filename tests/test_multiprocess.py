@@ -48,4 +48,10 @@ def test_two_process_round(tiny_model, tmp_path):
         metrics = json.loads((out / f"round_{r}" / "metrics.json").read_text())
         steps = metrics["train/steps_per_rank"]
         assert len(steps) == 2 and steps[0] == steps[1] > 0  # both ranks take the same number of steps
+        # Each evaluation set (3 questions: 2 on rank 0, 1 on rank 1) judged whole, on both ranks' completions.
+        for split in ("phrasings", "words", "stories"):
+            assert metrics[f"eval/{split}/accuracy"] * 3 in (0, 1, 2, 3) and metrics[f"eval/{split}/reward"] > 0
+    assert {f"eval/{s}/accuracy" for s in ("phrasings", "words", "stories")} <= set(
+        json.loads((out / "base_eval.json").read_text())
+    )
     assert len(read_jsonl(out / "round_1" / "sft.jsonl")) == 5
