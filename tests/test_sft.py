@@ -135,7 +135,9 @@ def test_gradient_checkpointing_trains_the_same(tiny_model, tmp_path):
         trainer = RejectionSamplingTrainer(args, model_args)
         trainer.setup()
         model = trainer.accelerator.unwrap_model(trainer.model)
-        assert model.base_model.model.is_activation_checkpointing == on
+        inner = model.base_model.model  # transformers 5.23 names it is_activation_checkpointing, 5.19 as below
+        assert getattr(inner, "is_activation_checkpointing", None) in (on, None)
+        assert any(getattr(m, "gradient_checkpointing", False) for m in inner.modules()) == on
         rows = [
             {"prompt_id": p["prompt_id"], "completion": "12", "finished": True}
             for p in trainer.inputs.train_prompts[:4]
