@@ -164,13 +164,20 @@ def main():
         results[name] = json.loads(line[len("RESULT ") :])
     base = results.get("in-process (`rs` engine)", {}).get("tokens_per_s")
     rows = [
-        [name, r["samples"], r["tokens"], f"{r['seconds']:.1f}", f"{r['tokens_per_s']:.1f}",
-         f"{r['tokens_per_s'] / base:.2f}x" if base else "-", f"{r['distinct']:.0%}", f"{r['start_s']:.1f}",
-         f"{r['refresh_s']:.1f}"]
+        {
+            "side": name,
+            "samples": r["samples"],
+            "completion tokens": r["tokens"],
+            "seconds": r["seconds"],
+            "tokens/s": r["tokens_per_s"],
+            "vs in-process": f"{r['tokens_per_s'] / base:.2f}x" if base else "-",
+            "distinct": f"{r['distinct']:.0%}",
+            "start (s)": r["start_s"],
+            "new round's weights (s)": r["refresh_s"],
+        }
         for name, r in results.items()
-    ]  # fmt: skip
-    header = ["side", "samples", "completion tokens", "seconds", "tokens/s", "vs in-process", "distinct", "start (s)"]
-    print(table(header + ["new round's weights (s)"], rows))
+    ]
+    print(table(rows))
 
 
 if __name__ == "__main__":
