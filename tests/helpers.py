@@ -75,8 +75,13 @@ def recipe_args(model_path, output_dir, **overrides) -> list[str]:
         "learning_rate": 1e-2,
     }
     base.update(overrides)
+    return as_argv(base)
+
+
+def as_argv(settings: dict) -> list[str]:
+    """Recipe keys as command-line arguments: booleans lower-case, lists spread, None as `none`."""
     argv = []
-    for key, value in base.items():
+    for key, value in settings.items():
         if isinstance(value, bool):
             argv += [f"--{key}", str(value).lower()]
         elif isinstance(value, list):

@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import as_argv
 
 from rs_trainer.generators.vllm_engine import vllm_available
 
@@ -210,15 +211,7 @@ def run_args(model_path, output_dir, **overrides) -> list[str]:
         "report_to": "none",
         **overrides,
     }
-    argv = []
-    for key, value in settings.items():
-        if isinstance(value, bool):
-            argv += [f"--{key}", str(value).lower()]
-        elif isinstance(value, list):
-            argv += [f"--{key}", *map(str, value)]
-        else:
-            argv += [f"--{key}", str(value)]
-    return argv
+    return as_argv(settings)
 
 
 def recipe(tmp_path, generators: list[dict]) -> Path:
