@@ -27,7 +27,7 @@ from rs_trainer.tasks import arithmetic
 
 SELECTION_STRATEGIES = ("best_of_n", "top_k_per_prompt", "threshold", "percentile", "top_k", "top_fraction", "rso")
 UNSET = "<unset>"  # a deprecated key whose `null` means something (`eval_split: null`): given or not
-PER_ROUND_FIELDS = ("temperature", "top_p", "top_k", "max_completion_length")
+PER_ROUND_FIELDS = ("temperature", "top_p", "top_k", "min_p", "max_completion_length")
 # Keys that take one value per round as well, but that `for_round` does not read (selection reads them).
 LIST_VALUED_FIELDS = (*PER_ROUND_FIELDS, "reward_percentile", "rso_beta")
 # The names of TRL's configs where a key means what a TRL key means; the old spelling is a deprecated alias for one
@@ -104,6 +104,7 @@ KEY_RANGES = {
     "temperature_probe_prompts": Range(1),
     "top_p": Range(0, 1, open_low=True, fix="; 1.0 turns nucleus sampling off"),
     "top_k": Range(0, note=" (0 = off)"),
+    "min_p": Range(0, 1, note=" (0 = off)"),
     "max_completion_length": Range(1),
     "generation_batch_size": Range(0, note=" (0 picks by device)"),
     "generation_token_budget": Range(0, note=" (0 picks by device)"),
@@ -287,6 +288,13 @@ class RSConfig:
     top_p: list[float] = field(default_factory=lambda: [1.0], metadata={"help": "Nucleus sampling p (per round)."})
     top_k: list[int] = field(
         default_factory=lambda: [0], metadata={"help": "Sample from the k most likely tokens; 0 = off (per round)."}
+    )
+    min_p: list[float] = field(
+        default_factory=lambda: [0.0],
+        metadata={
+            "help": "Drop tokens less likely than min_p x the most likely one's probability, after temperature, "
+            "top-k and top-p, as transformers does; 0 = off (per round)."
+        },
     )
     max_completion_length: list[int] = field(
         default_factory=lambda: [64], metadata={"help": "Completion length cap in tokens (per round)."}

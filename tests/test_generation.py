@@ -62,6 +62,20 @@ def test_sample_next_top_k_and_top_p_keep_only_allowed_tokens():
     assert sample_next(logits[:1], SamplingParams(temperature=0.0), g).item() == 0
 
 
+@pytest.mark.parametrize("min_p", [0.1, 0.4])
+def test_sample_next_min_p_keeps_what_transformers_min_p_warper_keeps(min_p):
+    """min-p after temperature: the tokens sampled are exactly those transformers' MinPLogitsWarper leaves."""
+    from transformers.generation.logits_process import MinPLogitsWarper, TemperatureLogitsWarper
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(4000, 1)
+    warped = MinPLogitsWarper(min_p)(None, TemperatureLogitsWarper(0.7)(None, logits[:1].clone()))
+    allowed = set(torch.isfinite(warped[0]).nonzero().flatten().tolist())
+    assert allowed == ({0, 1, 2} if min_p == 0.1 else {0, 1})  # the cases differ: the test can tell them apart
+    g = torch.Generator().manual_seed(0)
+    assert set(sample_next(logits, SamplingParams(temperature=0.7, min_p=min_p), g).tolist()) == allowed
+    assert SamplingParams(temperature=0.7, min_p=min_p).generate_kwargs()["min_p"] == min_p
+
+
 def test_token_budget_splits_batches_and_keeps_rows(tiny):
     """A budget smaller than one batch of long prompts: more, smaller batches, every row still there once."""
     model, tok = tiny

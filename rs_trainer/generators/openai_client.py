@@ -218,6 +218,8 @@ class OpenAIGenerator:
         extra = dict(self.spec.extra_body)
         if params.top_k:
             extra.setdefault("top_k", params.top_k)
+        if params.min_p:
+            extra.setdefault("min_p", params.min_p)
         if self.spec.api == "chat":
             if self.spec.logprobs:
                 common["logprobs"] = True

@@ -26,7 +26,8 @@ class GeneratorSpec:
       the policy;
       `openai`: the served model's name; `server`: a fixed model to serve, default the policy's latest weights.
     - `num_generations` (`int`, *optional*): default the recipe's `num_generations`.
-    - `temperature`, `top_p`, `top_k`, `max_completion_length` (*optional*): override the round's sampling values.
+    - `temperature`, `top_p`, `top_k`, `min_p`, `max_completion_length` (*optional*): override the round's
+      sampling values.
     (`num_samples_per_prompt` and `max_new_tokens`, the old spellings, are accepted with a warning.)
     - `base_url` (`str`): `openai` only, e.g. `http://127.0.0.1:8000/v1`.
     - `api_key_env` (`str`, *optional*): the environment variable that holds the API key; the key itself is never
@@ -69,6 +70,7 @@ class GeneratorSpec:
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
+    min_p: float | None = None
     max_completion_length: int | None = None
     base_url: str | None = None
     api_key_env: str | None = None

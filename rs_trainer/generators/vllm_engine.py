@@ -188,6 +188,7 @@ class VLLMGenerator:
                     temperature=params.temperature,
                     top_p=params.top_p if params.temperature > 0 else 1.0,
                     top_k=params.top_k if params.temperature > 0 else 0,
+                    min_p=params.min_p if params.temperature > 0 else 0.0,
                     max_tokens=params.max_new_tokens,
                     seed=seeds.request_seed(seed, prompts[i]["prompt_id"], k),
                     logprobs=0,

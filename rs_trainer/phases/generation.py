@@ -22,6 +22,7 @@ class SamplingParams:
     temperature: float = 0.8
     top_p: float = 1.0
     top_k: int = 0
+    min_p: float = 0.0
     max_new_tokens: int = 64
 
     def generate_kwargs(self) -> dict:
@@ -32,6 +33,7 @@ class SamplingParams:
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k or None,
+            "min_p": self.min_p or None,
             "max_new_tokens": self.max_new_tokens,
         }
 
@@ -49,6 +51,7 @@ class SamplingParams:
             temperature=temperature,
             top_p=pick("top_p", getattr(spec, "top_p", None)),
             top_k=pick("top_k", getattr(spec, "top_k", None)),
+            min_p=pick("min_p", getattr(spec, "min_p", None)),
             max_new_tokens=pick("max_completion_length", getattr(spec, "max_completion_length", None)),
         )
 
@@ -241,7 +244,7 @@ def _hf_generate(model, input_ids, attention, n, params, eos_ids, pad_id, seed) 
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
-    """Next tokens from last-position logits, with temperature, then top-k, then top-p (the order of
+    """Next tokens from last-position logits, with temperature, then top-k, then top-p, then min-p (the order of
     transformers' own logits processors). Temperature 0 is greedy."""
     if params.temperature == 0:
         return logits.argmax(dim=-1)
@@ -256,6 +259,8 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
         remove[:, -1] = False  # always keep the most likely token
         logits = logits.masked_fill(remove.scatter(1, sorted_idx, remove), float("-inf"))
     probs = logits.softmax(dim=-1)
+    if params.min_p > 0:  # the most likely token always stays: its probability is the bar's 1/min_p times
+        probs = probs.masked_fill(probs < params.min_p * probs.amax(dim=-1, keepdim=True), 0.0)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 

@@ -1,0 +1,136 @@
+"""Issue 24's sweep: variants of the default recipe (recipes/smollm2/arithmetic_lora.yaml) and the plain loop
+(benchmarks/plain_loop.py), 2 seeds each, every one evaluated on the held-out set and the three other-forms sets
+(`phrasings`, `words`, `stories`, 64 questions each), then one table.
+
+    .venv/bin/python benchmarks/sweep_generalization.py run [--jobs 2] [--only default,top-k-50]
+    .venv/bin/python benchmarks/sweep_generalization.py table > table.md
+
+Runs go to outputs/sweep/<variant>-s<seed>; a run with a summary.json is skipped, so a stopped sweep goes on where
+it was. `--jobs 2` runs two at once, each on one thread (OMP_NUM_THREADS=1): on 2 cores that is faster in all than
+one at a time on two, and every run sees the same one core, so their times compare. Drift (`kl_to_base`) is off:
+it does not change what is trained. The base model's evaluation is the same for every variant of a seed; it is
+computed by the first run of that seed and copied into the others' folders (`base_eval.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "outputs" / "sweep"
+RECIPE = "recipes/smollm2/arithmetic_lora.yaml"
+SEEDS = (42, 43)
+SETS = ("heldout", "phrasings", "words", "stories")
+COMMON = ["--task_num_eval_ood", "64", "--kl_to_base", "off", "--report_to", "none"]
+# name -> (what it changes, extra command-line keys). Every variant generates the same 96 x 8 = 768 samples a
+# round (192 x 4 the same number), so they compare at (nearly) equal generated tokens.
+VARIANTS = {
+    "default": ("the recipe before the sweep: top-k off, T 0.8 then 0.7, drop truncated, 96 x 8, 2 epochs", []),
+    "top-k-50": ("sampling top-k 50 (transformers' default)", ["--top_k", "50"]),
+    "min-p-0.1": ("sampling min-p 0.1", ["--min_p", "0.1"]),
+    "T-0.8": ("temperature 0.8 both rounds", ["--temperature", "0.8"]),
+    "keep-truncated": ("`drop_truncated: false`", ["--drop_truncated", "false"]),
+    "192x4": ("192 prompts x 4 samples a round", ["--prompts_per_round", "192", "--num_generations", "4"]),
+    "4-distinct": (
+        "up to 4 distinct right answers a prompt (`top_k_per_prompt`, `k_per_prompt: 4`, `dedupe: normalised`)",
+        ["--selection", "top_k_per_prompt", "--k_per_prompt", "4", "--dedupe", "normalised"],
+    ),
+    "epochs-1": ("1 SFT epoch a round", ["--num_train_epochs", "1"]),
+    "epochs-3": ("3 SFT epochs a round", ["--num_train_epochs", "3"]),
+    "rest-em": (
+        "`sft_from: base` + `pool_previous_rounds` (ReST-EM)",
+        ["--sft_from", "base", "--pool_previous_rounds", "true"],
+    ),
+}
+PLAIN = "plain-loop"
+
+
+def command(name: str, seed: int, out: Path) -> list[str]:
+    if name == PLAIN:
+        return [sys.executable, "benchmarks/plain_loop.py", "--seed", str(seed), "--out", str(out)]
+    launch = [str(ROOT / ".venv/bin/accelerate"), "launch", "--config_file", "accelerate_configs/cpu.yaml"]
+    return [*launch, "-m", "rs_trainer", "--config", RECIPE, "--output_dir", str(out), "--seed", str(seed),
+            *COMMON, *VARIANTS[name][1]]  # fmt: skip
+
+
+def run(names: list[str], jobs: int) -> None:
+    queue = [(n, s) for s in SEEDS for n in names if not (OUT / f"{n}-s{s}" / "summary.json").exists()]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if jobs > 1 else dict(os.environ)
+    (OUT / "logs").mkdir(parents=True, exist_ok=True)
+    running: list[tuple[str, subprocess.Popen]] = []
+    while queue or running:
+        while queue and len(running) < jobs:
+            name, seed = queue.pop(0)
+            out = OUT / f"{name}-s{seed}"
+            base = OUT / f"default-s{seed}" / "base_eval.json"
+            if name not in ("default", PLAIN) and base.exists() and not (out / "base_eval.json").exists():
+                out.mkdir(parents=True, exist_ok=True)
+                shutil.copy(base, out / "base_eval.json")
+            log = open(OUT / "logs" / f"{name}-s{seed}.log", "w")  # noqa: SIM115 (closed with the process)
+            proc = subprocess.Popen(command(name, seed, out), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            print(f"{time.strftime('%H:%M:%S')} start {name}-s{seed} (pid {proc.pid})", flush=True)
+            running.append((f"{name}-s{seed}", proc))
+        time.sleep(5)
+        for item in list(running):
+            if item[1].poll() is not None:
+                print(f"{time.strftime('%H:%M:%S')} end {item[0]}: exit {item[1].returncode}", flush=True)
+                running.remove(item)
+
+
+def result(name: str, seed: int) -> dict | None:
+    """{set: accuracy after round 1, 'tokens': generated tokens over both rounds, 'seconds': the rounds' wall time,
+    'selected': [per round]} or None when the run has not finished."""
+    out = OUT / f"{name}-s{seed}"
+    if not (out / "summary.json").exists():
+        return None
+    if name == PLAIN:
+        s = json.loads((out / "summary.json").read_text())
+        last = s["rounds"][-1]
+        return {"heldout": last["test"], **{k: last[k] for k in SETS[1:]}, "tokens": s["completion_tokens"],
+                "seconds": s["seconds"], "selected": [r["selected"] for r in s["rounds"]]}  # fmt: skip
+    rounds = [json.loads(p.read_text()) for p in sorted(out.glob("round_*/metrics.json"))]
+    last = rounds[-1]
+    return {
+        "heldout": last["eval/accuracy"],
+        **{k: last[f"eval/{k}/accuracy"] for k in SETS[1:]},
+        "tokens": sum(m["gen/policy/tokens"] for m in rounds),
+        "seconds": sum(m["timing/round"] for m in rounds),
+        "selected": [m["rs/num_selected"] for m in rounds],
+    }
+
+
+def table() -> str:
+    sets = " | ".join(f"{s} (42 / 43)" for s in SETS)
+    head = f"| variant | {sets} | mean of the 4 sets | tokens | time (s) | selected r0, r1 |"
+    lines = [head, "|---" * 9 + "|"]
+    for name in [*VARIANTS, PLAIN]:
+        res = [result(name, s) for s in SEEDS]
+        if not all(res):
+            continue
+        cells = [" / ".join(f"{r[k]:.1%}" for r in res) for k in SETS]
+        mean = statistics.mean(r[k] for r in res for k in SETS)
+        tokens = statistics.mean(r["tokens"] for r in res)
+        secs = statistics.mean(r["seconds"] for r in res)
+        sel = " / ".join(",".join(map(str, r["selected"])) for r in res)
+        lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {mean:.1%} | {tokens:,.0f} | {secs:.0f} | {sel} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("what", choices=("run", "table"))
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--only", default=None, help="comma-separated variant names (plain-loop included)")
+    a = p.parse_args()
+    if a.what == "run":
+        run(a.only.split(",") if a.only else [*VARIANTS, PLAIN], a.jobs)
+    else:
+        print(table())
