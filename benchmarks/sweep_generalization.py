@@ -10,6 +10,11 @@ it was. `--jobs 2` runs two at once, each on one thread (OMP_NUM_THREADS=1): on 
 one at a time on two, and every run sees the same one core, so their times compare. Drift (`kl_to_base`) is off:
 it does not change what is trained. The base model's evaluation is the same for every variant of a seed; it is
 computed by the first run of that seed and copied into the others' folders (`base_eval.json`).
+
+Work that would repeat the default run's is taken from it, through the trainer's own resume (a folder without
+`run_config.json` is not checked against a config): variants that sample round 0 as the default does (`SAME_SAMPLES`)
+start from its round-0 samples, unscored, as if a run had been killed after generating them; `T-0.8`, whose round 0
+is the default's in every key, starts from its finished round 0. Their time adds the default's for what was taken.
 """
 
 from __future__ import annotations
@@ -51,6 +56,34 @@ VARIANTS = {
     ),
 }
 PLAIN = "plain-loop"
+SAME_SAMPLES = ("keep-truncated", "4-distinct", "epochs-1", "epochs-3", "rest-em")
+SAME_ROUND_0 = ("T-0.8",)
+SCORING_FIELDS = ("reward", "rewards", "filtered_out", "selected")
+
+
+def seed_from_default(name: str, seed: int, out: Path) -> None:
+    """Copy into `out` what the variant shares with the finished default run of its seed (see the module doc)."""
+    default = OUT / f"default-s{seed}"
+    if name in ("default", PLAIN) or not (default / "summary.json").exists() or out.exists():
+        return
+    out.mkdir(parents=True)
+    shutil.copy(default / "base_eval.json", out / "base_eval.json")
+    if name in SAME_ROUND_0:
+        shutil.copytree(default / "round_0", out / "round_0")
+    elif name in SAME_SAMPLES:
+        (out / "round_0" / "shards").mkdir(parents=True)
+        with open(default / "round_0" / "generations.jsonl") as src:
+            rows = [json.loads(line) for line in src]
+        lines = [json.dumps({k: v for k, v in row.items() if k not in SCORING_FIELDS}) for row in rows]
+        (out / "round_0" / "shards" / "generations.rank0.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def command(name: str, seed: int, out: Path) -> list[str]:
@@ -61,28 +94,31 @@ def command(name: str, seed: int, out: Path) -> list[str]:
             *COMMON, *VARIANTS[name][1]]  # fmt: skip
 
 
-def run(names: list[str], jobs: int) -> None:
-    queue = [(n, s) for s in SEEDS for n in names if not (OUT / f"{n}-s{s}" / "summary.json").exists()]
+def run(names: list[str], jobs: int, running_pids: list[int], skip: list[str]) -> None:
+    """Run the missing (variant, seed) pairs, `jobs` at a time; `running_pids` (runs an earlier sweep started and
+    still running) hold slots until they end, and `skip` names their `<variant>-s<seed>`. The plain loop goes first:
+    it is the longest."""
+    order = sorted(names, key=lambda n: n != PLAIN)
+    queue = [(n, s) for s in SEEDS for n in order if f"{n}-s{s}" not in skip]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if jobs > 1 else dict(os.environ)
     (OUT / "logs").mkdir(parents=True, exist_ok=True)
-    running: list[tuple[str, subprocess.Popen]] = []
+    running = {f"pid {pid}": (lambda pid=pid: None if pid_alive(pid) else 0) for pid in running_pids}
     while queue or running:
         while queue and len(running) < jobs:
             name, seed = queue.pop(0)
             out = OUT / f"{name}-s{seed}"
-            base = OUT / f"default-s{seed}" / "base_eval.json"
-            if name not in ("default", PLAIN) and base.exists() and not (out / "base_eval.json").exists():
-                out.mkdir(parents=True, exist_ok=True)
-                shutil.copy(base, out / "base_eval.json")
+            if (out / "summary.json").exists():
+                continue
+            seed_from_default(name, seed, out)
             log = open(OUT / "logs" / f"{name}-s{seed}.log", "w")  # noqa: SIM115 (closed with the process)
             proc = subprocess.Popen(command(name, seed, out), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
             print(f"{time.strftime('%H:%M:%S')} start {name}-s{seed} (pid {proc.pid})", flush=True)
-            running.append((f"{name}-s{seed}", proc))
+            running[f"{name}-s{seed}"] = proc.poll
         time.sleep(5)
-        for item in list(running):
-            if item[1].poll() is not None:
-                print(f"{time.strftime('%H:%M:%S')} end {item[0]}: exit {item[1].returncode}", flush=True)
-                running.remove(item)
+        for label, poll in list(running.items()):
+            if (code := poll()) is not None:
+                print(f"{time.strftime('%H:%M:%S')} end {label}: exit {code}", flush=True)
+                del running[label]
 
 
 def result(name: str, seed: int) -> dict | None:
@@ -98,11 +134,14 @@ def result(name: str, seed: int) -> dict | None:
                 "seconds": s["seconds"], "selected": [r["selected"] for r in s["rounds"]]}  # fmt: skip
     rounds = [json.loads(p.read_text()) for p in sorted(out.glob("round_*/metrics.json"))]
     last = rounds[-1]
+    taken = 0.0  # round 0's sampling, taken from the default run (its own metrics time only what it did)
+    if name in SAME_SAMPLES:
+        taken = json.loads((OUT / f"default-s{seed}" / "round_0" / "metrics.json").read_text())["timing/generate"]
     return {
         "heldout": last["eval/accuracy"],
         **{k: last[f"eval/{k}/accuracy"] for k in SETS[1:]},
         "tokens": sum(m["gen/policy/tokens"] for m in rounds),
-        "seconds": sum(m["timing/round"] for m in rounds),
+        "seconds": taken + sum(m["timing/round"] for m in rounds),
         "selected": [m["rs/num_selected"] for m in rounds],
     }
 
@@ -129,8 +168,11 @@ if __name__ == "__main__":
     p.add_argument("what", choices=("run", "table"))
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--only", default=None, help="comma-separated variant names (plain-loop included)")
+    p.add_argument("--running_pids", default="", help="comma-separated pids of runs still going (they hold slots)")
+    p.add_argument("--skip", default="", help="comma-separated <variant>-s<seed> runs not to start (still going)")
     a = p.parse_args()
     if a.what == "run":
-        run(a.only.split(",") if a.only else [*VARIANTS, PLAIN], a.jobs)
+        names = a.only.split(",") if a.only else [*VARIANTS, PLAIN]
+        run(names, a.jobs, [int(x) for x in a.running_pids.split(",") if x], [x for x in a.skip.split(",") if x])
     else:
         print(table())
