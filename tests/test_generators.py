@@ -289,8 +289,8 @@ def test_a_continuous_batching_server_samples_at_the_recipes_temperature(tiny_mo
     assert len(by_prompt) == 6 and all(len(texts) == 1 for texts in by_prompt.values()), by_prompt
 
 
-@pytest.mark.parametrize("top_k", [0, 5])
-def test_the_served_model_samples_with_the_rounds_top_k_and_no_default_one(tiny_model, tmp_path, top_k):
+@pytest.mark.parametrize(("top_k", "min_p"), [(0, 0.0), (5, 0.1)])
+def test_the_served_model_samples_with_the_rounds_top_k_and_no_default_one(tiny_model, tmp_path, top_k, min_p):
     """A server reads its sampling defaults from the folder's generation config: `transformers serve` takes no
     `top_k` in a request and would apply transformers' default of 50, which in-process sampling does not."""
     import torch
@@ -298,9 +298,9 @@ def test_the_served_model_samples_with_the_rounds_top_k_and_no_default_one(tiny_
 
     from rs_trainer.generators.checks import write_served_model
 
-    folder = write_served_model(
-        tmp_path / "served", str(tiny_model), None, torch.float32, AutoTokenizer.from_pretrained(tiny_model), top_k
-    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    folder = write_served_model(tmp_path / "served", str(tiny_model), None, torch.float32, tokenizer, top_k, min_p)
     config = json.loads((tmp_path / "served" / "generation_config.json").read_text())
     assert folder == str(tmp_path / "served")
     assert config["do_sample"] is True and config["top_k"] == top_k
+    assert config.get("min_p") == (min_p or None)

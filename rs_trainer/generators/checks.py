@@ -90,13 +90,15 @@ def check_generators(
     return endpoints
 
 
-def write_served_model(path: Path, base: str, checkpoint: Path | None, dtype, tokenizer, top_k: int = 0) -> str:
+def write_served_model(
+    path: Path, base: str, checkpoint: Path | None, dtype, tokenizer, top_k: int = 0, min_p: float = 0.0
+) -> str:
     """Write the policy as a plain model folder a server can load, and return its path: `base` alone (round 0),
     `base` with the LoRA adapter of `checkpoint` merged in (on the CPU, from the saved files, so the training
-    copy is untouched), or the full checkpoint. Its generation config samples, with the round's `top_k` (0: off)
-    and no other filter: `transformers serve` would otherwise decode greedily whatever the request's temperature,
-    and sample with transformers' default top-k of 50, which in-process sampling does not apply (the server
-    takes no `top_k` field in a request; vLLM reads the same file for its defaults)."""
+    copy is untouched), or the full checkpoint. Its generation config samples, with the round's `top_k` and
+    `min_p` (0: off) and no other filter: `transformers serve` would otherwise decode greedily whatever the
+    request's temperature, and sample with transformers' default top-k of 50, which in-process sampling does not
+    apply (the server takes no `top_k` or `min_p` field in a request; vLLM reads the same file for its defaults)."""
     from transformers import AutoModelForCausalLM
 
     from rs_trainer.run.io import atomic_dir
@@ -111,6 +113,7 @@ def write_served_model(path: Path, base: str, checkpoint: Path | None, dtype, to
             model = AutoModelForCausalLM.from_pretrained(checkpoint or base, dtype=dtype)
         model.generation_config.do_sample = True
         model.generation_config.top_k = top_k
+        model.generation_config.min_p = min_p or None
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return str(path)

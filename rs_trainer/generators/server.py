@@ -182,6 +182,7 @@ class ServedGenerator:
                 torch_dtype(run.model_args.dtype),
                 run.tokenizer,
                 params.top_k,
+                params.min_p,
             )
 
     def generate(self, prompts, prompt_ids, num_samples, params, seed=0, on_batch=None) -> list[dict]:
