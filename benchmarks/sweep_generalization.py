@@ -54,6 +54,10 @@ VARIANTS = {
         "`sft_from: base` + `pool_previous_rounds` (ReST-EM)",
         ["--sft_from", "base", "--pool_previous_rounds", "true"],
     ),
+    "top-k-50+192x4": (
+        "the two best single changes together: top-k 50, 192 x 4",
+        ["--top_k", "50", "--prompts_per_round", "192", "--num_generations", "4"],
+    ),
 }
 PLAIN = "plain-loop"
 SAME_SAMPLES = ("keep-truncated", "4-distinct", "epochs-1", "epochs-3", "rest-em")
