@@ -98,4 +98,5 @@ for r in range(2):
     print(r, log["rounds"][-1], flush=True)
 log.update(completion_tokens=tokens, seconds=round(time.time() - start, 1))
 Path(a.out).mkdir(parents=True, exist_ok=True)
-Path(a.out, "summary.json").write_text(json.dumps(log, indent=2))
+Path(a.out, "summary.json.tmp").write_text(json.dumps(log, indent=2))
+Path(a.out, "summary.json.tmp").replace(Path(a.out, "summary.json"))  # whole or absent: the sweep reads it

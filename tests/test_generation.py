@@ -76,6 +76,22 @@ def test_sample_next_min_p_keeps_what_transformers_min_p_warper_keeps(min_p):
     assert SamplingParams(temperature=0.7, min_p=min_p).generate_kwargs()["min_p"] == min_p
 
 
+@pytest.mark.parametrize("engine", ["rs", "hf"])
+def test_top_k_zero_is_off_in_both_engines_and_50_keeps_50(tiny, engine):
+    """`top_k: 0` samples from the whole vocabulary in both engines (transformers' generation config defaults to
+    top-k 50; the `hf` engine must not fall back to it). At temperature 20 the tiny model's next token is near
+    uniform over 49k tokens."""
+    model, tok = tiny
+    one = prompts(1)
+
+    def distinct(top_k):
+        params = SamplingParams(temperature=20.0, top_k=top_k, max_new_tokens=1)
+        return len({r["completion"] for r in generate(model, tok, one, 256, params, seed=0, engine=engine)})
+
+    assert distinct(0) > 100
+    assert distinct(50) <= 50
+
+
 def test_token_budget_splits_batches_and_keeps_rows(tiny):
     """A budget smaller than one batch of long prompts: more, smaller batches, every row still there once."""
     model, tok = tiny
