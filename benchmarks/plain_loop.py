@@ -8,7 +8,6 @@ the recipe's (benchmarks/sweep_generalization.py). Writes `<out>/summary.json`.
 """
 
 import argparse
-import json
 import random
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rs_trainer.rewards.verifiers import numeric_answer
+from rs_trainer.run.io import write_json
 from rs_trainer.run.models import resolve_model_path
 from rs_trainer.tasks import arithmetic
 
@@ -98,5 +98,4 @@ for r in range(2):
     print(r, log["rounds"][-1], flush=True)
 log.update(completion_tokens=tokens, seconds=round(time.time() - start, 1))
 Path(a.out).mkdir(parents=True, exist_ok=True)
-Path(a.out, "summary.json.tmp").write_text(json.dumps(log, indent=2))
-Path(a.out, "summary.json.tmp").replace(Path(a.out, "summary.json"))  # whole or absent: the sweep reads it
+write_json(Path(a.out, "summary.json"), log)  # atomic: whole or absent, the sweep reads it

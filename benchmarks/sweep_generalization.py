@@ -29,6 +29,9 @@ import sys
 import time
 from pathlib import Path
 
+from rs_trainer.run.io import read_jsonl, write_jsonl
+from rs_trainer.run.layout import RunLayout
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "outputs" / "sweep"
 RECIPE = "recipes/smollm2/arithmetic_lora.yaml"
@@ -73,16 +76,15 @@ def seed_from_default(name: str, seed: int, out: Path) -> None:
     default = OUT / f"default-s{seed}"
     if name in ("default", PLAIN) or not (default / "summary.json").exists() or out.exists():
         return
+    src, dst = RunLayout(default), RunLayout(out)
     out.mkdir(parents=True)
-    shutil.copy(default / "base_eval.json", out / "base_eval.json")
+    shutil.copy(src.base_eval, dst.base_eval)
     if name in SAME_ROUND_0:
-        shutil.copytree(default / "round_0", out / "round_0")
+        shutil.copytree(src.round(0), dst.round(0))
     elif name in SAME_SAMPLES:
-        (out / "round_0" / "shards").mkdir(parents=True)
-        with open(default / "round_0" / "generations.jsonl") as src:
-            rows = [json.loads(line) for line in src]
-        lines = [json.dumps({k: v for k, v in row.items() if k not in SCORING_FIELDS}) for row in rows]
-        (out / "round_0" / "shards" / "generations.rank0.jsonl").write_text("\n".join(lines) + "\n")
+        dst.shards(0).mkdir(parents=True)
+        rows = [{k: v for k, v in row.items() if k not in SCORING_FIELDS} for row in read_jsonl(src.generations(0))]
+        write_jsonl(dst.shard(0, 0), rows)
 
 
 def pid_alive(pid: int) -> bool:
