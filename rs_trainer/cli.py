@@ -22,6 +22,7 @@ from collections.abc import Callable
 from rs_trainer.config import RSConfig, check_model_numbers, check_peft_keys
 from rs_trainer.errors import ConfigError, GeneratorError, first_line
 from rs_trainer.run.io import is_disk_full
+from rs_trainer.run.ranks import lost_peer
 
 
 def parse_args(argv: list[str] | None = None):
@@ -166,7 +167,8 @@ def dry_run(args, model_args) -> str:
 def run_command(prog: str, body: Callable[[], int | None]) -> int:
     """Every command's error handling, in one place: a user's mistake (`ConfigError`) is one `<prog>: error:`
     line and exit code 2; a generator that failed mid-run, or a full disk, one line and exit code 1 (what was
-    written before is intact, and the same command resumes). Anything else is a bug and keeps its traceback."""
+    written before is intact, and the same command resumes), and so is a collective whose peer process died or
+    stalled past `ddp_timeout`. Anything else is a bug and keeps its traceback."""
     try:
         return body() or 0
     except ConfigError as err:
@@ -176,6 +178,10 @@ def run_command(prog: str, body: Callable[[], int | None]) -> int:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     except Exception as err:
+        peer = lost_peer(err)
+        if peer:  # another rank or node died mid-collective: one line, not every rank's traceback
+            print(f"{prog}: error: {peer}", file=sys.stderr)
+            return 1
         if not is_disk_full(err):
             raise
         detail = first_line(err)[:200]

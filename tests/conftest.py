@@ -14,6 +14,56 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def vllm_multiprocessing_restored():
+    """`engine: vllm` on one process sets `VLLM_ENABLE_V1_MULTIPROCESSING=0` in this process, so that its engine
+    runs here. Put back after each test: a vLLM server or run started later would inherit it, and on the CPU such
+    a server runs its model in the engine's process instead of a worker of its own, as it would not for a user."""
+    key = "VLLM_ENABLE_V1_MULTIPROCESSING"
+    before = os.environ.get(key)
+    yield
+    if before is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = before
+
+
+_RSS_AFTER: dict[str, float] = {}  # test id -> this process's resident GiB once the test's memory was returned
+
+
+@pytest.fixture(autouse=True)
+def memory_returned(request):
+    """After each test, collect its garbage and hand freed heap pages back to the system (glibc's `malloc_trim`),
+    so that models a finished test loaded do not stay resident under the tests that follow: without it this
+    process kept each test's high-water mark, and the suite's peak grew with its length. Records the resident
+    size after each test for the summary at the end."""
+    yield
+    import ctypes
+    import gc
+
+    import psutil
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+    _RSS_AFTER[request.node.nodeid] = psutil.Process().memory_info().rss / 2**30
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The pytest process's own memory: its peak, and the tests after which it held the most."""
+    if not _RSS_AFTER:
+        return
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    largest = sorted(_RSS_AFTER.items(), key=lambda kv: -kv[1])[:5]
+    terminalreporter.write_line(f"pytest process: peak resident {peak:.2f} GiB; most held after a test:")
+    for test, gib in largest:
+        terminalreporter.write_line(f"  {gib:5.2f} GiB  {test}")
+
+
 @pytest.fixture(scope="session")
 def embedded_path() -> Path:
     """The embedded SmolLM2-135M-Instruct, converted once to a plain transformers folder."""

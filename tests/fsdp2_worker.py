@@ -216,7 +216,9 @@ def timeout(seconds: str) -> None:
     try:
         acc.wait_for_everyone()
     except Exception as err:
-        print(f"rank {acc.process_index} gave up after {time.time() - start:.1f} s: {type(err).__name__}", flush=True)
+        # gloo's message names the timeout it waited: "Timed out waiting 2000ms for recv operation to complete"
+        reason = f"{type(err).__name__}: {err}"
+        print(f"rank {acc.process_index} gave up after {time.time() - start:.1f} s: {reason}", flush=True)
         os._exit(3)
 
 

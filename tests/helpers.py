@@ -1,12 +1,16 @@
 """What tests share besides fixtures (those are in conftest.py): the tiny models built locally on the embedded
-tokenizers, the command line of a small run, JSONL files, and a real `transformers serve` on 127.0.0.1. Tests import
-from here, never from conftest or from one another."""
+tokenizers, the command line of a small run, JSONL files, the processes a test starts (torchrun, runs, servers) and
+ends however it ends, and a real `transformers serve` on 127.0.0.1. Tests import from here, never from conftest or
+from one another."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -109,13 +113,129 @@ def two_rank_run_args(model_path, output_dir, **overrides) -> list[str]:
     return recipe_args(model_path, output_dir, **settings)
 
 
+# Floats computed the same way but reduced in another order (sharded against whole weights, another process layout,
+# another CPU's kernels) differ in the last bits: a float32 sum of n terms moves by up to about n * 1.2e-7 of the
+# sum of their magnitudes. The rows' floats are sums over at most a few dozen tokens (each a log-softmax over the
+# vocabulary), so a relative 1e-5 (~80 float32 ulps) holds them, while a different token, row or model is off by
+# orders of magnitude more.
+FLOAT_RTOL, FLOAT_ATOL = 1e-5, 1e-6
+
+
+def assert_rows_match(rows: list[dict], expected: list[dict], rtol: float = FLOAT_RTOL, atol: float = FLOAT_ATOL):
+    """Rows (or any JSON-like values) equal: ids, texts, token ids, counts and flags exactly; floats within
+    `rtol`/`atol`. A failure names the row (its `prompt_id` and `sample_index` when it has them) and the field."""
+    import math
+
+    def same(a, b, where):
+        if isinstance(a, float) or isinstance(b, float):
+            ok = isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool)
+            assert ok and math.isclose(a, b, rel_tol=rtol, abs_tol=atol), f"{where}: {a!r} != {b!r}"
+        elif isinstance(a, dict) and isinstance(b, dict):
+            assert a.keys() == b.keys(), f"{where}: keys {sorted(a.keys() ^ b.keys())} differ"
+            for k in a:
+                same(a[k], b[k], f"{where}.{k}")
+        elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            assert len(a) == len(b), f"{where}: {len(a)} items != {len(b)}"
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
+                same(x, y, f"{where}[{i}]")
+        else:
+            assert a == b, f"{where}: {a!r} != {b!r}"
+
+    assert len(rows) == len(expected), f"{len(rows)} rows != {len(expected)}"
+    for i, (row, exp) in enumerate(zip(rows, expected, strict=True)):
+        key = (row.get("prompt_id"), row.get("sample_index")) if isinstance(row, dict) else None
+        same(row, exp, f"row {i} {key}" if key and key[0] is not None else f"row {i}")
+
+
 def failure(proc) -> str:
     """What a failed multi-process run said: every rank's one-line errors first, then the end of its stderr."""
     errors = [line for line in proc.stderr.splitlines() if "error:" in line and "rs_trainer" in line]
     return "\n".join(errors) + "\n...\n" + proc.stderr[-3000:]
 
 
+# ---------------------------------------------------------------------------------------------- processes
+# A test that starts processes ends them however it ends (an assert, a timeout, Ctrl-C), by process id, never by name.
+
+# torchrun on one node: `--standalone` has the agent's rendezvous store bind a port the system picks, and the workers
+# join the process group through that store, so neither the default port 29500 (another suite's run may hold it) nor
+# a port picked by `free_port` and bound later (another process may take it meanwhile) is involved.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+# The gloo timeout of the test workers' collectives. Their ranks do unequal work by design, and on a loaded 2-core
+# machine the other rank can take minutes to arrive; a deadlock still fails in 2 minutes, not torch's 30.
+COLLECTIVE_TIMEOUT_S = 120
+
+
+def spawn(cmd: list[str], preexec_fn=None, **kwargs) -> subprocess.Popen:
+    """`subprocess.Popen(cmd, **kwargs)` in a session of its own (a group `kill_tree` can end), sent SIGTERM when the
+    test process dies, even by SIGKILL, so that no server or run outlives a killed pytest (Linux's PR_SET_PDEATHSIG,
+    as the trainer's own servers get it; torchrun passes the SIGTERM on to its workers)."""
+    from rs_trainer.generators.server import _die_with_parent
+
+    def before_exec():
+        _die_with_parent()
+        if preexec_fn is not None:
+            preexec_fn()
+
+    return subprocess.Popen(cmd, start_new_session=True, preexec_fn=before_exec, **kwargs)
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL `proc`, every process under it and their process groups, by id, then reap `proc`; nothing is left to
+    do for what has ended. `proc`'s group alone is not enough: torch elastic starts each worker in a session of its
+    own, so killing the launcher (what `subprocess.run` does on a timeout) leaves the workers running."""
+    import psutil
+
+    procs = []
+    if proc.returncode is None:  # not reaped yet, so the id is still its own
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(proc.pid)
+            procs = [root, *root.children(recursive=True)]
+    groups = {proc.pid}  # started by `spawn`: its group's id is its own
+    for p in procs:
+        with contextlib.suppress(OSError):
+            groups.add(os.getpgid(p.pid))
+    groups.discard(os.getpgrp())  # never the test process's own group
+    for group in groups:
+        with contextlib.suppress(OSError):
+            os.killpg(group, signal.SIGKILL)
+    for p in procs:
+        with contextlib.suppress(psutil.Error):  # psutil checks that the id was not reused
+            p.kill()
+    proc.wait()
+
+
+@contextlib.contextmanager
+def started(cmd: list[str], **kwargs):
+    """`with started(cmd, ...) as proc:` `spawn`s `cmd`; however the block is left, `kill_tree` ends it."""
+    proc = spawn(cmd, **kwargs)
+    try:
+        yield proc
+    finally:
+        kill_tree(proc)
+
+
+def run_group(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """`subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)` for a command that starts
+    processes of its own (torchrun, `accelerate launch`, a run that starts a server): on a timeout, or when the test
+    is interrupted, `kill_tree` ends all of them; a timeout fails the test with the end of the output."""
+    import pytest
+
+    with started(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_tree(proc)
+            try:
+                stdout, stderr = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:  # something that left the tree still holds the pipes
+                stdout, stderr = "", "(no output: the pipes stayed open)"
+            shown = " ".join(map(str, cmd))[:300]
+            pytest.fail(f"`{shown}` ran past {timeout} s; killed with every process under it.\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
 SERVE = str(Path(sys.executable).parent / "transformers")  # `transformers serve`, from transformers[serving]
+SERVER_STARTUP_S = 300  # a deadline, not a wait: `start` returns as soon as the server answers
 
 
 class Server:
@@ -130,7 +250,7 @@ class Server:
         self.process = None
 
     def start(self) -> Server:
-        import subprocess
+        """Start the server and wait until it answers; a server that exits or does not answer is killed first."""
         import time
         import urllib.error
         import urllib.request
@@ -138,26 +258,29 @@ class Server:
         (self.tmp / "hub").mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(self.tmp / "hub"), "OMP_NUM_THREADS": "1"}
         cmd = [SERVE, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu"]
-        log = open(self.tmp / f"serve-{self.port}.log", "ab")
-        self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            assert self.process.poll() is None, (self.tmp / f"serve-{self.port}.log").read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"{self.base_url}/models", timeout=2)
-                return self
-            except urllib.error.HTTPError:
-                return self
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError("transformers serve did not start")
+        log = self.tmp / f"serve-{self.port}.log"
+        with open(log, "ab") as f:
+            self.process = spawn(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + SERVER_STARTUP_S
+            while time.monotonic() < deadline:
+                assert self.process.poll() is None, log.read_text()[-3000:]
+                try:
+                    urllib.request.urlopen(f"{self.base_url}/models", timeout=2)
+                    return self
+                except urllib.error.HTTPError:
+                    return self
+                except OSError:
+                    time.sleep(0.3)
+            tail = log.read_text()[-3000:]
+            raise RuntimeError(f"transformers serve did not answer within {SERVER_STARTUP_S} s:\n{tail}")
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
-        import signal
-
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self.process is not None:
+            kill_tree(self.process)
 
 
 def build_tiny_reward_model(path: Path, tokenizer_dir: Path, chat_template: str | None = "keep", pad: bool = True):

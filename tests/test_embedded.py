@@ -3,11 +3,10 @@ through `accelerate launch` exactly as a user runs it."""
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
-from helpers import REPO
+from helpers import REPO, run_group
 
 from rs_trainer.run.io import read_jsonl
 
@@ -43,8 +42,8 @@ def test_default_recipe_one_round_on_embedded_model(tmp_path, embedded_path):
         "--eval_max_new_tokens",
         "16",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # one thread: others share the cores
+    proc = run_group(cmd, timeout=900, cwd=tmp_path, env=env)  # `accelerate launch` and the run it starts
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "eval_acc_after" in proc.stdout + proc.stderr  # the end-of-run table
     rows = read_jsonl(out / "round_0" / "generations.jsonl")

@@ -23,6 +23,8 @@ def test_rs_engine_matches_transformers_generate_greedy(tiny):
     params = SamplingParams(temperature=0.0, max_new_tokens=12)
     ours = generate(model, tok, prompts(5), 1, params, batch_size=3, engine="rs")
     ref = generate(model, tok, prompts(5), 1, params, batch_size=3, engine="hf")
+    # Exact text from two decoding paths: greedy flips only on a near-tie, and here the chosen token leads the next
+    # by >= 0.06 in logit (measured), ~1e4 times the float32 difference between the engines' logits.
     assert [o["completion_tokens"] for o in ours] == [r["completion_tokens"] for r in ref]
     assert [o["completion"] for o in ours] == [r["completion"] for r in ref]
 
@@ -36,7 +38,7 @@ def test_rows_are_keyed_and_reproducible(tiny):
     assert [(x["prompt_id"], x["sample_index"]) for x in a] == [
         (f"train-{i:05d}", s) for i in range(4) for s in range(3)
     ]
-    assert a == b
+    assert a == b  # exact, floats included: the same call in the same process takes every sum in the same order
     assert [x["completion"] for x in a] != [x["completion"] for x in c]
     assert all(x["completion_tokens"] <= 8 for x in a)
     assert all(x["finished"] or x["completion_tokens"] == 8 for x in a)

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from helpers import REPO, SERVE, Server, recipe_args
+from helpers import REPO, SERVE, SERVER_STARTUP_S, Server, recipe_args, run_group, started
 
 from rs_trainer.cli import main
 from rs_trainer.generators.server import free_port
@@ -51,10 +51,14 @@ def run(argv, capsys) -> tuple[int, str]:
 
 
 def test_endpoint_that_refuses_connections_is_refused_before_sampling(tiny_model, tmp_path, capsys):
-    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    import socket
+
     out = tmp_path / "o"
-    argv = write_recipe(tmp_path / "r.yaml", recipe_args(tiny_model, out), [{"name": "policy"}, teacher(url, "m")])
-    code, err = run(argv, capsys)
+    with socket.socket() as held:  # bound, never listening: connections are refused, and no one else can take it
+        held.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{held.getsockname()[1]}/v1"
+        argv = write_recipe(tmp_path / "r.yaml", recipe_args(tiny_model, out), [{"name": "policy"}, teacher(url, "m")])
+        code, err = run(argv, capsys)
     assert code == 2 and "Traceback" not in err, err
     assert "`generators[1]` (teacher)" in err and url in err and "does not answer" in err
     assert not out.exists() or not any(out.iterdir())
@@ -150,7 +154,7 @@ def test_policy_behind_a_managed_server(tiny_model, tmp_path, capsys):
     out = tmp_path / "o"
     argv = two_lora_rounds(tiny_model, out)
     command = f"{SERVE} serve --host {{host}} --port {{port}} --device cpu"
-    gens = [{"name": "policy", "engine": "server", "command": command, "startup_timeout": 120}]
+    gens = [{"name": "policy", "engine": "server", "command": command, "startup_timeout": SERVER_STARTUP_S}]
     code, err = run(write_recipe(tmp_path / "r.yaml", argv, gens), capsys)
     assert code == 0, err
     for r in range(2):
@@ -183,14 +187,18 @@ def test_server_killed_mid_round_then_resumed(tiny_model, sampling_model, tmp_pa
     argv = write_recipe(tmp_path / "r.yaml", argv, gens)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "rs_trainer", *argv]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     shard = out / "round_0" / "shards" / "generations.rank0.jsonl"
-    deadline = time.time() + 300
-    while sum(x["generator"] == "teacher" for x in read_jsonl_prefix(shard)) < 6 and time.time() < deadline:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        time.sleep(0.05)
-    srv.stop()  # the server dies mid-round
-    _, err = proc.communicate(timeout=300)
+    try:  # the run and the server end with the test, however it ends
+        with started(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+            deadline = time.monotonic() + 300
+            while sum(x["generator"] == "teacher" for x in read_jsonl_prefix(shard)) < 6:
+                assert proc.poll() is None, proc.communicate()[1][-3000:]
+                assert time.monotonic() < deadline, "fewer than 6 teacher rows after 300 s"
+                time.sleep(0.05)
+            srv.stop()  # the server dies mid-round
+            _, err = proc.communicate(timeout=300)
+    finally:
+        srv.stop()
     assert proc.returncode == 1, err[-3000:]
     assert "rs_trainer: error: generator 'teacher'" in err and "rerun the same command" in err
     assert "Traceback" not in err
@@ -199,7 +207,7 @@ def test_server_killed_mid_round_then_resumed(tiny_model, sampling_model, tmp_pa
 
     srv = Server(tmp_path / "server", port).start()  # the same endpoint comes back
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        proc = run_group(cmd, timeout=600, env=env)
     finally:
         srv.stop()
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -280,7 +288,7 @@ def test_a_continuous_batching_server_samples_at_the_recipes_temperature(tiny_mo
         reward_funcs=["tests.scorers_for_tests.length_reward"],
     )
     command = f"{SERVE} serve --host {{host}} --port {{port}} --device cpu --continuous-batching"
-    gens = [{"name": "policy", "engine": "server", "command": command, "startup_timeout": 120}]
+    gens = [{"name": "policy", "engine": "server", "command": command, "startup_timeout": SERVER_STARTUP_S}]
     code, err = run(write_recipe(tmp_path / "r.yaml", argv, gens), capsys)
     assert code == 0, err
     by_prompt = {}

@@ -142,11 +142,10 @@ def test_dry_run_prints_the_plan_without_loading_a_model(tmp_path, capsys):
 
 def test_gpu_accelerate_config_on_a_cpu_machine_is_refused(tmp_path):
     import os
-    import subprocess
     import sys
 
     import torch
-    from helpers import REPO
+    from helpers import REPO, run_group
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -165,7 +164,7 @@ def test_gpu_accelerate_config_on_a_cpu_machine_is_refused(tmp_path):
         "--dry_run",
         "true",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ})
+    proc = run_group(cmd, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode != 0
     assert "accelerate_configs/cpu.yaml" in proc.stderr
 

@@ -8,12 +8,11 @@ import json
 import os
 import resource
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
-from helpers import REPO, recipe_args
+from helpers import REPO, recipe_args, run_group, started
 
 from rs_trainer.run.io import read_jsonl
 from rs_trainer.run.resume import TRAIN_METRICS
@@ -31,15 +30,13 @@ def environment(**extra):
 
 
 def run_to_end(argv, cwd, **env):
-    proc = subprocess.run(command(argv), cwd=cwd, env=environment(**env), capture_output=True, text=True, timeout=600)
+    proc = run_group(command(argv), timeout=600, cwd=cwd, env=environment(**env))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def killed_at(name, argv, cwd):
     """Run until just before the first file or folder called `name` would appear; the run dies by SIGKILL."""
-    proc = subprocess.run(
-        command(argv), cwd=cwd, env=environment(RS_KILL_AT=name), capture_output=True, text=True, timeout=600
-    )
+    proc = run_group(command(argv), timeout=600, cwd=cwd, env=environment(RS_KILL_AT=name))
     assert proc.returncode == -signal.SIGKILL, f"not killed at {name}: rc {proc.returncode}\n{proc.stderr[-3000:]}"
 
 
@@ -89,13 +86,12 @@ def test_kill_in_every_phase_then_resume_equals_an_uninterrupted_run(tiny_model,
 
     # 1. Scoring: the scorer is sleeping when the kill comes; every row is generated, none scored.
     mark = tmp_path / "scoring"
-    proc = subprocess.Popen(command(argv), cwd=tmp_path, env=environment(RS_TEST_SLOW_SCORER=str(mark)))
-    deadline = time.time() + 300
-    while not mark.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert mark.exists(), "the run never reached scoring"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # The run is SIGKILLed as the block is left; the scorer sleeps 60 s after the mark, ample time for that.
+    with started(command(argv), cwd=tmp_path, env=environment(RS_TEST_SLOW_SCORER=str(mark))) as proc:
+        deadline = time.monotonic() + 300
+        while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert mark.exists(), "the run never reached scoring"
     generated = {(x["prompt_id"], x["sample_index"]): x["generated_at"] for x in read_jsonl(shard)}
     assert len(generated) == 6 * 2 and not (r0 / "generations.jsonl").exists()
 
@@ -122,6 +118,8 @@ def test_kill_in_every_phase_then_resume_equals_an_uninterrupted_run(tiny_model,
     # 6. The rerun finishes; round 0 was trained once (kill 4 and 5 did not re-train it).
     run_to_end(argv, tmp_path)
     assert (r0 / "checkpoint" / "adapter_model.safetensors").stat().st_mtime_ns == saved
+    # Exact, floats and adapter bytes included: rows read back are copies, and whatever is computed again runs on
+    # one thread (OMP_NUM_THREADS=1) on the same rows, seeds and weights as the uninterrupted run, in the same order.
     assert outcome(out) == expected
     assert not list(out.rglob(".*.tmp")) and not list(out.rglob(".*.old"))
 
@@ -139,15 +137,7 @@ def test_full_disk_is_one_line_and_leaves_earlier_files_intact(tiny_model, tmp_p
     def small_disk():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    proc = subprocess.run(
-        command(argv),
-        cwd=tmp_path,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        preexec_fn=small_disk,
-    )
+    proc = run_group(command(argv), timeout=600, cwd=tmp_path, env=environment(), preexec_fn=small_disk)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -158,5 +148,5 @@ def test_full_disk_is_one_line_and_leaves_earlier_files_intact(tiny_model, tmp_p
     assert not list(out.rglob(".*.tmp")) and not list(out.rglob(".*.tmp.png"))
     assert not (out / "round_0" / "checkpoint").exists() and not (out / "report.png").exists()
     run_to_end(argv, tmp_path)
-    assert read_jsonl(out / "round_0" / "generations.jsonl") == rows
+    assert read_jsonl(out / "round_0" / "generations.jsonl") == rows  # exact: read back, not sampled again
     assert (out / "round_0" / "metrics.json").exists()

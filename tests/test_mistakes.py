@@ -2,12 +2,11 @@
 Each case here is listed, with its message, in docs/errors.md."""
 
 import os
-import subprocess
 import sys
 import warnings
 
 import pytest
-from helpers import REPO, recipe_args, write_jsonl
+from helpers import REPO, recipe_args, run_group, write_jsonl
 
 from rs_trainer.cli import main
 from rs_trainer.config import RSConfig
@@ -309,13 +308,7 @@ def test_math_answer_resolves_when_its_extra_is_installed():
 
 
 def test_make_demo_with_an_accelerate_config_that_does_not_exist(tmp_path):
-    proc = subprocess.run(
-        ["make", "-s", "demo", f"ACCELERATE_CONFIG={tmp_path / 'nope.yaml'}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_group(["make", "-s", "demo", f"ACCELERATE_CONFIG={tmp_path / 'nope.yaml'}"], timeout=120, cwd=REPO)
     assert proc.returncode != 0
     assert "ACCELERATE_CONFIG" in proc.stderr and "accelerate_configs/" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr

@@ -2,11 +2,9 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from helpers import REPO, recipe_args
+from helpers import REPO, TORCHRUN, recipe_args, run_group
 
 from rs_trainer.cli import parse_args
 from rs_trainer.phases import selection
@@ -32,9 +30,9 @@ def test_two_process_round(tiny_model, tmp_path):
         report_to="none",
         reward_funcs=["tests.scorers_for_tests.length_reward"],
     )
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "rs_trainer", *argv]
+    cmd = [*TORCHRUN, "--nproc_per_node", "2", "-m", "rs_trainer", *argv]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, cwd=tmp_path.parent, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_group(cmd, timeout=600, cwd=tmp_path.parent, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     args, _ = parse_args(argv)
     for r in range(2):

@@ -36,5 +36,7 @@ def test_sft_progress_outside_a_terminal_prints_no_line_per_step(tiny_model, tmp
     history = trainer.train()
     assert history[0]["train/steps"] == 24  # top_k 4, batch 1, 6 epochs
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("round 0 sft")]
-    assert 1 <= len(lines) <= 3, lines
+    # A line when the bar opens, one every 15 s and one when it closes (and one of slack): a few lines however long
+    # a loaded machine makes the SFT take, not one per step.
+    assert 1 <= len(lines) <= 3 + history[0]["timing/sft"] // 15, lines
     assert "24/24" in lines[-1] and "loss=" in lines[-1]

@@ -5,12 +5,11 @@ right gradients, generates, saves, and resumes through the real command line to 
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import REPO, build_tiny_model, recipe_args
+from helpers import REPO, build_tiny_model, recipe_args, run_group
 from safetensors.torch import load_file
 
 from rs_trainer.run.io import read_jsonl
@@ -123,7 +122,7 @@ def run_in_process(args: list[str], cwd) -> None:
     uninterrupted one did, and float sums on several threads need not come out the same from run to run."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "rs_trainer", *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_group(cmd, timeout=600, cwd=cwd, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -176,4 +175,6 @@ def test_a_qlora_run_resumes_to_the_round_it_lost(qlora_run, wide_model, tmp_pat
     saved = (out / "round_0" / "checkpoint" / "adapter_model.safetensors").stat().st_mtime_ns
     run_in_process(run_args(wide_model, out), tmp_path)
     assert (out / "round_0" / "checkpoint" / "adapter_model.safetensors").stat().st_mtime_ns == saved
+    # Exact, floats and adapter bytes included: the same adapter bits on the same 4-bit base, one thread, the same
+    # rows in the same order (`run_in_process`).
     assert outcome(out, 1) == outcome(qlora_run, 1)

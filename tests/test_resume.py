@@ -3,36 +3,29 @@ the run without losing or doubling a row and without regenerating what was alrea
 
 import os
 import signal
-import subprocess
 import sys
-import time
 
 import pytest
-from helpers import REPO, recipe_args
+from helpers import REPO, recipe_args, run_group
 
 from rs_trainer.run.io import read_jsonl, read_jsonl_prefix
 
 pytestmark = pytest.mark.slow
+KILLER = str(REPO / "tests" / "kill_at.py")
 
 
-def start(argv, cwd):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "rs_trainer", *argv]
-    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def run(argv, cwd, **kill_point):
+    """The run in a new process on one thread (other tests share the cores); killed at `kill_point`, if given, from
+    inside (tests/kill_at.py), so the kill lands in the same place however fast the run goes."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **kill_point}
+    return run_group([sys.executable, KILLER, *argv], timeout=600, cwd=cwd, env=env)
 
 
-def kill_when(proc, condition, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (rc {proc.returncode}) before the kill point:\n{proc.stdout.read()[-3000:]}")
-        time.sleep(0.02)
-    proc.kill()
-    pytest.fail("kill point never reached")
+def killed(argv, cwd, **kill_point) -> None:
+    proc = run(argv, cwd, **kill_point)
+    assert proc.returncode == -signal.SIGKILL, (
+        f"not killed at {kill_point}: rc {proc.returncode}\n{proc.stderr[-3000:]}"
+    )
 
 
 def test_sigkill_during_generation_then_during_sft(tiny_model, tmp_path):
@@ -47,7 +40,7 @@ def test_sigkill_during_generation_then_during_sft(tiny_model, tmp_path):
         num_rounds=2,
         selection="best_of_n",
         selection_top_k=None,
-        num_train_epochs=40,
+        num_train_epochs=4,  # 12 optimizer steps in round 0
         per_device_train_batch_size=8,
         dataset_test_split=None,
         report_to="none",
@@ -55,22 +48,19 @@ def test_sigkill_during_generation_then_during_sft(tiny_model, tmp_path):
     )
     shard = out / "round_0" / "shards" / "generations.rank0.jsonl"
 
-    # 1. Kill while round 0 is generating: some batches are on disk, not all.
-    proc = start(argv, tmp_path)
-    kill_when(proc, lambda: len(read_jsonl_prefix(shard)) >= 6)
+    # 1. Kill while round 0 is generating: 3 batches of 2 rows are on disk, not all 24.
+    killed(argv, tmp_path, RS_KILL_AFTER_APPENDS="3")
     before = {(r["prompt_id"], r["sample_index"]): r for r in read_jsonl_prefix(shard)}
     assert 6 <= len(before) < 48 and not (out / "round_0" / "generations.jsonl").exists()
 
-    # 2. Rerun; kill it while round 0 trains (its scored rows are on disk, its metrics are not).
-    proc = start(argv, tmp_path)
-    kill_when(proc, lambda: (out / "round_0" / "generations.jsonl").exists())
-    assert not (out / "round_0" / "metrics.json").exists(), "SFT finished before the kill; raise num_train_epochs"
+    # 2. Rerun; kill it while round 0 trains, after 5 of its 12 steps (its scored rows are on disk, its metrics not).
+    killed(argv, tmp_path, RS_KILL_AFTER_STEPS="5")
+    assert (out / "round_0" / "generations.jsonl").exists() and not (out / "round_0" / "metrics.json").exists()
     rows0 = read_jsonl(out / "round_0" / "generations.jsonl")
 
     # 3. Rerun to the end.
-    proc = start(argv, tmp_path)
-    log, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, log[-3000:]
+    proc = run(argv, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
     for r in range(2):
         rows = read_jsonl(out / f"round_{r}" / "generations.jsonl")

@@ -151,7 +151,7 @@ def processes_running(fragment: str) -> list[int]:
 
 
 def assert_all_gone(cwd: str, pgid: int):
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + 10  # a deadline, not a wait: done as soon as the kernel has torn them down
     while processes_running(cwd) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not processes_running(cwd)
@@ -172,7 +172,9 @@ def test_sandbox_contains_hostile_programs(name):
     code = "import os, sys\nprint(os.getcwd(), flush=True)\n" + HOSTILE[name]
     start = time.monotonic()
     result = run_program(code, timeout_s=2.0)
-    assert time.monotonic() - start < 4.0
+    # Left alone, `escaping_child` would take 60 s and the loops until `RLIMIT_CPU` stopped them. Under 30 s shows the
+    # 2 s wall-clock limit killed them, and leaves a loaded 2-core machine room for start-up and clean-up.
+    assert time.monotonic() - start < 30.0
     assert not result.passed
     assert_all_gone(result.stdout.split()[0], result.pgid)
 
@@ -225,7 +227,9 @@ def test_code_tests_on_humaneval(humaneval):
     assert code_tests(user, raw, **columns) == [1.0] * 5
     assert code_tests(user, body_only, **columns) == [1.0] * 5  # continuation of the prompt's signature
     assert code_tests(user, broken, **columns) == [0.0] * 5
-    assert time.monotonic() - start < 20
+    # Programs that each sat out their 10 s limit (a sandbox that waits for the timeout) would take >= 80 s: 4 calls
+    # of 5 programs, at most 4 at a time. They take ~4 s when idle, and 40 s leaves a loaded 2-core machine room.
+    assert time.monotonic() - start < 40
     cheat = [[{"role": "assistant", "content": "import sys\nsys.exit(0)"}]]
     assert code_tests(user[:1], cheat, test=columns["test"][:1], entry_point=columns["entry_point"][:1]) == [0.0]
     assert code_tests(user[:2], fenced[:2], test=[None, columns["test"][1]], entry_point=[None, "x"]) == [None, 0.0]

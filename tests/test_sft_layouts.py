@@ -3,12 +3,11 @@ and accumulation 2, and two processes under torchrun with batch 4 each give the 
 the same adapter weights after three steps, on completions of very uneven length."""
 
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import REPO
+from helpers import REPO, TORCHRUN, run_group
 
 pytestmark = pytest.mark.slow
 WORKER = str(REPO / "tests" / "sft_layout_worker.py")
@@ -16,7 +15,7 @@ WORKER = str(REPO / "tests" / "sft_layout_worker.py")
 
 def run(cmd: list[str], tmp_path) -> None:
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_group(cmd, timeout=600, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -25,7 +24,7 @@ def test_gradients_and_weights_agree_across_batch_layouts(tiny_model, tmp_path):
         "batch8": [sys.executable, WORKER, str(tiny_model), "batch8.pt", "8", "1"],
         "batch4x2": [sys.executable, WORKER, str(tiny_model), "batch4x2.pt", "4", "2"],
         "2procs": [
-            *[sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"],
+            *[*TORCHRUN, "--nproc_per_node", "2"],
             *[WORKER, str(tiny_model), "2procs.pt", "4", "1"],
         ],
     }

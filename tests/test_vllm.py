@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import as_argv
+from helpers import as_argv, kill_tree, run_group, spawn, started
 
 from rs_trainer.generators.vllm_engine import vllm_available
 
@@ -89,7 +89,17 @@ def completion_logprobs(model, tokenizer, prompt_ids, rows) -> list[float]:
     return out
 
 
-def test_the_colocated_engine_samples_each_rounds_adapter(embedded_path, tmp_path):
+@pytest.fixture
+def closing():
+    """Each in-process engine given to it is shut down when the test ends, passed or failed: an engine left to the
+    garbage collector keeps its weights and KV cache alive while the next tests start servers and runs."""
+    engines = []
+    yield engines.append
+    for engine in engines:
+        engine.close()
+
+
+def test_the_colocated_engine_samples_each_rounds_adapter(embedded_path, tmp_path, closing):
     """Round 0 samples the base model; round 1 the adapter in round 0's checkpoint, as a LoRARequest: greedy
     completions equal the PEFT model's in `transformers`, differ from the base model's, and each row's logprob is
     the adapter model's. Seeded samples repeat, and do not depend on which other prompts share the batch."""
@@ -115,6 +125,7 @@ def test_the_colocated_engine_samples_each_rounds_adapter(embedded_path, tmp_pat
     model.eval()
 
     generator = VLLMGenerator(GeneratorSpec("policy", engine="vllm"), run)
+    closing(generator)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=12)
     live = contextlib.nullcontext  # not used with LoRA: the adapter comes from the checkpoint
     with generator.open(PolicyWeights(0, None, live, lora=True), greedy):
@@ -143,7 +154,7 @@ def test_the_colocated_engine_samples_each_rounds_adapter(embedded_path, tmp_pat
     assert all(r["completion_tokens"] >= 1 and r["finish_reason"] in ("stop", "length") for r in twice[0])
 
 
-def test_the_colocated_engine_takes_full_weights_in_place(embedded_path):
+def test_the_colocated_engine_takes_full_weights_in_place(embedded_path, closing):
     """Full fine-tuning: the live model's weights pushed into the running engine (`reload_weights`) give the
     same greedy completions as that model in `transformers`, and differ from the base model's."""
     import torch
@@ -167,6 +178,7 @@ def test_the_colocated_engine_takes_full_weights_in_place(embedded_path):
     assert trained_greedy != base_greedy
 
     generator = VLLMGenerator(GeneratorSpec("policy", engine="vllm"), run)
+    closing(generator)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=12)
 
     @contextlib.contextmanager
@@ -226,14 +238,7 @@ def rs_trainer(argv, cwd, kill_at: str | None = None, timeout: int = 900) -> sub
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     if kill_at:
         env["RS_KILL_AT"] = kill_at
-    return subprocess.run(
-        [sys.executable, str(REPO / "tests" / "kill_at.py"), *argv],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_group([sys.executable, str(REPO / "tests" / "kill_at.py"), *argv], timeout=timeout, cwd=cwd, env=env)
 
 
 def rows(out: Path, r: int) -> list[tuple]:
@@ -290,29 +295,28 @@ class VLLMServer:
         flags = [*SERVE_FLAGS.split(), "--enable-lora", "--max-lora-rank", "8", "--max-loras", "1"]
         cmd = [*SERVE, "--model", self.model, "--host", "127.0.0.1", "--port", str(self.port), *flags]
         env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "HF_HUB_OFFLINE": "1"}
-        from rs_trainer.generators.server import _die_with_parent  # gone with the test process, even killed
-
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
-            )
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-            with contextlib.suppress(OSError):
-                self.models()
-                return self
-            time.sleep(1)
-        raise RuntimeError(f"vLLM did not answer within 300 s:\n{self.log.read_text()[-3000:]}")
+            self.process = spawn(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)  # gone with the test process
+        try:  # a server that exits or does not answer is killed before the error
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                assert self.process.poll() is None, self.log.read_text()[-3000:]
+                with contextlib.suppress(OSError):
+                    self.models()
+                    return self
+                time.sleep(1)
+            raise RuntimeError(f"vLLM did not answer within 300 s:\n{self.log.read_text()[-3000:]}")
+        except BaseException:
+            self.stop()
+            raise
 
     def models(self) -> list[str]:
         with urllib.request.urlopen(f"{self.base_url}/models", timeout=5) as answer:
             return [m["id"] for m in json.load(answer)["data"]]
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self.process is not None:
+            kill_tree(self.process)  # the API server and its engine and worker processes
 
 
 @pytest.fixture(scope="module")
@@ -422,16 +426,16 @@ def test_a_vllm_server_killed_mid_round_then_the_rerun_resumes(vllm_server, embe
     argv = ["--config", str(recipe(tmp_path, [spec]))]
     argv += run_args(embedded_path, out, task_num_train=32, prompts_per_round=32, num_generations=4, num_rounds=1)
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rs_trainer", *argv], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
-    )
     shard = out / "round_0" / "shards" / "generations.rank0.jsonl"
-    deadline = time.time() + 600
-    while time.time() < deadline and not (shard.exists() and len(shard.read_text().splitlines()) >= 8):
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        time.sleep(0.05)
-    vllm_server.stop()
-    _, stderr = proc.communicate(timeout=600)
+    cmd = [sys.executable, "-m", "rs_trainer", *argv]
+    with started(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True) as proc:  # killed however it ends
+        deadline = time.monotonic() + 600
+        while not (shard.exists() and len(shard.read_text().splitlines()) >= 8):
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "fewer than 8 rows after 600 s"
+            time.sleep(0.05)
+        vllm_server.stop()  # the server dies mid-round
+        _, stderr = proc.communicate(timeout=600)
     assert proc.returncode != 0
     errors = [line for line in stderr.splitlines() if ": error: " in line]
     assert len(errors) == 1 and "rerun the same command to resume" in errors[0], stderr[-3000:]

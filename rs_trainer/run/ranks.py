@@ -3,12 +3,13 @@ group's timeout, a shared `output_dir`, and each rank's own device for the model
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from rs_trainer.errors import ConfigError
+from rs_trainer.errors import ConfigError, first_line
 
 
 def on_main(accelerator, action: Callable[[], object], error_type: type[Exception]):
@@ -77,6 +78,33 @@ def check_shared_storage(accelerator, output_dir: Path) -> None:
             "rank reads the run's state from it, so put `output_dir` on storage that every node mounts at the same "
             "path (NFS, Lustre, a shared volume)."
         )
+
+
+# What gloo and NCCL say when the other side of a collective is gone or late: gloo raises a plain RuntimeError whose
+# message names its transport; torch wraps NCCL's and the store's in `DistError` subclasses.
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Timed out waiting", "Broken pipe", "gloo/")
+
+
+def lost_peer(err: BaseException) -> str | None:
+    """A one-line explanation when `err` is a collective that failed because another process of the run died or
+    stalled past `ddp_timeout`; None for anything else (a bug keeps its traceback).
+
+    >>> lost_peer(RuntimeError("something else")) is None
+    True
+    """
+    import torch.distributed as dist
+
+    if not (isinstance(err, RuntimeError) and dist.is_available() and dist.is_initialized()):
+        return None
+    message = re.sub(r"^\[[^\]]*\]\s*", "", first_line(err))  # gloo's "[.../pair.cc:553] " source prefix
+    if not (isinstance(err, dist.DistError) or any(marker in message for marker in _PEER_LOST)):
+        return None
+    rank = dist.get_rank()
+    return (
+        f"rank {rank} lost contact with another process of the run ({message[:160]}): a process or a whole node "
+        "died, or stalled longer than `ddp_timeout`. The files written before are intact: once every node is back, "
+        "rerun the same command on every node to resume."
+    )
 
 
 def local_device(value: str | None, num_processes: int, default) -> str:
