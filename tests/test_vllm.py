@@ -138,6 +138,8 @@ def test_the_colocated_engine_samples_each_rounds_adapter(embedded_path, tmp_pat
         alone = generator.generate(prompts[2:3], ids[2:3], 4, sampling, seed=5)
     assert generator.llm is engine  # no restart between rounds
 
+    # Exact text from two engines' kernels: greedy flips only on a near-tie, and the chosen token leads the next by
+    # >= 0.017 in logit here (measured; 0.033 with the adapter), over 8x the 2e-3 a token the check below allows.
     with model.disable_adapter():
         assert [r["completion"] for r in round0] == greedy_in_transformers(model, tokenizer, prompts, 12)
     assert [r["completion"] for r in round1] == greedy_in_transformers(model, tokenizer, prompts, 12)
@@ -185,7 +187,7 @@ def test_the_colocated_engine_takes_full_weights_in_place(embedded_path, closing
     def live():
         yield model
 
-    with generator.open(PolicyWeights(0, None, live, lora=False), greedy):
+    with generator.open(PolicyWeights(0, None, live, lora=False), greedy):  # exact: leads >= 0.017, as above
         assert [r["completion"] for r in generator.generate(prompts, ids, 1, greedy)] == base_greedy
     engine = generator.llm
     with generator.open(PolicyWeights(1, None, live, lora=False), greedy):
@@ -262,14 +264,14 @@ def test_a_whole_run_on_the_colocated_engine_killed_and_resumed(embedded_path, t
     again = rs_trainer(["--config", str(config), *run_args(embedded_path, resumed)], tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
 
-    for r in (0, 1):
+    for r in (0, 1):  # exact: round 0's rows are read back; round 1's sampled alike from the same adapter bits
         assert rows(resumed, r) == rows(whole, r)
         keys = [row[:3] for row in rows(whole, r)]
         assert len(keys) == len(set(keys)) == 8 * 2
     lines = [json.loads(line) for line in (whole / "round_1" / "generations.jsonl").read_text().splitlines()]
     assert all(isinstance(row["logprob"], float) and row["logprob"] <= 0 for row in lines)
     metrics = [json.loads((out / "summary.json").read_text()) for out in (whole, resumed)]
-    assert [m["eval/accuracy"] for m in metrics[0]] == [m["eval/accuracy"] for m in metrics[1]]
+    assert [m["eval/accuracy"] for m in metrics[0]] == [m["eval/accuracy"] for m in metrics[1]]  # k/4: exact
 
 
 # ---------------------------------------------------------------------------------------------- vLLM servers
