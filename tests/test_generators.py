@@ -271,6 +271,11 @@ def test_adapter_hot_load_against_a_server_without_that_api(tiny_model, sampling
     assert not (out / "round_1" / "generations.jsonl").exists()
 
 
+# A fixed KV cache: on the CPU, transformers serve's continuous batching otherwise takes 90% of the machine's free
+# RAM for it (`max_memory_percent` of psutil's total): 18.5 GB on a 24 GB machine, the whole suite's peak.
+CB_CACHE = "--cb-num-blocks 16 --cb-max-batch-tokens 512"
+
+
 def test_a_continuous_batching_server_samples_at_the_recipes_temperature(tiny_model, tmp_path, capsys):
     """`transformers serve --continuous-batching` keeps its first request's sampling values for every request;
     the endpoint check is that first request, and it carries the round's temperature. At 0.01 the tiny model's
@@ -287,7 +292,7 @@ def test_a_continuous_batching_server_samples_at_the_recipes_temperature(tiny_mo
         selection_top_k=6,
         reward_funcs=["tests.scorers_for_tests.length_reward"],
     )
-    command = f"{SERVE} serve --host {{host}} --port {{port}} --device cpu --continuous-batching"
+    command = f"{SERVE} serve --host {{host}} --port {{port}} --device cpu --continuous-batching {CB_CACHE}"
     gens = [{"name": "policy", "engine": "server", "command": command, "startup_timeout": SERVER_STARTUP_S}]
     code, err = run(write_recipe(tmp_path / "r.yaml", argv, gens), capsys)
     assert code == 0, err

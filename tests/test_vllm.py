@@ -426,7 +426,7 @@ def test_a_vllm_server_killed_mid_round_then_the_rerun_resumes(vllm_server, embe
     }
     out = tmp_path / "out"
     argv = ["--config", str(recipe(tmp_path, [spec]))]
-    argv += run_args(embedded_path, out, task_num_train=32, prompts_per_round=32, num_generations=4, num_rounds=1)
+    argv += run_args(embedded_path, out, task_num_train=16, prompts_per_round=16, num_generations=4, num_rounds=1)
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     shard = out / "round_0" / "shards" / "generations.rank0.jsonl"
     cmd = [sys.executable, "-m", "rs_trainer", *argv]
@@ -443,7 +443,7 @@ def test_a_vllm_server_killed_mid_round_then_the_rerun_resumes(vllm_server, embe
     assert len(errors) == 1 and "rerun the same command to resume" in errors[0], stderr[-3000:]
     assert "Traceback" not in stderr
     kept = len(shard.read_text().splitlines())
-    assert 8 <= kept < 32 * 4
+    assert 8 <= kept < 16 * 4
 
     port = vllm_server.port
     vllm_server.start()  # the same address: the recipe does not change
@@ -451,4 +451,4 @@ def test_a_vllm_server_killed_mid_round_then_the_rerun_resumes(vllm_server, embe
     again = rs_trainer(argv, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     keys = [row[:3] for row in rows(out, 0)]
-    assert len(keys) == len(set(keys)) == 32 * 4
+    assert len(keys) == len(set(keys)) == 16 * 4
