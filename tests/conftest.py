@@ -33,17 +33,16 @@ _RSS_AFTER: dict[str, float] = {}  # test id -> this process's resident GiB once
 
 @pytest.fixture(autouse=True)
 def memory_returned(request):
-    """After each test, collect its garbage and hand freed heap pages back to the system (glibc's `malloc_trim`),
-    so that models a finished test loaded do not stay resident under the tests that follow: without it this
-    process kept each test's high-water mark, and the suite's peak grew with its length. Only after `slow` tests
-    (the ones that load real models or start processes). Records the resident size for the summary at the end."""
+    """After each `slow` test (the ones that load real models or start processes), collect its garbage and hand
+    freed heap pages back to the system (glibc's `malloc_trim`), so that what a finished test loaded does not stay
+    resident under the tests that follow. Records the resident size for the summary at the end."""
     yield
     import ctypes
     import gc
 
     import psutil
 
-    if request.node.get_closest_marker("slow") is None:  # no real model nor process; a collection costs ~0.1 s
+    if request.node.get_closest_marker("slow") is None:  # no real model nor process: nothing worth a collection
         return
     gc.collect()
     try:

@@ -80,9 +80,9 @@ def check_shared_storage(accelerator, output_dir: Path) -> None:
         )
 
 
-# What gloo and NCCL say when the other side of a collective is gone or late: gloo raises a plain RuntimeError whose
-# message names its transport; torch wraps NCCL's and the store's in `DistError` subclasses.
-_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Timed out waiting", "Broken pipe", "gloo/")
+# What gloo says when the other side of a collective is gone or late (a plain RuntimeError); torch wraps NCCL's and
+# the store's in `DistError` subclasses. A gloo collective mismatch (a bug) matches none and keeps its traceback.
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Timed out waiting", "Broken pipe")
 
 
 def lost_peer(err: BaseException) -> str | None:
