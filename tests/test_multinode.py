@@ -64,15 +64,21 @@ class Launch:
         return self.log.read_text()
 
 
+def start_nodes(nodes: list[tuple[list[str], dict]], tmp_path: Path, name: str, agents: list[Launch]) -> None:
+    """Start one agent per (argv, env), node rank in list order, appending each to `agents` as it starts (so that a
+    caller's `finally` can end those already started if a later one fails)."""
+    port = str(free_port())
+    for rank, (argv, env) in enumerate(nodes):
+        topology = ["--nnodes", str(len(nodes)), "--nproc_per_node", "1", "--node_rank", str(rank)]
+        address = ["--master_addr", "127.0.0.1", "--master_port", port]
+        agents.append(Launch(topology + address, argv, tmp_path / f"{name}.node{rank}.log", **env))
+
+
 def launch(nodes: list[tuple[list[str], dict]], tmp_path: Path, name: str, timeout: float = 600) -> list[Launch]:
     """Start one agent per (argv, env) and wait for all of them; every process is gone when this returns."""
-    port = str(free_port())
     agents = []
     try:
-        for rank, (argv, env) in enumerate(nodes):
-            topology = ["--nnodes", str(len(nodes)), "--nproc_per_node", "1", "--node_rank", str(rank)]
-            address = ["--master_addr", "127.0.0.1", "--master_port", port]
-            agents.append(Launch(topology + address, argv, tmp_path / f"{name}.node{rank}.log", **env))
+        start_nodes(nodes, tmp_path, name, agents)
         deadline = time.monotonic() + timeout
         for agent in agents:
             agent.wait(deadline)
@@ -128,13 +134,9 @@ def test_a_node_killed_mid_round_stops_the_other_and_both_resume(tiny_model, tmp
     argv = run_args(tiny_model, out)
     # Node 0 (rank 0, which also holds the rendezvous store) dies as it writes round 0's scored generations.
     kill = {"RS_KILL_AT": "generations.jsonl", "RS_KILL_NODE": "1"}
-    port = str(free_port())
     agents = []
     try:
-        for rank, env in enumerate([kill, {}]):
-            topology = ["--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank)]
-            address = ["--master_addr", "127.0.0.1", "--master_port", port]
-            agents.append(Launch(topology + address, argv, tmp_path / f"killed.node{rank}.log", **env))
+        start_nodes([(argv, kill), (argv, {})], tmp_path, "killed", agents)
         assert agents[0].wait(time.monotonic() + 600) == -signal.SIGKILL, agents[0].output[-3000:]
         died = time.monotonic()
         code = agents[1].wait(died + DDP_TIMEOUT)
