@@ -268,6 +268,8 @@ def reward_training_main(argv: list[str] | None = None) -> int:
             f"held-out pairwise accuracy {fmt(metrics['eval/pairwise_accuracy_before'])} untrained -> "
             f"{fmt(metrics['eval/pairwise_accuracy'])} trained"
         )
+        for name in [k for k in metrics if k.startswith("eval/same_form") and not k.endswith("_before")]:
+            print(f"  {name.removeprefix('eval/')}: {fmt(metrics[name + '_before'])} -> {fmt(metrics[name])}")
 
     return run_command("rs_trainer reward-model", body)
 

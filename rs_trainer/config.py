@@ -411,6 +411,13 @@ class RSConfig:
     prefer_shorter: bool = field(
         default=True, metadata={"help": "Among equal rewards prefer the shorter completion (then a seeded draw)."}
     )
+    matched_random: bool = field(
+        default=False,
+        metadata={
+            "help": "The recipe's own control: per prompt, keep exactly as many samples as `selection` would, drawn "
+            "at random (seeded) among the same candidates after the same filters, whatever their reward."
+        },
+    )
     candidate_models: list[str] = field(
         default_factory=list,
         metadata={

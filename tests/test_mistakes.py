@@ -268,6 +268,12 @@ def test_reward_model_folder_without_weights(tiny_model, tmp_path, capsys):
     refused(argv, capsys, "`reward_funcs`", f"reward_model:{folder}", "holds no weights")
 
 
+def test_reward_model_folder_that_does_not_exist(tiny_model, tmp_path, capsys):
+    missing = tmp_path / "outputs" / "smollm2-reward-model" / "model"
+    argv = recipe_args(tiny_model, tmp_path / "o", reward_funcs=[f"reward_model:{missing}"])
+    refused(argv, capsys, "`reward_funcs`", f"reward_model:{missing}", "does not exist", "check the path")
+
+
 def test_model_folder_without_a_model(tmp_path, capsys):
     folder = tmp_path / "empty-model"
     folder.mkdir()

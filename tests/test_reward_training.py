@@ -119,3 +119,42 @@ def test_reward_training_without_held_out_pairs(tmp_path, capsys):
     metrics = json.loads((tmp_path / "rm" / "reward_model_metrics.json").read_text())
     assert metrics["num_eval_pairs"] == 0 and metrics["eval/pairwise_accuracy"] is None
     assert "pairwise accuracy - untrained -> - trained" in capsys.readouterr().out
+
+
+def arithmetic_run(folder: Path) -> Path:
+    """Round 0 of a run on "What is a + b?": per prompt a right worked answer, a right bare one, a wrong one."""
+    rows = []
+    for i, (a, b) in enumerate([(3, 4), (9, 9)]):
+        prompt = [{"role": "user", "content": f"What is {a} + {b}?"}]
+        texts = [(f"{a} + {b} = {a + b}", 1.0), (f"{a + b}", 1.0), (f"{a + b + 10}", 0.0)]
+        for j, (text, reward) in enumerate(texts):
+            rows.append(
+                {"round": 0, "prompt_id": f"q{i}", "sample_index": j, "prompt": prompt, "completion": text}
+                | {"reward": reward, "completion_tokens": len(text), "finished": True, "selected": False}
+            )
+    (folder / "round_0").mkdir(parents=True)
+    write_jsonl(folder / "round_0" / "generations.jsonl", rows)
+    return folder
+
+
+def test_same_form_pairs_put_each_right_answer_against_itself_off_by_a_little(tmp_path):
+    run = arithmetic_run(tmp_path / "run")
+    plain = build_pairs(RewardDataArguments(generations_from=[str(run)]), seed=0)
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in plain] == [("7", "17"), ("18", "28")]
+    args = RewardDataArguments(generations_from=[str(run)], same_form_pairs=2, margin_scale=3.0)
+    pairs = build_pairs(args, seed=0)
+    made = [(p["prompt_id"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs[2:]]
+    # Both right answers of each prompt, the worked one and the bare one, each against +1 and -1.
+    assert made == [
+        ("q0", "3 + 4 = 7", "3 + 4 = 8"),
+        ("q0", "3 + 4 = 7", "3 + 4 = 6"),
+        ("q0", "7", "8"),
+        ("q0", "7", "6"),
+        ("q1", "9 + 9 = 18", "9 + 9 = 19"),
+        ("q1", "9 + 9 = 18", "9 + 9 = 17"),
+        ("q1", "18", "19"),
+        ("q1", "18", "17"),
+    ]
+    assert all(p["same_form"] and p["rejected_reward"] is None for p in pairs[2:])
+    assert [p["margin"] for p in pairs] == [3.0] * 10  # the reward gap 1.0, scaled
+    assert not any("same_form" in p for p in pairs[:2])

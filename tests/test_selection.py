@@ -98,6 +98,53 @@ def test_select_dispatches_each_recipe_strategy(overrides, expected):
     assert selection.select(matrix(REWARDS, LENGTHS), args, seed=0) == expected
 
 
+# ---- the matched-random control
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"selection": "best_of_n", "min_reward": 0.5},
+        {"selection": "top_k", "selection_top_k": 2},
+        {"selection": "threshold", "reward_threshold": 0.6},
+        {"selection": "top_k_per_prompt", "k_per_prompt": 3},
+    ],
+)
+def test_matched_random_keeps_as_many_per_prompt_as_its_rule_drawn_among_every_candidate(overrides):
+    samples = matrix(REWARDS, LENGTHS)
+    rule = selection.select(samples, RSConfig(**overrides), seed=0)
+    control = RSConfig(**overrides, matched_random=True)
+    drawn = {seed: selection.select(samples, control, seed=seed) for seed in range(40)}
+
+    def per_prompt(keys):
+        return {pid: sum(p == pid for p, _ in keys) for pid in "abc"}
+
+    for keys in drawn.values():
+        assert per_prompt(keys) == per_prompt(rule)
+        assert len(set(keys)) == len(keys) and set(keys) <= {(s["prompt_id"], s["sample_index"]) for s in samples}
+    assert selection.select(samples, control, seed=7) == drawn[7]  # seeded
+    # Over 40 seeds the draws differ, and samples the rule never keeps (reward 0.1 or 0.2) turn up: a draw of every
+    # candidate, not of the eligible ones.
+    assert len({tuple(keys) for keys in drawn.values()}) > 1
+    picked = {k for keys in drawn.values() for k in keys}
+    assert picked - set(rule) and ({("a", 0), ("c", 1)} & picked)
+
+
+def test_matched_random_draws_with_the_rounds_seed_per_prompt():
+    """A prompt's draw depends on (round seed, prompt_id) only: other prompts do not shift it."""
+    samples = matrix(REWARDS, LENGTHS)
+    alone = selection.matched_random([s for s in samples if s["prompt_id"] == "c"], [("c", 2)], seed=5)
+    together = selection.matched_random(samples, [("a", 3), ("c", 2)], seed=5)
+    assert alone == [k for k in together if k[0] == "c"]
+    assert alone == [("c", seeds_sample(5, "c", [0, 1, 2, 3]))]
+
+
+def seeds_sample(seed, pid, indices):
+    from rs_trainer.run import seeds
+
+    return seeds.matched_random_rng(seed, pid).sample(indices, 1)[0]
+
+
 # ---- per-prompt percentile and rising schedules (ReST)
 
 
@@ -157,7 +204,12 @@ def test_select_percentile_follows_the_schedule_per_round():
     from types import SimpleNamespace
 
     args = SimpleNamespace(
-        selection="percentile", reward_percentile=[0, 100], max_per_prompt=None, min_reward=None, prefer_shorter=True
+        selection="percentile",
+        reward_percentile=[0, 100],
+        max_per_prompt=None,
+        min_reward=None,
+        prefer_shorter=True,
+        matched_random=False,
     )
     samples = matrix(REWARDS, LENGTHS)
     assert len(selection.select(samples, args, seed=0, round_index=0)) == 12  # q=0 keeps everything

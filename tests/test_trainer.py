@@ -203,6 +203,15 @@ def test_reward_model_trains_while_the_verifier_judges(tiny_model, embedded_path
     assert history[0]["rs/pass@1"] == sum(r["verified_reward"] for r in rows) / len(rows)
     assert "rs/selected_pass_rate" in history[0] and history[0]["eval/reward"] in (None, *[i / 4 for i in range(5)])
     assert history[0]["eval/accuracy"] == history[0]["eval/reward"]  # the verifier's 0/1 judged evaluation
+    # The watch on reward hacking, from the rows on disk: the same function of the same rows, so exact.
+    from rs_trainer.run.metrics import watch_metrics
+
+    selected = {(r["prompt_id"], r["sample_index"]) for r in rows if r["selected"]}
+    watched = watch_metrics(rows, selected, pass_threshold=1.0)
+    assert watched["watch/decidable_share"] is not None
+    assert {k: history[0][k] for k in watched} == watched
+    assert history[0]["watch/proxy_up_gold_down"] is False  # one round: nothing to compare with
+    assert (tmp_path / "run" / "report.png").stat().st_size > 0
 
 
 def test_selection_gathers_ids_and_rewards_never_the_text_of_every_sample(tiny_model, tmp_path, monkeypatch):

@@ -190,8 +190,32 @@ def schedule_value(schedule: list[float], round_index: int) -> float:
     return schedule[min(round_index, len(schedule) - 1)]
 
 
+def matched_random(samples: list[dict], chosen: list[Key], seed: int) -> list[Key]:
+    """The control of a selection rule: per prompt, as many samples as the rule `chosen`, drawn uniformly (seeded
+    per prompt) from all of that prompt's `samples`, whatever their reward, so the rule's only edge over the
+    control is which samples it picks, never how many, nor from which prompts.
+
+    Example: the rule kept 1 of prompt "a" and 2 of "b" -> a draw of 1 of a's samples and 2 of b's, none of "c".
+    """
+    count: dict[str, int] = {}
+    for pid, _ in chosen:
+        count[pid] = count.get(pid, 0) + 1
+    drawn = []
+    for pid, group in group_by_prompt(samples).items():
+        if pid in count:
+            indices = sorted(s["sample_index"] for s in group)
+            drawn.extend((pid, i) for i in seeds.matched_random_rng(seed, pid).sample(indices, count[pid]))
+    return drawn
+
+
 def select(samples: list[dict], args, seed: int, round_index: int = 0) -> list[Key]:
-    """Apply the strategy a recipe names (`args` is an `RSConfig`); `round_index` picks a per-round percentile."""
+    """Apply the strategy a recipe names (`args` is an `RSConfig`); `round_index` picks a per-round percentile.
+    With `matched_random`, the rule's picks are replaced by its matched-random control (`matched_random`)."""
+    chosen = _rule(samples, args, seed, round_index)
+    return matched_random(samples, chosen, seed) if args.matched_random else chosen
+
+
+def _rule(samples: list[dict], args, seed: int, round_index: int) -> list[Key]:
     kw = {"seed": seed, "prefer_shorter": args.prefer_shorter}
     if args.selection == "best_of_n":
         return best_of_n(samples, min_reward=args.min_reward, **kw)

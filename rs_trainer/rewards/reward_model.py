@@ -31,6 +31,20 @@ def _joined(messages: list[dict]) -> str:
     return "\n\n".join(str(m["content"]) for m in messages)
 
 
+TRAINING_METRICS = "reward_model_metrics.json"  # written by `rs-trainer reward-model` beside the model's folder
+
+
+def training_metrics(model_path: str) -> dict | None:
+    """What `rs-trainer reward-model` measured of the reward model at `model_path` (its held-out pairwise accuracy,
+    same-form accuracy, ...), read from `reward_model_metrics.json` beside that folder; None for a model trained
+    elsewhere."""
+    import json
+    from pathlib import Path
+
+    found = Path(model_path).parent / TRAINING_METRICS
+    return json.loads(found.read_text()) if found.is_file() else None
+
+
 def next_batch(lengths: list[int], start: int, max_tokens: int) -> int:
     """End (exclusive) of the batch that starts at `start` in `lengths`, sorted longest first.
 

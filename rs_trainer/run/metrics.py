@@ -82,8 +82,80 @@ def round_metrics(samples: list[dict], selected: set, pass_threshold: float) -> 
         out["rs/selected_pass_rate"] = statistics.fmean(v is not None and v >= pass_threshold for v in verdicts)
     out.update({f"rs/{k}": v for k, v in _stats(rewards, "reward").items()})
     out.update({f"rs/selected_{k}": v for k, v in _stats(chosen, "reward").items()})
+    if any("verified_reward" in s for s in samples):
+        out.update(watch_metrics(samples, selected, pass_threshold))
     out.update(generator_metrics(samples, selected, pass_threshold))
     return out
+
+
+def watch_metrics(samples: list[dict], selected: set, pass_threshold: float) -> dict:
+    """The watch on reward hacking, for a round whose samples carry both a proxy reward (`reward`: what selects,
+    a reward model say) and a gold one (`verified_reward`, from `eval_reward_funcs`):
+
+    - `watch/gold_mean`, `watch/gold_selected_mean`: the gold reward of every sample and of the selected ones,
+      beside `rs/reward_mean` and `rs/selected_reward_mean`, their proxy rewards;
+    - `watch/pairwise_agreement`: over the pairs of samples of one prompt whose gold rewards differ, the share the
+      proxy orders the same way (a proxy tie counts one half: a constant proxy scores 0.5);
+    - on the decidable prompts, those whose samples hold both a passing and a failing one (`watch/decidable_share`
+      of the prompts): `watch/decidable_pick_pass_rate`, how often a selected sample passes, against
+      `watch/decidable_random_pass_rate`, what a random pick of as many samples of the same prompts would pass on
+      average. A selector no better than chance shows the two rates equal (rlhf-book's diagnostics, per round).
+
+    Example: prompt "a" has proxy [0.9, 0.1] and gold [0, 1], sample 0 selected; prompt "b" passes with both ->
+    agreement 0.0 (one pair, ordered the wrong way), decidable share 0.5, pick pass rate 0.0 against random 0.5.
+    """
+    gold = [s.get("verified_reward") for s in samples]
+    picked = [s for s in samples if key(s) in selected]
+    agree = pairs = 0.0
+    decidable, hits, expected, total = 0, 0, 0.0, 0
+    groups = group_by_prompt(samples)
+    for group in groups.values():
+        judged = [s for s in group if s["reward"] is not None and s.get("verified_reward") is not None]
+        for i, a in enumerate(judged):
+            for b in judged[i + 1 :]:
+                if a["verified_reward"] != b["verified_reward"]:
+                    pairs += 1
+                    sign = (a["reward"] - b["reward"]) * (a["verified_reward"] - b["verified_reward"])
+                    agree += 1.0 if sign > 0 else 0.5 if a["reward"] == b["reward"] else 0.0
+        verdicts = [passes(s, pass_threshold) for s in group]
+        if any(verdicts) and not all(verdicts):
+            decidable += 1
+            chosen = [v for s, v in zip(group, verdicts, strict=True) if key(s) in selected]
+            hits += sum(chosen)
+            expected += len(chosen) * sum(verdicts) / len(verdicts)
+            total += len(chosen)
+    given = [g for g in gold if g is not None]
+    picked_gold = [s["verified_reward"] for s in picked if s.get("verified_reward") is not None]
+    return {
+        "watch/gold_mean": statistics.fmean(given) if given else None,
+        "watch/gold_selected_mean": statistics.fmean(picked_gold) if picked_gold else None,
+        "watch/pairwise_agreement": agree / pairs if pairs else None,
+        "watch/decidable_share": decidable / len(groups) if groups else None,
+        "watch/decidable_pick_pass_rate": hits / total if total else None,
+        "watch/decidable_random_pass_rate": expected / total if total else None,
+    }
+
+
+def proxy_gold_turn(previous: dict | None, current: dict) -> str | None:
+    """The over-optimisation sign of Gao et al. (2022), named: the proxy reward of the selected samples rose since
+    the round before while their gold reward fell. None when it did not, or when a round lacks either.
+
+    >>> turn = proxy_gold_turn({"rs/selected_reward_mean": 0.5, "watch/gold_selected_mean": 0.8},
+    ...                        {"round": 1, "rs/selected_reward_mean": 0.7, "watch/gold_selected_mean": 0.6})
+    >>> turn.split(": the reward model")[0]
+    'round 1: the proxy reward of the selected samples rose (0.5 -> 0.7) while their gold reward fell (0.8 -> 0.6)'
+    """
+    names = ("rs/selected_reward_mean", "watch/gold_selected_mean")
+    if previous is None or any(previous.get(n) is None or current.get(n) is None for n in names):
+        return None
+    (p0, g0), (p1, g1) = [tuple(m[n] for n in names) for m in (previous, current)]
+    if not (p1 > p0 and g1 < g0):
+        return None
+    return (
+        f"round {current['round']}: the proxy reward of the selected samples rose ({p0:.4g} -> {p1:.4g}) while their "
+        f"gold reward fell ({g0:.4g} -> {g1:.4g}): the reward model may be over-optimised; compare "
+        "watch/pairwise_agreement over the rounds"
+    )
 
 
 def generator_metrics(samples: list[dict], selected: set, pass_threshold: float) -> dict:

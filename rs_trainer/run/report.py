@@ -10,10 +10,11 @@ from rs_trainer.samples import group_by_prompt
 
 
 def plot_report(history: list[dict], samples: list[dict], base_eval: dict | None, path: str | Path) -> Path:
-    """Draw reward mean and max, acceptance and pass rates (per generator too), the accuracy of every evaluation set
-    (`base_eval`: the base model's, drawn at round -1), KL to the base model and entropy per round, the last round's
-    reward distribution before and after selection, the sampling temperature per round and the `temperature: auto`
-    probes' tables, into `path` (written atomically)."""
+    """Draw reward mean and max (with the gold reward beside a proxy's: `plot_gold`), acceptance and pass rates
+    (per generator too), the accuracy of every evaluation set (`base_eval`: the base model's, drawn at round -1),
+    KL to the base model and entropy per round, the last round's reward distribution before and after selection,
+    the sampling temperature per round and the `temperature: auto` probes' tables, into `path` (written
+    atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,6 +28,7 @@ def plot_report(history: list[dict], samples: list[dict], base_eval: dict | None
     ax.plot(rounds, [m.get("rs/selected_reward_mean") for m in history], "^-", label="mean (selected)")
     ax.set(title="Reward per round", xlabel="round", ylabel="reward")
     ax.legend(fontsize=8)
+    plot_gold(ax, history, rounds)
     ax = axes[0][1]
     ax.plot(rounds, [m.get("rs/acceptance_rate") for m in history], "o-", label="acceptance rate")
     ax.plot(rounds, [m.get("rs/pass@1") for m in history], "s--", label="pass@1 (samples)")
@@ -97,6 +99,24 @@ def plot_report(history: list[dict], samples: list[dict], base_eval: dict | None
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_gold(ax, history: list[dict], rounds: list[int]) -> None:
+    """Where a verifier judges beside the proxy that selects: the gold reward of the selected and of all samples on
+    a second axis, and a red ✕ on each round where the proxy rose while the gold fell (`proxy_gold_turn`)."""
+    gold = [m.get("watch/gold_selected_mean") for m in history]
+    if all(g is None for g in gold):
+        return
+    ax.set(title="Reward per round: proxy (left), gold (right)", ylabel="proxy reward")
+    twin = ax.twinx()
+    twin.plot(rounds, gold, "^-", color="tab:green", label="gold (selected)")
+    twin.plot(rounds, [m.get("watch/gold_mean") for m in history], "o:", color="tab:green", label="gold (all)")
+    turned = [m["round"] for m in history if m.get("watch/proxy_up_gold_down")]
+    if turned:
+        marks = [gold[rounds.index(r)] for r in turned]
+        twin.plot(turned, marks, "x", color="tab:red", markersize=12, label="proxy up, gold down")
+    twin.set(ylabel="gold reward (verifier)")
+    twin.legend(fontsize=8, loc="lower right")
 
 
 def plot_accuracy(ax, history: list[dict], base_eval: dict) -> None:

@@ -4,12 +4,13 @@ uninterrupted one would have drawn.
 - `sampling_seed`: a generation's seed, per (round, stream, rank). Streams keep draws apart: each generator,
   each temperature of a probe and rationalization sample from their own stream. `batch_seed` and `request_seed`
   derive from it the seed of one in-process batch and of one request to a server.
-- `round_seed`: the round's other draws: selection tie-breaks (`tie_draw`) and seeded strategies (`rso_rng`), the
+- `round_seed`: the round's other draws: selection tie-breaks (`tie_draw`), seeded strategies (`rso_rng`) and the
+  matched-random control (`matched_random_rng`), the
   SFT order (`sft_order_rng`) and the rows KL is measured on (`kl_rows_rng`); `global_seed` reseeds the global
   RNGs (dropout) at the start of a round and of its SFT.
 - The draws that are not per round: the prompts of a round (`prompt_draw_rng`), the probe's prompts
   (`probe_draw_rng`), the arithmetic task's questions (`arithmetic_rng`) and those of each of its evaluation splits
-  (`arithmetic_split_rng`), and the offline tools' draws (`dpo_draw_rng`, `reward_split_rng`).
+  (`arithmetic_split_rng`), and the offline tools' draws (`dpo_draw_rng`, `reward_split_rng`, `same_form_rng`).
 
 Each `random.Random` is seeded by a tagged string (`"sft:{seed}:{epoch}"`): the tags keep draws apart, and they are
 part of the result. Changing one changes every run's draws, and a resumed run no longer matches an uninterrupted
@@ -22,8 +23,8 @@ True
 >>> [round(rng.random(), 6) for rng in (prompt_draw_rng(1, 2), probe_draw_rng(1, 2), rso_rng(1, "p"),
 ...  sft_order_rng(1, 0), kl_rows_rng(1, 2, 0), dpo_draw_rng(1, 2, "p"), reward_split_rng(1), arithmetic_rng(1, 1, 9))]
 [0.754281, 0.333482, 0.078885, 0.159297, 0.12422, 0.326682, 0.69554, 0.082756]
->>> round(arithmetic_split_rng(1, "words", 1, 9).random(), 6)
-0.13431
+>>> round(arithmetic_split_rng(1, "words", 1, 9).random(), 6), round(matched_random_rng(1, "p").random(), 6)
+(0.13431, 0.131908)
 """
 
 from __future__ import annotations
@@ -90,6 +91,16 @@ def probe_draw_rng(seed: int, round_index: int) -> random.Random:
 def rso_rng(seed: int, prompt_id: str) -> random.Random:
     """RSO's accept/reject draws for one prompt; `seed` is the round's."""
     return random.Random(f"rso:{seed}:{prompt_id}")
+
+
+def same_form_rng(seed: int, split: str, lo: int, hi: int) -> random.Random:
+    """The questions on which a reward model's same-form accuracy is measured (`tools.same_form`)."""
+    return random.Random(f"same-form-{split}:{seed}:{lo}:{hi}")
+
+
+def matched_random_rng(seed: int, prompt_id: str) -> random.Random:
+    """The matched-random control's draw among one prompt's candidates; `seed` is the round's."""
+    return random.Random(f"matched-random:{seed}:{prompt_id}")
 
 
 def sft_order_rng(seed: int, epoch: int) -> random.Random:

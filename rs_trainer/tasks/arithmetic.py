@@ -156,10 +156,12 @@ def make_eval_split(name: str, size: int, train_pairs: list, lo: int, hi: int, s
             f"leave `{name}` out of `eval_splits`."
         )
     chosen = seeds.arithmetic_split_rng(seed, name, lo, hi).sample(candidates, size)
-    return [_question(name, i, c, values) for i, c in enumerate(chosen)]
+    return [question(name, i, c, values) for i, c in enumerate(chosen)]
 
 
-def _question(name: str, i: int, chosen, values: range) -> dict:
+def question(name: str, i: int, chosen, values: range) -> dict:
+    """The `i`-th question of evaluation split `name` about `chosen`, an (a, b) pair (an index into values³ for
+    `three_terms`), in that split's `i`-th template."""
     if name == "three_terms":
         n = len(values)
         a, b, c = values[chosen // (n * n)], values[chosen // n % n], values[chosen % n]

@@ -29,8 +29,10 @@ from pathlib import Path
 from rs_trainer.errors import ConfigError
 from rs_trainer.phases.filters import drop_duplicates
 from rs_trainer.run import seeds
+from rs_trainer.run.formats import pair_row
 from rs_trainer.run.io import atomic_dir, write_json, write_jsonl
 from rs_trainer.run.models import ensure_pad_token
+from rs_trainer.tools import same_form
 from rs_trainer.tools.export import PAIR_RULES, dpo_pairs, load_generations
 
 # For tokenizers without a chat template (BERT-style encoders): [CLS] role: text [SEP] ... , read at [CLS].
@@ -54,6 +56,32 @@ class RewardDataArguments:
     )
     eval_fraction: float = field(
         default=0.2, metadata={"help": "Share of prompts (not pairs) held out to measure pairwise accuracy."}
+    )
+    same_form_pairs: int = field(
+        default=0,
+        metadata={
+            "help": "Per right completion (one that ties the best of its prompt and beats another), this many more "
+            "pairs against copies of it whose last integer is off by +1, -1, +2, ...: a right and a wrong answer "
+            "of the same form, so the model must read the number. For numeric answers; 0 (default) makes none."
+        },
+    )
+    margin_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "Llama 2's margin: each pair's margin m in the loss -log σ(r_chosen - r_rejected - m) is this "
+            "times the pair's reward gap (TRL's `margin` column); default none, the plain Bradley-Terry loss."
+        },
+    )
+    same_form_questions: int = field(
+        default=0,
+        metadata={
+            "help": "Measure same-form accuracy (`tools.same_form`) on this many unseen arithmetic questions per "
+            "split of `same_form_splits`, before and after training; needs runs of `builtin:arithmetic`. 0: off."
+        },
+    )
+    same_form_splits: list[str] = field(
+        default_factory=lambda: list(same_form.SPLITS),
+        metadata={"help": f"The splits of `same_form_questions`: some of {list(same_form.SPLITS)}."},
     )
 
 
@@ -84,7 +112,36 @@ def build_pairs(data_args: RewardDataArguments, seed: int) -> list[dict]:
     # The first copy of each completion of a prompt stays: sample indices repeat across rounds, so by position.
     position = {id(s): i for i, s in enumerate(samples)}
     unique = drop_duplicates(samples, "normalised", order=lambda s: position[id(s)])
-    return dpo_pairs(unique, rule=data_args.pair_rule, min_margin=data_args.min_margin, seed=seed)
+    pairs = dpo_pairs(unique, rule=data_args.pair_rule, min_margin=data_args.min_margin, seed=seed)
+    if data_args.same_form_pairs:
+        pairs += same_form_pairs(unique, pairs, data_args.same_form_pairs)
+    if data_args.margin_scale is not None:
+        pairs = [{**p, "margin": data_args.margin_scale * p["margin"]} for p in pairs]
+    return pairs
+
+
+def same_form_pairs(samples: list[dict], pairs: list[dict], count: int) -> list[dict]:
+    """For each sample that ties the chosen side of a pair of its prompt (a right answer, under a verifier), `count`
+    pairs against copies of it whose last integer is off by +1, -1, +2, ... (`same_form.offsets`), marked
+    `same_form: true`, with the margin of the prompt's widest pair. Samples without an integer give none.
+
+    Example: "7 + 5 = 12" (reward 1) beside "13" (reward 0), count 2 -> ("7 + 5 = 12", "7 + 5 = 13") and
+    ("7 + 5 = 12", "7 + 5 = 11"), each with margin 1.0.
+    """
+    best: dict[str, tuple[float, float]] = {}  # prompt_id -> (chosen reward, widest margin)
+    for p in pairs:
+        reward, margin = best.get(p["prompt_id"], (p["chosen_reward"], 0.0))
+        best[p["prompt_id"]] = (reward, max(margin, p["margin"]))
+    out = []
+    for s in samples:
+        if s["prompt_id"] not in best or s["reward"] != best[s["prompt_id"]][0]:
+            continue
+        for offset in same_form.offsets(count):
+            wrong = same_form.perturbed(s["completion"], offset)
+            if wrong is not None:
+                copy = {**s, "completion": wrong, "reward": None, "sample_index": -1}
+                out.append({**pair_row(s, copy, best[s["prompt_id"]][1]), "same_form": True})
+    return out
 
 
 def pairwise_accuracy(scorer, pairs: list[dict]) -> float | None:
@@ -119,18 +176,68 @@ def prepare_start_model(model_path: str, folder: Path, seed: int) -> Path:
     return folder
 
 
-def train_reward_model(data_args: RewardDataArguments, training_args, model_args) -> dict:
-    """Build pairs, train with `trl.RewardTrainer`, save `model/` atomically and return the metrics."""
-    from datasets import Dataset
-    from trl import RewardTrainer
+def same_form_questions(data_args: RewardDataArguments) -> dict[str, list[dict]]:
+    """The unseen arithmetic questions of each `same_form_splits` split, drawn around the training questions of
+    the first run in `generations_from` (its `run_config.json` names the task and its keys)."""
+    import json
 
+    from rs_trainer.tasks.arithmetic import draw_pairs
+
+    if not data_args.same_form_questions:
+        return {}
+    unknown = sorted(set(data_args.same_form_splits) - set(same_form.SPLITS))
+    if unknown:
+        raise ConfigError(f"`same_form_splits` {unknown} unknown; choose among {list(same_form.SPLITS)}.")
+    config = Path(data_args.generations_from[0]) / "run_config.json"
+    rs = json.loads(config.read_text())["rs"] if config.is_file() else {}
+    if rs.get("dataset_name") != "builtin:arithmetic":
+        raise ConfigError(
+            f"`same_form_questions` measures on arithmetic questions, but {config} is not a run of "
+            "`builtin:arithmetic`; set `same_form_questions: 0`."
+        )
+    lo, hi, seed = rs["task_min_operand"], rs["task_max_operand"], rs["seed"]
+    trained = set(draw_pairs(rs["task_num_train"], rs["task_num_eval"], lo, hi, seed)[: rs["task_num_train"]])
+    try:
+        return {
+            split: same_form.questions(split, data_args.same_form_questions, lo, hi, trained, seed)
+            for split in data_args.same_form_splits
+        }
+    except ValueError as err:
+        raise ConfigError(f"`same_form_questions`: {err}.") from None
+
+
+def reward_model_accuracies(model: str | Path, eval_pairs: list[dict], questions: dict, suffix: str = "") -> dict:
+    """Held-out pairwise accuracy on the run's own pairs and on the same-form ones among them, and same-form
+    accuracy on each split's unseen `questions`, all through `RewardModelScorer`."""
     from rs_trainer.rewards.reward_model import RewardModelScorer
+
+    scorer = RewardModelScorer(str(model))
+    own = [p for p in eval_pairs if not p.get("same_form")]
+    made = [p for p in eval_pairs if p.get("same_form")]
+    out = {f"eval/pairwise_accuracy{suffix}": pairwise_accuracy(scorer, own)}
+    if made:
+        out[f"eval/same_form_pairwise_accuracy{suffix}"] = pairwise_accuracy(scorer, made)
+    for split, rows in questions.items():
+        out[f"eval/same_form/{split}{suffix}"] = same_form.same_form_accuracy(scorer, rows)
+    return out
+
+
+def train_reward_model(data_args: RewardDataArguments, training_args, model_args) -> dict:
+    """Build pairs, train with `trl.RewardTrainer` (LoRA when `use_peft`, merged into the saved model), save
+    `model/` atomically and return the metrics."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import RewardTrainer, get_peft_config
+
     from rs_trainer.run.models import resolve_model_path
 
     if not 0 <= data_args.eval_fraction < 1:
         raise ConfigError(f"`eval_fraction` must be in [0, 1), got {data_args.eval_fraction}.")
+    if data_args.same_form_pairs < 0 or data_args.same_form_questions < 0:
+        raise ConfigError("`same_form_pairs` and `same_form_questions` must be >= 0 (0 turns each off).")
     out = Path(training_args.output_dir)
     pairs = build_pairs(data_args, training_args.seed)
+    questions = same_form_questions(data_args)
     train_pairs, eval_pairs = split_by_prompt(pairs, data_args.eval_fraction, training_args.seed)
     if not train_pairs:
         raise ConfigError(
@@ -142,13 +249,16 @@ def train_reward_model(data_args: RewardDataArguments, training_args, model_args
     write_jsonl(out / "pairs_eval.jsonl", eval_pairs)
 
     start = prepare_start_model(resolve_model_path(model_args.model_name_or_path), out / "start", training_args.seed)
-    accuracy_before = pairwise_accuracy(RewardModelScorer(str(start)), eval_pairs)
+    before = reward_model_accuracies(start, eval_pairs, questions, suffix="_before")
+
+    columns = ("prompt", "chosen", "rejected", *(("margin",) if data_args.margin_scale is not None else ()))
 
     def as_dataset(rows):
-        return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+        return Dataset.from_list([{k: r[k] for k in columns} for r in rows])
 
-    from transformers import AutoTokenizer
-
+    peft_config = get_peft_config(model_args)
+    if peft_config is not None:
+        peft_config.task_type = "SEQ_CLS"  # PEFT then trains and saves the new score head whole
     t0 = time.perf_counter()
     trainer = RewardTrainer(
         model=str(start),
@@ -156,26 +266,32 @@ def train_reward_model(data_args: RewardDataArguments, training_args, model_args
         train_dataset=as_dataset(train_pairs),
         eval_dataset=as_dataset(eval_pairs) if eval_pairs else None,
         processing_class=AutoTokenizer.from_pretrained(start),
+        peft_config=peft_config,
     )
     result = trainer.train()
     seconds = time.perf_counter() - t0
 
     final = out / "model"
+    model = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
     with atomic_dir(final) as tmp:
-        trainer.save_model(str(tmp))
+        model.save_pretrained(tmp)
         trainer.processing_class.save_pretrained(tmp)
     shutil.rmtree(start, ignore_errors=True)
 
     metrics = {
         "model_name_or_path": model_args.model_name_or_path,
         "generations_from": data_args.generations_from,
+        "use_peft": bool(model_args.use_peft),
+        "same_form_pairs": data_args.same_form_pairs,
+        "margin_scale": data_args.margin_scale,
         "num_pairs": len(pairs),
+        "num_same_form_pairs": sum(bool(p.get("same_form")) for p in pairs),
         "num_train_pairs": len(train_pairs),
         "num_eval_pairs": len(eval_pairs),
         "num_train_prompts": len({p["prompt_id"] for p in train_pairs}),
         "num_eval_prompts": len({p["prompt_id"] for p in eval_pairs}),
-        "eval/pairwise_accuracy_before": accuracy_before,
-        "eval/pairwise_accuracy": pairwise_accuracy(RewardModelScorer(str(final)), eval_pairs),
+        **before,
+        **reward_model_accuracies(final, eval_pairs, questions),
         "train/loss": result.training_loss,
         "train/steps": result.global_step,
         "timing/train": seconds,

@@ -17,7 +17,7 @@ from rs_trainer.generators.local import release
 from rs_trainer.phases.temperature import AUTO
 from rs_trainer.run import data, resume, seeds
 from rs_trainer.run.io import recover_dir, write_json
-from rs_trainer.run.metrics import eval_key, summary_table
+from rs_trainer.run.metrics import eval_key, proxy_gold_turn, summary_table
 from rs_trainer.run.progress import RoundClock
 from rs_trainer.run.ranks import make_accelerator
 from rs_trainer.trainer.learner import Learner
@@ -94,6 +94,11 @@ class RejectionSamplingTrainer:
         before = self.history[-1]["eval/accuracy"] if self.history else self.base_eval.get("eval/accuracy")
         measured = {**sft_stats, **drift, **evaluation}
         metrics = collect_metrics(self.inputs, r, every_row, selected, measured, clock, before)
+        if "watch/gold_selected_mean" in metrics:  # a proxy selects and a verifier judges: watch for hacking
+            turn = proxy_gold_turn(self.history[-1] if self.history else None, metrics)
+            metrics["watch/proxy_up_gold_down"] = turn is not None
+            if turn:
+                log(self.accelerator, turn)
         self.history.append(metrics)
         finish_round(self.inputs, r, every_row, metrics, self.history, self.base_eval)
         log(self.accelerator, summary_table(self.history[-1:]))

@@ -9,6 +9,8 @@ import shutil
 from accelerate.utils import broadcast_object_list
 
 from rs_trainer.phases.temperature import AUTO, probe_metrics
+from rs_trainer.rewards import REWARD_MODEL_PREFIX
+from rs_trainer.rewards.reward_model import training_metrics
 from rs_trainer.run.formats import sft_rows
 from rs_trainer.run.io import write_atomic, write_json, write_jsonl
 from rs_trainer.run.metrics import round_metrics
@@ -56,6 +58,7 @@ def round_record(inputs, r: int, rows: list[dict], keys: set) -> dict:
         metrics["rs/rationalized"] = sum(bool(s.get("rationalized") and s["selected"]) for s in rows)
         metrics["rs/rationalization_prompts"] = len({s["prompt_id"] for s in rows if s.get("rationalized")})
     metrics["rs/filtered_out"] = sum(s.get("filtered_out", False) for s in rows)
+    metrics.update(reward_model_watch(args.reward_funcs))
     probe = files.temperature_probe(r)
     auto = args.for_round("temperature", r) == AUTO
     metrics["rs/temperature"] = round_temperature(args, files, r) if probe.exists() or not auto else None
@@ -63,6 +66,23 @@ def round_record(inputs, r: int, rows: list[dict], keys: set) -> dict:
         found = json.loads(probe.read_text())
         metrics.update(probe_metrics(found["table"], found["temperature"], found["extra_tokens"]))
     return metrics
+
+
+def reward_model_watch(reward_funcs: list[str]) -> dict:
+    """Beside the proxy-versus-gold metrics, what `rs-trainer reward-model` measured of each reward model that
+    scores this round: `watch/reward_model_heldout_accuracy` (pairwise, on its held-out pairs) and the same-form
+    accuracies (`watch/reward_model_same_form/<split>`), suffixed `/<i>` from the second reward model on."""
+    out = {}
+    models = [name[len(REWARD_MODEL_PREFIX) :] for name in reward_funcs if name.startswith(REWARD_MODEL_PREFIX)]
+    for i, path in enumerate(models):
+        found = training_metrics(path) or {}
+        suffix = f"/{i}" if i else ""
+        if found.get("eval/pairwise_accuracy") is not None:
+            out[f"watch/reward_model_heldout_accuracy{suffix}"] = found["eval/pairwise_accuracy"]
+        for k, v in found.items():
+            if k.startswith("eval/same_form/") and not k.endswith("_before"):
+                out[f"watch/reward_model_same_form/{k.removeprefix('eval/same_form/')}{suffix}"] = v
+    return out
 
 
 def generator_speeds(specs, rows: list[dict], clock) -> dict:
