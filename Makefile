@@ -54,16 +54,18 @@ check-accelerate-config:
 demo-multi-cpu: install
 	ACCELERATE_USE_CPU=1 $(BIN)/torchrun --nproc_per_node 2 -m rs_trainer --config $(RECIPE) $(ARGS)
 
-# Issue 3's pipeline: a MiniLM reward model trained on the default run's generations, then rejection sampling
-# with it in place of the verifier. Each step runs the one before it when its output is missing.
+# Llama 2's pipeline: a reward model on the policy's own backbone (SmolLM2-135M-Instruct, `REWARD_RECIPE`), trained on
+# the default run's generations, then rejection sampling with it in place of the verifier. Each step runs the one
+# before it when its output is missing.
 DEMO_RUN := outputs/smollm2-arithmetic-lora/summary.json
 REWARD_MODEL := outputs/smollm2-reward-model/model/config.json
 
 $(DEMO_RUN):
 	$(MAKE) demo ARGS=
 
+REWARD_RECIPE ?= recipes/smollm2/reward_model.yaml
 reward-model: install $(DEMO_RUN)
-	$(BIN)/python -m rs_trainer reward-model --config recipes/smollm2/reward_model_minilm.yaml $(ARGS)
+	$(BIN)/python -m rs_trainer reward-model --config $(REWARD_RECIPE) $(ARGS)
 
 demo-reward-model: install
 	test -f $(REWARD_MODEL) || $(MAKE) reward-model ARGS=

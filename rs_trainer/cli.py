@@ -234,35 +234,20 @@ def best_of_n_main(argv: list[str] | None = None, candidate_models: list[str] | 
 
 def parse_reward_training_args(argv: list[str] | None = None):
     """The reward-model recipe: `RewardDataArguments`, `trl.RewardConfig` and `trl.ModelConfig`."""
-    from trl import ModelConfig, RewardConfig, TrlParser
+    from rs_trainer.tools.reward_training import parse_args
 
-    from rs_trainer.tools.export import PAIR_RULES
-    from rs_trainer.tools.reward_training import RewardDataArguments
-
-    parser = TrlParser((RewardDataArguments, RewardConfig, ModelConfig))
-    try:
-        data_args, training_args, model_args = parser.parse_args_and_config(args=argv)
-    except ValueError as err:
-        hint = ""
-        if "Unknown arguments" in str(err) or "not used" in str(err):
-            hint = "\nEvery key must be a field of RewardDataArguments, trl.RewardConfig or trl.ModelConfig."
-        raise ConfigError(f"{err}{hint}") from None
-    if data_args.pair_rule not in PAIR_RULES:
-        raise ConfigError(f"`pair_rule` {data_args.pair_rule!r} is unknown; choose one of {PAIR_RULES}.")
-    if model_args.model_name_or_path is None:
-        raise ConfigError("`model_name_or_path` is not set; name a hub id, a local folder or `embedded:<name>`.")
-    return data_args, training_args, model_args
+    return parse_args(argv)
 
 
 def reward_training_main(argv: list[str] | None = None) -> int:
     """`rs-trainer reward-model --config <recipe>`: a reward model from finished runs."""
-    from rs_trainer.tools.reward_training import train_reward_model
+    from rs_trainer.tools.reward_training import parse_args, train_reward_model
 
     def fmt(x):
         return "-" if x is None else f"{x:.3f}"  # no held-out pairs with `eval_fraction: 0`
 
     def body():
-        metrics = train_reward_model(*parse_reward_training_args(argv))
+        metrics = train_reward_model(*parse_args(argv))
         print(
             f"reward model: {metrics['num_train_pairs']} train / {metrics['num_eval_pairs']} held-out pairs; "
             f"held-out pairwise accuracy {fmt(metrics['eval/pairwise_accuracy_before'])} untrained -> "

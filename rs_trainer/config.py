@@ -113,6 +113,7 @@ KEY_RANGES = {
     "selection_top_k": Range(1, note=" (the samples kept)"),
     "top_fraction": Range(0, 1, open_low=True, note=" (a fraction of all samples)"),
     "k_per_prompt": Range(1),
+    "reward_model_refresh_pairs": Range(1, fix="; or leave it unset for every pair"),
     "max_per_prompt": Range(1, fix="; or leave it unset to keep all"),
     "reward_percentile": Range(0, 100),
     "rso_beta": Range(0, open_low=True, fix="; small β approaches best-of-N"),
@@ -338,6 +339,19 @@ class RSConfig:
     )
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "Weight of each scorer in the total reward; default 1.0 each."}
+    )
+    reward_model_refresh: str | None = field(
+        default=None,
+        metadata={
+            "help": "Llama 2's refresh: a reward-model recipe (as `rs-trainer reward-model` takes) to train a new "
+            "reward model with before every round after the first, on pairs of the run's own samples so far ranked "
+            "by the verifier (`eval_reward_funcs` stands in for the labellers), plus the first reward model's pairs. "
+            "It replaces the `reward_model:` scorer of `reward_funcs`. Default off."
+        },
+    )
+    reward_model_refresh_pairs: int | None = field(
+        default=None,
+        metadata={"help": "`reward_model_refresh`'s label budget: at most this many pairs from each round."},
     )
     reward_model_device: str | None = field(
         default=None,
@@ -586,9 +600,35 @@ class RSConfig:
             raise ConfigError(f"`{key}` takes text, got {value!r}; {fix}.")
         return value
 
+    def _validate_refresh(self):
+        if self.reward_model_refresh is None:
+            if self.reward_model_refresh_pairs is not None:
+                raise ConfigError(
+                    "`reward_model_refresh_pairs` is set but `reward_model_refresh` is not; name a reward-model "
+                    "recipe (recipes/smollm2/reward_model.yaml) or remove `reward_model_refresh_pairs`."
+                )
+            return
+        models = [f for f in self.reward_funcs if f.startswith("reward_model:")]
+        if len(models) != 1:
+            raise ConfigError(
+                f"`reward_model_refresh` replaces the one `reward_model:` scorer of `reward_funcs`, which has "
+                f"{len(models)}; name exactly one, or remove `reward_model_refresh`."
+            )
+        if not self.eval_reward_funcs or set(self.eval_reward_funcs) == set(self.reward_funcs):
+            raise ConfigError(
+                "`reward_model_refresh` ranks each round's samples with `eval_reward_funcs` (the verifier stands in "
+                "for the labellers), which is not set apart from `reward_funcs`; set it (e.g. [numeric_answer])."
+            )
+        if not os.path.isfile(self.reward_model_refresh):
+            raise ConfigError(
+                f"`reward_model_refresh` {self.reward_model_refresh} does not exist; name a reward-model recipe, "
+                "e.g. recipes/smollm2/reward_model.yaml."
+            )
+
     def validate(self):
         """Checks across keys that need no model or data (each key's own type and range is checked first, in
         `_check_types_and_ranges`); those that need M (prompt count) are in `check_selection_size`."""
+        self._validate_refresh()
         if self.selection not in SELECTION_STRATEGIES:
             raise ConfigError(f"`selection` {self.selection!r} is unknown; choose one of {SELECTION_STRATEGIES}.")
         if self.selection == "top_k" and self.selection_top_k is None:

@@ -78,6 +78,24 @@ def refused(argv, capsys, *needles) -> str:
             ["holds 'phrasings', the `dataset_train_split`: it would evaluate on the training prompts"],
         ),
         ({"task_num_eval_ood": 0}, ["`task_num_eval_ood` must be at least 1, got 0", "leave the task's"]),
+        ({"reward_model_refresh_pairs": 8}, ["`reward_model_refresh_pairs` is set but `reward_model_refresh` is not"]),
+        (
+            {"reward_model_refresh": "recipes/smollm2/reward_model.yaml"},
+            ["`reward_model_refresh` replaces the one `reward_model:` scorer of `reward_funcs`, which has 0"],
+        ),
+        (
+            {
+                "reward_model_refresh": "recipes/smollm2/no_such_recipe.yaml",
+                "reward_funcs": ["reward_model:rm"],
+                "eval_reward_funcs": ["numeric_answer"],
+            },
+            ["`reward_model_refresh` recipes/smollm2/no_such_recipe.yaml does not exist"],
+        ),
+        (
+            {"reward_model_refresh": "recipes/smollm2/reward_model.yaml", "reward_funcs": ["reward_model:rm"]},
+            ["`reward_model_refresh` ranks each round's samples with `eval_reward_funcs`", "numeric_answer"],
+        ),
+        ({"matched_random": "sometimes"}, ["--matched_random", "Truthy value expected: got sometimes"]),
     ],
 )
 def test_recipe_values_are_refused(tiny_model, tmp_path, capsys, overrides, needles):

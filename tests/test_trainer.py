@@ -1,6 +1,7 @@
 """The round loop on a tiny random Llama: outputs, weights that change (or not), checkpoints, refusals."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -228,3 +229,81 @@ def test_selection_gathers_ids_and_rewards_never_the_text_of_every_sample(tiny_m
     texts = [x for x in rows if "completion" in x]
     assert len(views) == 6 * 2 and all(set(x) == set(selection.FIELDS) for x in views)
     assert len(texts) == 4 and all(x["selected"] for x in texts)  # only the selected set travels, for SFT
+
+
+def test_reward_model_refresh_trains_once_between_rounds_and_a_resumed_run_reads_it_back(
+    tiny_model, embedded_path, tmp_path, monkeypatch
+):
+    """`reward_model_refresh`: before round 1 a reward model trains on round 0's samples ranked by the verifier and
+    scores round 1 (its rows' rewards are that model's scores); a run resumed after it was trained loads it, and
+    trains nothing."""
+    import yaml
+    from helpers import build_tiny_reward_model
+
+    import rs_trainer.tools.reward_training as reward_training
+    from rs_trainer.rewards.reward_model import RewardModelScorer
+
+    rm = build_tiny_reward_model(tmp_path / "rm", embedded_path)
+    refresh = tmp_path / "refresh.yaml"
+    refresh.write_text(
+        yaml.safe_dump(
+            {
+                "model_name_or_path": str(rm),
+                "pair_rule": "best_vs_each_lower",
+                "eval_fraction": 0.0,
+                "num_train_epochs": 1,
+                "learning_rate": 1e-3,
+                "per_device_train_batch_size": 4,
+                "gradient_checkpointing": False,
+                "save_strategy": "no",
+                "report_to": "none",
+                "bf16": False,
+            }
+        )
+    )
+    settings = {
+        "reward_funcs": [f"reward_model:{rm}"],
+        # The "verifier" whose ranks label the pairs: the length, which differs between a tiny model's samples.
+        "eval_reward_funcs": ["tests.scorers_for_tests.length_reward"],
+        "reward_model_device": "cpu",
+        "selection": "best_of_n",
+        "selection_top_k": None,
+        "num_rounds": 2,
+        "reward_model_refresh": str(refresh),
+        "reward_model_refresh_pairs": 3,
+    }
+    trained = []
+    real = reward_training.train_reward_model
+    monkeypatch.setattr(reward_training, "train_reward_model", lambda *a: trained.append(a) or real(*a))
+    out = tmp_path / "run"
+    history = make_trainer(tiny_model, out, **settings).train()
+    folder = out / "round_0" / "reward_model"
+    metrics = json.loads((folder / "reward_model_metrics.json").read_text())
+    # Round 0's pairs ranked by the verifier's reward, 3 of them (the budget), longer completion chosen.
+    assert len(trained) == 1 and metrics["num_pairs"] == 3, metrics
+    pairs = read_jsonl(folder / "pairs_train.jsonl")
+    assert all(len(p["chosen"][0]["content"]) > len(p["rejected"][0]["content"]) for p in pairs)
+    assert all(p["round"] == 0 for p in pairs)
+    assert history[1]["watch/decidable_share"] is not None
+    rows = read_jsonl(out / "round_1" / "generations.jsonl")
+    scorer = RewardModelScorer(str(folder / "model"), device="cpu")
+    rescored = scorer([r["prompt"] for r in rows], [r["completion"] for r in rows])
+    assert [r["reward"] for r in rows] == pytest.approx(rescored, abs=1e-5)  # batch-invariant scorer, float32 sums
+    first = RewardModelScorer(str(rm), device="cpu")([r["prompt"] for r in rows], [r["completion"] for r in rows])
+    assert rescored != pytest.approx(first, abs=1e-3)  # the refreshed model scored round 1, not the recipe's
+
+    # A run killed after the refresh trained: round 1's files gone, the reward model on disk. The resumed run
+    # loads it, trains no reward model, and samples and scores round 1 as the uninterrupted run did.
+    stamp = {p.name: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    before = read_jsonl(out / "round_1" / "generations.jsonl")
+    shutil.rmtree(out / "round_1")
+    (out / "summary.json").unlink()
+    trained.clear()
+    make_trainer(tiny_model, out, **settings).train()
+    assert trained == []
+    assert {p.name: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == stamp
+    after = read_jsonl(out / "round_1" / "generations.jsonl")
+    assert [(r["prompt_id"], r["sample_index"], r["completion"]) for r in after] == [
+        (r["prompt_id"], r["sample_index"], r["completion"]) for r in before
+    ]
+    assert [r["reward"] for r in after] == pytest.approx([r["reward"] for r in before], abs=1e-5)

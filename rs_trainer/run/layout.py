@@ -87,6 +87,10 @@ class RunLayout:
     def checkpoint(self, r: int) -> Path:
         return self.round(r) / "checkpoint"
 
+    def reward_model(self, r: int) -> Path:
+        """The reward model `reward_model_refresh` trained after round `r`, on the samples of rounds 0..r."""
+        return self.round(r) / "reward_model"
+
     def samples_table(self, r: int) -> Path:
         return self.round(r) / "samples.md"
 

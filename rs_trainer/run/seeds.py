@@ -10,7 +10,8 @@ uninterrupted one would have drawn.
   RNGs (dropout) at the start of a round and of its SFT.
 - The draws that are not per round: the prompts of a round (`prompt_draw_rng`), the probe's prompts
   (`probe_draw_rng`), the arithmetic task's questions (`arithmetic_rng`) and those of each of its evaluation splits
-  (`arithmetic_split_rng`), and the offline tools' draws (`dpo_draw_rng`, `reward_split_rng`, `same_form_rng`).
+  (`arithmetic_split_rng`), and the offline tools' draws (`dpo_draw_rng`, `reward_split_rng`, `same_form_rng`,
+  `label_budget_rng`).
 
 Each `random.Random` is seeded by a tagged string (`"sft:{seed}:{epoch}"`): the tags keep draws apart, and they are
 part of the result. Changing one changes every run's draws, and a resumed run no longer matches an uninterrupted
@@ -96,6 +97,11 @@ def rso_rng(seed: int, prompt_id: str) -> random.Random:
 def same_form_rng(seed: int, split: str, lo: int, hi: int) -> random.Random:
     """The questions on which a reward model's same-form accuracy is measured (`tools.same_form`)."""
     return random.Random(f"same-form-{split}:{seed}:{lo}:{hi}")
+
+
+def label_budget_rng(seed: int, round_index: int | None) -> random.Random:
+    """Which pairs of a round a reward model's label budget buys (`pairs_per_round`)."""
+    return random.Random(f"label-budget:{seed}:{round_index}")
 
 
 def matched_random_rng(seed: int, prompt_id: str) -> random.Random:

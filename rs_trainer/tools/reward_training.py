@@ -1,6 +1,6 @@
 """Train a reward model offline with `trl.RewardTrainer`, on preference pairs cut from this project's own runs.
 
-    rs-trainer reward-model --config recipes/smollm2/reward_model_minilm.yaml [--key value ...]
+    rs-trainer reward-model --config recipes/smollm2/reward_model.yaml [--key value ...]
 
 Llama-2-style rejection sampling needs a reward model before its first round. Here the pairs come from the scored
 generations of finished runs (`generations_from`: their `output_dir`s): the samples of each prompt, pooled over
@@ -30,7 +30,7 @@ from rs_trainer.errors import ConfigError
 from rs_trainer.phases.filters import drop_duplicates
 from rs_trainer.run import seeds
 from rs_trainer.run.formats import pair_row
-from rs_trainer.run.io import atomic_dir, write_json, write_jsonl
+from rs_trainer.run.io import atomic_dir, read_jsonl, write_json, write_jsonl
 from rs_trainer.run.models import ensure_pad_token
 from rs_trainer.tools import same_form
 from rs_trainer.tools.export import PAIR_RULES, dpo_pairs, load_generations
@@ -39,6 +39,10 @@ from rs_trainer.tools.export import PAIR_RULES, dpo_pairs, load_generations
 ENCODER_CHAT_TEMPLATE = (
     "{{ cls_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{{ sep_token }}{% endfor %}"
 )
+
+
+class NoPairsError(ConfigError):
+    """The runs give no pair to train on: no prompt has samples of different rewards."""
 
 
 @dataclass
@@ -56,6 +60,24 @@ class RewardDataArguments:
     )
     eval_fraction: float = field(
         default=0.2, metadata={"help": "Share of prompts (not pairs) held out to measure pairwise accuracy."}
+    )
+    rank_by: str = field(
+        default="reward",
+        metadata={
+            "help": "The reward that ranks a prompt's samples into pairs: `reward` (what selected in those runs) or "
+            "`verified_reward` (the verifier's verdict kept beside a reward model's score: its labels)."
+        },
+    )
+    pairs_per_round: int | None = field(
+        default=None,
+        metadata={
+            "help": "A budget of labels: at most this many pairs from each round (a seeded draw), as Llama 2 bought "
+            "a batch of human comparisons per round; default every pair. Same-form pairs come on top."
+        },
+    )
+    pairs_from: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Reward-model output_dirs whose pairs_train.jsonl also trains this one: earlier labels."},
     )
     same_form_pairs: int = field(
         default=0,
@@ -85,6 +107,25 @@ class RewardDataArguments:
     )
 
 
+def parse_args(argv: list[str] | None = None):
+    """The reward-model recipe: `RewardDataArguments`, `trl.RewardConfig` and `trl.ModelConfig`."""
+    from trl import ModelConfig, RewardConfig, TrlParser
+
+    parser = TrlParser((RewardDataArguments, RewardConfig, ModelConfig))
+    try:
+        data_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    except ValueError as err:
+        hint = ""
+        if "Unknown arguments" in str(err) or "not used" in str(err):
+            hint = "\nEvery key must be a field of RewardDataArguments, trl.RewardConfig or trl.ModelConfig."
+        raise ConfigError(f"{err}{hint}") from None
+    if data_args.pair_rule not in PAIR_RULES:
+        raise ConfigError(f"`pair_rule` {data_args.pair_rule!r} is unknown; choose one of {PAIR_RULES}.")
+    if model_args.model_name_or_path is None:
+        raise ConfigError("`model_name_or_path` is not set; name a hub id, a local folder or `embedded:<name>`.")
+    return data_args, training_args, model_args
+
+
 def split_by_prompt(pairs: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Train and held-out pairs; every pair of a prompt_id goes to the same side, drawn with `seed`.
 
@@ -99,25 +140,55 @@ def split_by_prompt(pairs: list[dict], eval_fraction: float, seed: int) -> tuple
 
 
 def build_pairs(data_args: RewardDataArguments, seed: int) -> list[dict]:
-    """Preference pairs from the runs in `generations_from`, pooled over rounds per prompt_id."""
+    """Preference pairs from the runs in `generations_from`, pooled over rounds per prompt_id (with a
+    `pairs_per_round` budget, drawn per round instead), then the same-form pairs and the earlier ones
+    (`pairs_from`)."""
     if not data_args.generations_from:
         raise ConfigError("`generations_from` is empty; name the output_dir of a finished run (`make demo`).")
+    if data_args.rank_by not in ("reward", "verified_reward"):
+        raise ConfigError(f"`rank_by` must be `reward` or `verified_reward`, got {data_args.rank_by!r}.")
     samples = []
     for run in data_args.generations_from:
         try:
             rows = load_generations(run, data_args.rounds)
         except FileNotFoundError as err:
             raise ConfigError(f"`generations_from`: {err}") from None
-        samples.extend({**s, "round": None} for s in rows)  # pool a prompt's samples over runs and rounds
+        if data_args.rank_by == "verified_reward":
+            if any("verified_reward" not in s for s in rows):
+                raise ConfigError(
+                    f"`rank_by: verified_reward`, but {run} kept no `verified_reward` (its recipe set no "
+                    "`eval_reward_funcs` apart from `reward_funcs`); use `rank_by: reward`."
+                )
+            rows = [{**s, "reward": s["verified_reward"]} for s in rows]
+        budget = data_args.pairs_per_round is not None  # pairs drawn round by round: keep each round apart
+        samples.extend(s if budget else {**s, "round": None} for s in rows)
     # The first copy of each completion of a prompt stays: sample indices repeat across rounds, so by position.
     position = {id(s): i for i, s in enumerate(samples)}
     unique = drop_duplicates(samples, "normalised", order=lambda s: position[id(s)])
     pairs = dpo_pairs(unique, rule=data_args.pair_rule, min_margin=data_args.min_margin, seed=seed)
+    if data_args.pairs_per_round is not None:
+        pairs = labelled_pairs(pairs, data_args.pairs_per_round, seed)
     if data_args.same_form_pairs:
         pairs += same_form_pairs(unique, pairs, data_args.same_form_pairs)
+    for earlier in data_args.pairs_from:
+        found = Path(earlier) / "pairs_train.jsonl"
+        if not found.is_file():
+            raise ConfigError(f"`pairs_from`: {found} does not exist; name a reward model's output_dir.")
+        pairs += [{**p, "earlier": True} for p in read_jsonl(found)]
     if data_args.margin_scale is not None:
         pairs = [{**p, "margin": data_args.margin_scale * p["margin"]} for p in pairs]
     return pairs
+
+
+def labelled_pairs(pairs: list[dict], per_round: int, seed: int) -> list[dict]:
+    """At most `per_round` pairs of each round, a seeded draw (`seeds.label_budget_rng`), in their order."""
+    by_round: dict = {}
+    for i, p in enumerate(pairs):
+        by_round.setdefault(p["round"], []).append(i)
+    kept = set()
+    for r, indices in by_round.items():
+        kept.update(seeds.label_budget_rng(seed, r).sample(indices, min(per_round, len(indices))))
+    return [p for i, p in enumerate(pairs) if i in kept]
 
 
 def same_form_pairs(samples: list[dict], pairs: list[dict], count: int) -> list[dict]:
@@ -238,9 +309,13 @@ def train_reward_model(data_args: RewardDataArguments, training_args, model_args
     out = Path(training_args.output_dir)
     pairs = build_pairs(data_args, training_args.seed)
     questions = same_form_questions(data_args)
-    train_pairs, eval_pairs = split_by_prompt(pairs, data_args.eval_fraction, training_args.seed)
+    earlier = [p for p in pairs if p.get("earlier")]  # already split by the reward model that trained on them
+    train_pairs, eval_pairs = split_by_prompt(
+        [p for p in pairs if not p.get("earlier")], data_args.eval_fraction, training_args.seed
+    )
+    train_pairs += earlier
     if not train_pairs:
-        raise ConfigError(
+        raise NoPairsError(
             f"The runs in `generations_from` give {len(pairs)} pair(s) to train on; a prompt gives a pair only when "
             "its samples differ in reward. Take more rounds or samples, or lower `min_margin`."
         )

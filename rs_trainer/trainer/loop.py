@@ -15,6 +15,7 @@ from accelerate.utils import set_seed
 from rs_trainer.errors import ConfigError
 from rs_trainer.generators.local import release
 from rs_trainer.phases.temperature import AUTO
+from rs_trainer.rewards import REWARD_MODEL_PREFIX
 from rs_trainer.run import data, resume, seeds
 from rs_trainer.run.io import recover_dir, write_json
 from rs_trainer.run.metrics import eval_key, proxy_gold_turn, summary_table
@@ -23,6 +24,7 @@ from rs_trainer.run.ranks import make_accelerator
 from rs_trainer.trainer.learner import Learner
 from rs_trainer.trainer.ranks import log
 from rs_trainer.trainer.records import collect_metrics, commit_scored_rows, finish_round
+from rs_trainer.trainer.refresh import recipe_reward_model, refreshed_reward_model, use_reward_model
 from rs_trainer.trainer.sampler import RoundSampler
 from rs_trainer.trainer.serving import Serving
 from rs_trainer.trainer.setup import build_policy, prepare_run, write_run_config
@@ -108,6 +110,10 @@ class RejectionSamplingTrainer:
         """The round's rows, scored and marked. A round that got as far as its `generations.jsonl` before a kill is
         read back, not sampled again."""
         acc, args, sampler = self.accelerator, self.args, self.sampler
+        with clock.phase("reward_model"):  # `reward_model_refresh`: a reward model trained on rounds 0..r-1
+            refreshed = refreshed_reward_model(self.inputs, r)  # read back when a killed run trained it already
+        if refreshed is not None:
+            use_reward_model(self.inputs.scoring, REWARD_MODEL_PREFIX + recipe_reward_model(args), refreshed)
         saved = resume.scored_rows(self.inputs.files, r)
         if saved is not None:
             mine = data.shard(saved, acc.process_index, acc.num_processes)

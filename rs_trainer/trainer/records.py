@@ -58,7 +58,7 @@ def round_record(inputs, r: int, rows: list[dict], keys: set) -> dict:
         metrics["rs/rationalized"] = sum(bool(s.get("rationalized") and s["selected"]) for s in rows)
         metrics["rs/rationalization_prompts"] = len({s["prompt_id"] for s in rows if s.get("rationalized")})
     metrics["rs/filtered_out"] = sum(s.get("filtered_out", False) for s in rows)
-    metrics.update(reward_model_watch(args.reward_funcs))
+    metrics.update(reward_model_watch([getattr(fn, "__name__", "") for fn in inputs.scoring.scorers.values()]))
     probe = files.temperature_probe(r)
     auto = args.for_round("temperature", r) == AUTO
     metrics["rs/temperature"] = round_temperature(args, files, r) if probe.exists() or not auto else None
@@ -68,12 +68,13 @@ def round_record(inputs, r: int, rows: list[dict], keys: set) -> dict:
     return metrics
 
 
-def reward_model_watch(reward_funcs: list[str]) -> dict:
+def reward_model_watch(scorer_names: list[str]) -> dict:
     """Beside the proxy-versus-gold metrics, what `rs-trainer reward-model` measured of each reward model that
-    scores this round: `watch/reward_model_heldout_accuracy` (pairwise, on its held-out pairs) and the same-form
-    accuracies (`watch/reward_model_same_form/<split>`), suffixed `/<i>` from the second reward model on."""
+    scores this round (named `reward_model:<folder>`, a refreshed one too): `watch/reward_model_heldout_accuracy`
+    (pairwise, on its held-out pairs) and the same-form accuracies (`watch/reward_model_same_form/<split>`),
+    suffixed `/<i>` from the second reward model on."""
     out = {}
-    models = [name[len(REWARD_MODEL_PREFIX) :] for name in reward_funcs if name.startswith(REWARD_MODEL_PREFIX)]
+    models = [name[len(REWARD_MODEL_PREFIX) :] for name in scorer_names if name.startswith(REWARD_MODEL_PREFIX)]
     for i, path in enumerate(models):
         found = training_metrics(path) or {}
         suffix = f"/{i}" if i else ""

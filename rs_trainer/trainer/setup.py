@@ -90,6 +90,12 @@ def prepare_run(args, model_args, accelerator) -> RunInputs:
             f"in {args.dataset_name} [{args.dataset_train_split}]; lower it, or leave it unset to use them all."
         )
     args.check_selection_size(args.prompts_per_round or len(train_prompts))
+    if args.reward_model_refresh and accelerator.num_processes > 1:
+        raise ConfigError(
+            f"`reward_model_refresh` trains its reward models in one process, and this run has "
+            f"{accelerator.num_processes}; run on one process, or train reward models between runs with "
+            "`rs-trainer reward-model`."
+        )
     reward_device = local_device(args.reward_model_device, accelerator.num_processes, accelerator.device)
     with outside_zero3_init():  # reward models are whole on each rank, never ZeRO-3 partitions
         scoring = Scoring.from_recipe(args, reward_device, train_prompts + eval_prompts)
