@@ -95,6 +95,14 @@ def refused(argv, capsys, *needles) -> str:
             {"reward_model_refresh": "recipes/smollm2/reward_model.yaml", "reward_funcs": ["reward_model:rm"]},
             ["`reward_model_refresh` ranks each round's samples with `eval_reward_funcs`", "numeric_answer"],
         ),
+        (
+            {
+                "reward_model_refresh": "recipes/smollm2/reward_model.yaml",
+                "reward_funcs": ["reward_model:rm"],
+                "eval_reward_funcs": ["numeric_answer"],
+            },
+            ["`reward_model_refresh` recipes/smollm2/reward_model.yaml measures same-form accuracy", "set it to 0"],
+        ),
         ({"matched_random": "sometimes"}, ["--matched_random", "Truthy value expected: got sometimes"]),
     ],
 )

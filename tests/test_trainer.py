@@ -232,7 +232,7 @@ def test_selection_gathers_ids_and_rewards_never_the_text_of_every_sample(tiny_m
 
 
 def test_reward_model_refresh_trains_once_between_rounds_and_a_resumed_run_reads_it_back(
-    tiny_model, embedded_path, tmp_path, monkeypatch
+    tiny_model, embedded_path, tmp_path
 ):
     """`reward_model_refresh`: before round 1 a reward model trains on round 0's samples ranked by the verifier and
     scores round 1 (its rows' rewards are that model's scores); a run resumed after it was trained loads it, and
@@ -240,7 +240,6 @@ def test_reward_model_refresh_trains_once_between_rounds_and_a_resumed_run_reads
     import yaml
     from helpers import build_tiny_reward_model
 
-    import rs_trainer.tools.reward_training as reward_training
     from rs_trainer.rewards.reward_model import RewardModelScorer
 
     rm = build_tiny_reward_model(tmp_path / "rm", embedded_path)
@@ -272,15 +271,15 @@ def test_reward_model_refresh_trains_once_between_rounds_and_a_resumed_run_reads
         "reward_model_refresh": str(refresh),
         "reward_model_refresh_pairs": 3,
     }
-    trained = []
-    real = reward_training.train_reward_model
-    monkeypatch.setattr(reward_training, "train_reward_model", lambda *a: trained.append(a) or real(*a))
     out = tmp_path / "run"
     history = make_trainer(tiny_model, out, **settings).train()
     folder = out / "round_0" / "reward_model"
     metrics = json.loads((folder / "reward_model_metrics.json").read_text())
-    # Round 0's pairs ranked by the verifier's reward, 3 of them (the budget), longer completion chosen.
-    assert len(trained) == 1 and metrics["num_pairs"] == 3, metrics
+    # `rs-trainer reward-model` ran once, in a child process, on round 0's pairs ranked by the verifier's reward:
+    # 3 of them (the budget), the longer completion chosen.
+    assert "reward model: 3 train / 0 held-out pairs" in (out / "round_0" / "reward_model.log").read_text()
+    assert not (out / "round_1" / "reward_model").exists()  # no refresh after the last round
+    assert metrics["num_pairs"] == 3, metrics
     pairs = read_jsonl(folder / "pairs_train.jsonl")
     assert all(len(p["chosen"][0]["content"]) > len(p["rejected"][0]["content"]) for p in pairs)
     assert all(p["round"] == 0 for p in pairs)
@@ -294,14 +293,14 @@ def test_reward_model_refresh_trains_once_between_rounds_and_a_resumed_run_reads
 
     # A run killed after the refresh trained: round 1's files gone, the reward model on disk. The resumed run
     # loads it, trains no reward model, and samples and scores round 1 as the uninterrupted run did.
-    stamp = {p.name: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    stamp = {
+        p: p.stat().st_mtime_ns for p in [*folder.rglob("*"), out / "round_0" / "reward_model.log"] if p.is_file()
+    }
     before = read_jsonl(out / "round_1" / "generations.jsonl")
     shutil.rmtree(out / "round_1")
     (out / "summary.json").unlink()
-    trained.clear()
     make_trainer(tiny_model, out, **settings).train()
-    assert trained == []
-    assert {p.name: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == stamp
+    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp  # nothing trained again, nothing rewritten
     after = read_jsonl(out / "round_1" / "generations.jsonl")
     assert [(r["prompt_id"], r["sample_index"], r["completion"]) for r in after] == [
         (r["prompt_id"], r["sample_index"], r["completion"]) for r in before

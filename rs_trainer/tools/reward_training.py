@@ -170,13 +170,13 @@ def build_pairs(data_args: RewardDataArguments, seed: int) -> list[dict]:
         pairs = labelled_pairs(pairs, data_args.pairs_per_round, seed)
     if data_args.same_form_pairs:
         pairs += same_form_pairs(unique, pairs, data_args.same_form_pairs)
-    for earlier in data_args.pairs_from:
+    if data_args.margin_scale is not None:
+        pairs = [{**p, "margin": data_args.margin_scale * p["margin"]} for p in pairs]
+    for earlier in data_args.pairs_from:  # as they trained the earlier model, margins included
         found = Path(earlier) / "pairs_train.jsonl"
         if not found.is_file():
             raise ConfigError(f"`pairs_from`: {found} does not exist; name a reward model's output_dir.")
         pairs += [{**p, "earlier": True} for p in read_jsonl(found)]
-    if data_args.margin_scale is not None:
-        pairs = [{**p, "margin": data_args.margin_scale * p["margin"]} for p in pairs]
     return pairs
 
 

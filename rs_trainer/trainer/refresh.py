@@ -14,6 +14,9 @@ last). A resumed run that finds that file loads the model instead of training it
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from rs_trainer.rewards import REWARD_MODEL_PREFIX
@@ -23,28 +26,70 @@ from rs_trainer.trainer.ranks import log
 
 def refreshed_reward_model(inputs, r: int) -> Path | None:
     """The folder of the reward model that scores round `r` under `reward_model_refresh`, trained now unless a
-    finished one is on disk; None for round 0, or without a refresh (the recipe's own reward model scores)."""
+    finished one is on disk; None for round 0, or without a refresh (the recipe's own reward model scores).
+
+    It trains in a child process, `rs-trainer reward-model` itself: `trl.RewardTrainer`'s arguments reset
+    Accelerate's process-wide state, which this run's accelerator shares, and the child's memory is returned whole
+    when it ends. Its output goes to `round_<r-1>/reward_model.log`."""
+    from rs_trainer.tools.reward_training import build_pairs
+
     args, files = inputs.args, inputs.files
     if args.reward_model_refresh is None or r == 0:
         return None
     out = files.reward_model(r - 1)
-    if not (out / TRAINING_METRICS).is_file():
-        from rs_trainer.tools.reward_training import NoPairsError, parse_args, train_reward_model
-
-        first = Path(recipe_reward_model(args)).parent
-        argv = ["--config", args.reward_model_refresh, "--output_dir", str(out), "--seed", str(args.seed)]
-        argv += ["--generations_from", str(files.root), "--rounds", *map(str, range(r))]
-        argv += ["--rank_by", "verified_reward"]
-        if args.reward_model_refresh_pairs is not None:
-            argv += ["--pairs_per_round", str(args.reward_model_refresh_pairs)]
-        if (first / "pairs_train.jsonl").is_file():
-            argv += ["--pairs_from", str(first)]
-        try:
-            train_reward_model(*parse_args(argv))
-        except NoPairsError:  # no prompt yet had a right and a wrong sample: the last reward model scores on
-            log(inputs.accelerator, f"round {r}: no pair to refresh the reward model with; the last one scores on")
-            return refreshed_reward_model(inputs, r - 1)
+    if (out / TRAINING_METRICS).is_file():
+        return out / "model"
+    first = Path(recipe_reward_model(args)).parent
+    overrides = {
+        "generations_from": [str(files.root)],
+        "rounds": list(range(r)),
+        "rank_by": "verified_reward",
+        "pairs_per_round": args.reward_model_refresh_pairs,
+    }
+    data_args = refresh_data_args(args.reward_model_refresh, **overrides)
+    if not build_pairs(data_args, args.seed):  # no prompt yet had a right and a wrong sample
+        log(inputs.accelerator, f"round {r}: no pair to refresh the reward model with; the last one scores on")
+        return refreshed_reward_model(inputs, r - 1)
+    argv = ["--config", args.reward_model_refresh, "--output_dir", str(out), "--seed", str(args.seed)]
+    argv += ["--generations_from", str(files.root), "--rounds", *map(str, range(r)), "--rank_by", "verified_reward"]
+    if args.reward_model_refresh_pairs is not None:
+        argv += ["--pairs_per_round", str(args.reward_model_refresh_pairs)]
+    if (first / "pairs_train.jsonl").is_file():
+        argv += ["--pairs_from", str(first)]
+    log(inputs.accelerator, f"round {r}: training a reward model on rounds 0..{r - 1} ({out.name}.log)")
+    # The child is one process of its own: none of this run's rendezvous variables.
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_VARIABLES}
+    with open(out.parent / "reward_model.log", "w") as output:
+        done = subprocess.run(
+            [sys.executable, "-m", "rs_trainer", "reward-model", *argv],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    if done.returncode != 0:
+        lines = (out.parent / "reward_model.log").read_text().splitlines()
+        reason = next((line for line in reversed(lines) if "error:" in line), lines[-1] if lines else "no output")
+        raise RuntimeError(
+            f"round {r}: the reward-model refresh failed ({reason.strip()}); see {out.parent}/reward_model.log"
+        )
     return out / "model"
+
+
+DISTRIBUTED_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def refresh_data_args(recipe: str, **overrides):
+    """The `RewardDataArguments` of a reward-model recipe, with `overrides`, read without building its
+    `trl.RewardConfig` (which would reset this process's Accelerate state)."""
+    import dataclasses
+
+    import yaml
+
+    from rs_trainer.tools.reward_training import RewardDataArguments
+
+    raw = yaml.safe_load(Path(recipe).read_text()) or {}
+    names = {f.name for f in dataclasses.fields(RewardDataArguments)}
+    return RewardDataArguments(**{**{k: v for k, v in raw.items() if k in names}, **overrides})
 
 
 def recipe_reward_model(args) -> str:

@@ -90,12 +90,8 @@ def prepare_run(args, model_args, accelerator) -> RunInputs:
             f"in {args.dataset_name} [{args.dataset_train_split}]; lower it, or leave it unset to use them all."
         )
     args.check_selection_size(args.prompts_per_round or len(train_prompts))
-    if args.reward_model_refresh and accelerator.num_processes > 1:
-        raise ConfigError(
-            f"`reward_model_refresh` trains its reward models in one process, and this run has "
-            f"{accelerator.num_processes}; run on one process, or train reward models between runs with "
-            "`rs-trainer reward-model`."
-        )
+    if args.reward_model_refresh:
+        check_refresh_recipe(args, accelerator.num_processes)
     reward_device = local_device(args.reward_model_device, accelerator.num_processes, accelerator.device)
     with outside_zero3_init():  # reward models are whole on each rank, never ZeRO-3 partitions
         scoring = Scoring.from_recipe(args, reward_device, train_prompts + eval_prompts)
@@ -190,6 +186,26 @@ def write_run_config(inputs: RunInputs) -> None:
     if acc.log_with:
         flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in inputs.args.to_dict().items()}
         acc.init_trackers("rs_trainer", config=flat)
+
+
+def check_refresh_recipe(args, num_processes: int) -> None:
+    """`reward_model_refresh`'s recipe parses, and can train here, before the first round rather than after it."""
+    from rs_trainer.trainer.refresh import refresh_data_args
+
+    if num_processes > 1:
+        raise ConfigError(
+            f"`reward_model_refresh` trains its reward models in one process, and this run has {num_processes}; "
+            "run on one process, or train reward models between runs with `rs-trainer reward-model`."
+        )
+    try:
+        data_args = refresh_data_args(args.reward_model_refresh)
+    except (OSError, TypeError, ValueError) as err:
+        raise ConfigError(f"`reward_model_refresh` {args.reward_model_refresh}: {first_line(err)}") from None
+    if data_args.same_form_questions and args.dataset_name != "builtin:arithmetic":
+        raise ConfigError(
+            f"`reward_model_refresh` {args.reward_model_refresh} measures same-form accuracy on arithmetic "
+            f"questions (`same_form_questions`), and this run is on {args.dataset_name}; set it to 0 there."
+        )
 
 
 def check_rationalization_hint(hint: str, row: dict) -> None:
