@@ -95,14 +95,6 @@ def refused(argv, capsys, *needles) -> str:
             {"reward_model_refresh": "recipes/smollm2/reward_model.yaml", "reward_funcs": ["reward_model:rm"]},
             ["`reward_model_refresh` ranks each round's samples with `eval_reward_funcs`", "numeric_answer"],
         ),
-        (
-            {
-                "reward_model_refresh": "recipes/smollm2/reward_model.yaml",
-                "reward_funcs": ["reward_model:rm"],
-                "eval_reward_funcs": ["numeric_answer"],
-            },
-            ["`reward_model_refresh` recipes/smollm2/reward_model.yaml measures same-form accuracy", "set it to 0"],
-        ),
         ({"matched_random": "sometimes"}, ["--matched_random", "Truthy value expected: got sometimes"]),
     ],
 )
@@ -113,6 +105,21 @@ def test_recipe_values_are_refused(tiny_model, tmp_path, capsys, overrides, need
         if importlib.util.find_spec("wandb"):
             pytest.skip("wandb is installed here")
     refused(recipe_args(tiny_model, tmp_path / "o", **overrides), capsys, *needles)
+
+
+def test_a_refresh_recipe_measuring_arithmetic_on_another_dataset(tiny_model, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "What is 1 + 1?", "answer": "2"}])
+    argv = recipe_args(
+        tiny_model,
+        tmp_path / "o",
+        dataset_name=str(data),
+        dataset_test_split=None,
+        selection_top_k=1,
+        reward_funcs=["reward_model:rm"],
+        eval_reward_funcs=["numeric_answer"],
+        reward_model_refresh="recipes/smollm2/reward_model.yaml",
+    )
+    refused(argv, capsys, "`reward_model_refresh` recipes/smollm2/reward_model.yaml measures same-form", "set it to 0")
 
 
 def test_a_local_file_with_an_eval_split_would_evaluate_on_training_prompts(tiny_model, tmp_path, capsys):
