@@ -18,6 +18,7 @@ from rs_trainer.tools.reward_training import (
     ENCODER_CHAT_TEMPLATE,
     RewardDataArguments,
     build_pairs,
+    prepare_start_model,
     split_by_prompt,
 )
 
@@ -62,7 +63,7 @@ def test_pairs_pool_rounds_drop_repeats_and_pair_right_against_wrong(tmp_path):
     (run / "round_1").mkdir()
     write_jsonl(run / "round_1" / "generations.jsonl", [{**r, "round": 1} for r in rows])
     assert len(build_pairs(RewardDataArguments(generations_from=[str(run)], min_margin=0.5), seed=0)) == 3
-    with pytest.raises(ValueError, match="round"):
+    with pytest.raises(ValueError, match="missing is not a folder"):
         build_pairs(RewardDataArguments(generations_from=[str(tmp_path / "missing")]), seed=0)
 
 
@@ -97,6 +98,30 @@ def test_reward_model_trains_saves_and_scores_through_its_own_template(tmp_path)
 
     before = AutoModelForSequenceClassification.from_pretrained(start).classifier.weight
     assert not torch.allclose(before, scorer.model.classifier.weight)
+
+
+def test_a_lora_policy_checkpoint_starts_the_reward_model_merged(tiny_model, tmp_path):
+    """A round's `checkpoint/` (a LoRA adapter) as `model_name_or_path`: the reward model's backbone is the policy
+    with its adapter merged, not the bare base model, and the merged copy is not left behind."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # nonzero: it shows
+    policy = get_peft_model(base, config)
+    checkpoint = tmp_path / "round_1" / "checkpoint"
+    policy.save_pretrained(checkpoint)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(checkpoint)
+    merged = policy.merge_and_unload().model.layers[0].self_attn.q_proj.weight
+
+    start = prepare_start_model(str(checkpoint), tmp_path / "start", seed=0)
+    rm = AutoModelForSequenceClassification.from_pretrained(start)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model).model.layers[0].self_attn.q_proj.weight
+    got = rm.model.layers[0].self_attn.q_proj.weight
+    assert rm.config.num_labels == 1 and not torch.equal(got, plain)
+    torch.testing.assert_close(got, merged)  # the same float32 merge, saved and read back
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round_1", "start"]
 
 
 def test_reward_training_refuses_runs_without_pairs(tmp_path, capsys):

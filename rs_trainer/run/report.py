@@ -107,16 +107,17 @@ def plot_gold(ax, history: list[dict], rounds: list[int]) -> None:
     gold = [m.get("watch/gold_selected_mean") for m in history]
     if all(g is None for g in gold):
         return
-    ax.set(title="Reward per round: proxy (left), gold (right)", ylabel="proxy reward")
+    ax.set(title="Reward per round: proxy (left), gold (right, black)", ylabel="proxy reward")
+    ax.legend(fontsize=7, loc="upper left")
     twin = ax.twinx()
-    twin.plot(rounds, gold, "^-", color="tab:green", label="gold (selected)")
-    twin.plot(rounds, [m.get("watch/gold_mean") for m in history], "o:", color="tab:green", label="gold (all)")
+    twin.plot(rounds, gold, "v-", color="black", label="gold (selected)")
+    twin.plot(rounds, [m.get("watch/gold_mean") for m in history], "D:", color="black", label="gold (all samples)")
     turned = [m["round"] for m in history if m.get("watch/proxy_up_gold_down")]
     if turned:
         marks = [gold[rounds.index(r)] for r in turned]
         twin.plot(turned, marks, "x", color="tab:red", markersize=12, label="proxy up, gold down")
     twin.set(ylabel="gold reward (verifier)")
-    twin.legend(fontsize=8, loc="lower right")
+    twin.legend(fontsize=7, loc="lower right")
 
 
 def plot_accuracy(ax, history: list[dict], base_eval: dict) -> None:

@@ -106,6 +106,8 @@ def round_numbers(output_dir: str | Path) -> list[int]:
 
 def load_generations(output_dir: str | Path, rounds: int | list[int] | None = None) -> list[dict]:
     """The scored rows of one round, a list of rounds, or (None) every round on disk, pooled in round order."""
+    if not Path(output_dir).is_dir():
+        raise FileNotFoundError(f"{output_dir} is not a folder; name the output_dir of a finished run.")
     available = round_numbers(output_dir)
     wanted = available if rounds is None else [rounds] if isinstance(rounds, int) else list(rounds)
     missing = [r for r in wanted if r not in available]

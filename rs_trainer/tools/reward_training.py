@@ -226,10 +226,21 @@ def pairwise_accuracy(scorer, pairs: list[dict]) -> float | None:
 
 def prepare_start_model(model_path: str, folder: Path, seed: int) -> Path:
     """The starting checkpoint as a one-output sequence classifier with a chat template, saved to `folder`: the
-    untrained baseline is then scored exactly as the trained model will be."""
+    untrained baseline is then scored exactly as the trained model will be. A LoRA policy checkpoint (a round's
+    `checkpoint/`) is merged into its base model first, so the reward model starts from the policy it will judge."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    merged = None
+    if (Path(model_path) / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        merged = folder.with_name(folder.name + ".merged")
+        policy = AutoPeftModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).merge_and_unload()
+        policy.save_pretrained(merged)
+        AutoTokenizer.from_pretrained(model_path).save_pretrained(merged)
+        del policy
+        model_path = str(merged)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if not tokenizer.chat_template:
         if tokenizer.cls_token is None or tokenizer.sep_token is None:
@@ -244,6 +255,8 @@ def prepare_start_model(model_path: str, folder: Path, seed: int) -> Path:
     model.config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    if merged is not None:
+        shutil.rmtree(merged, ignore_errors=True)
     return folder
 
 
