@@ -773,8 +773,9 @@ class RSConfig:
             values = getattr(self, name)
             if len(values) > self.num_rounds:
                 warnings.warn(
-                    f"`{name}` has {len(values)} values for {self.num_rounds} round(s); values after round "
-                    f"{self.num_rounds - 1} are unused. Raise `num_rounds` or drop them.",
+                    f"`{name}` has {len(values)} values for {self.num_rounds} round(s): {values[self.num_rounds :]} "
+                    f"wait for rounds {self.num_rounds}..{len(values) - 1}, run when this output_dir is resumed "
+                    "with a larger `num_rounds`.",
                     stacklevel=3,
                 )
 
@@ -866,6 +867,40 @@ NON_SEMANTIC_KEYS = frozenset(
         *RENAMED_KEYS,
     }
 )
+
+
+# Keys a resumed run may change: how many rounds it runs (more rounds continue from the last one; the rounds already
+# finished are read back, never recomputed), and how the work is fitted into memory, not what is computed. A run
+# stopped by an out-of-memory error resumes with a smaller batch or token budget.
+RESUMABLE_KEYS = frozenset(
+    {"num_rounds", "generation_batch_size", "generation_token_budget", "generation_engine", "reward_model_device"}
+)
+# SFT's micro-batch and accumulation may trade against each other: the same sequences per optimizer step.
+TRAIN_BATCH_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps")
+
+
+def resume_blockers(old: dict, new: dict) -> list[str]:
+    """The changed keys (`config_changes`) that stop a run from resuming: all but `RESUMABLE_KEYS`, and the SFT
+    batch keys when their product, the sequences per optimizer step on each process, changed.
+
+    >>> resume_blockers({"num_rounds": 1, "seed": 1}, {"num_rounds": 3, "seed": 2})
+    ['seed']
+    >>> old = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1}
+    >>> resume_blockers(old, {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2})
+    []
+    >>> resume_blockers(old, {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 1})
+    ['per_device_train_batch_size']
+    """
+    changed = [k for k in config_changes(old, new) if k not in RESUMABLE_KEYS]
+    defaults = RSConfig().to_dict()
+
+    def sequences_per_step(config: dict) -> int:
+        a, b = (config.get(k, defaults[k]) for k in TRAIN_BATCH_KEYS)
+        return a * b
+
+    if sequences_per_step(old) == sequences_per_step(new):
+        changed = [k for k in changed if k not in TRAIN_BATCH_KEYS]
+    return changed
 
 
 def config_changes(old: dict, new: dict) -> list[str]:

@@ -141,6 +141,34 @@ def test_output_dir_with_other_config_is_refused_then_overwritten(tiny_model, tm
     assert main(argv + ["--seed", "7", "--overwrite_output_dir", "true"]) == 0
 
 
+def test_a_finished_run_grows_by_a_round_with_smaller_batches(tiny_model, tmp_path, capsys):
+    """A finished 1-round run, rerun with `num_rounds: 2` and the memory keys changed after an imagined OOM: round 1
+    runs from round 0's checkpoint, and every file of round 0 is the same to the byte. A key that changes what is
+    computed is still refused by name, and so is an SFT micro-batch that changes the sequences per step."""
+    out = tmp_path / "run"
+    argv = recipe_args(tiny_model, out, reward_funcs=["tests.scorers_for_tests.length_reward"], use_peft=True)
+    argv += ["--lora_target_modules", "q_proj", "v_proj", "--temperature", "1.0", "0.7"]
+    with pytest.warns(UserWarning, match=r"\[0.7\] wait for rounds 1..1"):
+        assert main(argv) == 0
+    round_0 = {p.relative_to(out): p.read_bytes() for p in sorted((out / "round_0").rglob("*")) if p.is_file()}
+    assert (out / "round_0" / "checkpoint" / "adapter_model.safetensors").relative_to(out) in round_0
+
+    assert main([*argv, "--num_rounds", "2", "--per_device_train_batch_size", "3"]) == 2
+    assert "changed: rs.per_device_train_batch_size)" in capsys.readouterr().err
+    assert main([*argv, "--num_rounds", "2", "--learning_rate", "0.02"]) == 2
+    assert "changed: rs.learning_rate)" in capsys.readouterr().err
+
+    memory = ["--generation_batch_size", "1", "--generation_token_budget", "64"]
+    memory += ["--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2"]
+    assert main([*argv, "--num_rounds", "2", *memory]) == 0
+    again = {p.relative_to(out): p.read_bytes() for p in sorted((out / "round_0").rglob("*")) if p.is_file()}
+    assert again == round_0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [m["round"] for m in summary] == [0, 1] and (out / "round_1" / "checkpoint").is_dir()
+    assert json.loads((out / "run_config.json").read_text())["rs"]["num_rounds"] == 2
+    assert json.loads((out / "round_1" / "metrics.json").read_text())["round"] == 1
+
+
 def test_nan_reward_stops_the_round_naming_prompt_and_sample(tiny_model, tmp_path):
     trainer = make_trainer(
         tiny_model, tmp_path / "run", reward_funcs=["tests.scorers_for_tests.nan_on_second"], dataset_test_split=None

@@ -156,6 +156,25 @@ def test_the_colocated_engine_samples_each_rounds_adapter(embedded_path, tmp_pat
     assert all(r["completion_tokens"] >= 1 and r["finish_reason"] in ("stop", "length") for r in twice[0])
 
 
+def test_a_prompt_longer_than_the_engine_holds_is_refused_by_id(embedded_path):
+    """A fixed model's own template can render a prompt longer than the run's longest (the engine's size): one line
+    naming the prompt and the key that sizes the engine, before vLLM sees a request."""
+    from rs_trainer.errors import GeneratorError
+    from rs_trainer.generators import GeneratorSpec
+    from rs_trainer.generators.vllm_engine import VLLMGenerator
+    from rs_trainer.phases.generation import SamplingParams
+
+    generator = VLLMGenerator(
+        GeneratorSpec("teacher", engine="vllm", model="some/teacher"), run_context(embedded_path, False)
+    )
+    generator.max_model_len = 40  # as if started with it
+    prompts = question_prompts()[:2]
+    ids = [[1] * 20, [1] * 30]
+    generator._check_lengths(prompts[:1], ids[:1], 20)  # 20 + 20 fits exactly
+    with pytest.raises(GeneratorError, match=r"prompt 'q1' is 30 tokens.*`vllm_kwargs: \{max_model_len: 50\}`"):
+        generator.generate(prompts, ids, 1, SamplingParams(temperature=0.0, max_new_tokens=20))
+
+
 def test_the_colocated_engine_takes_full_weights_in_place(embedded_path, closing):
     """Full fine-tuning: the live model's weights pushed into the running engine (`reload_weights`) give the
     same greedy completions as that model in `transformers`, and differ from the base model's."""
@@ -272,6 +291,19 @@ def test_a_whole_run_on_the_colocated_engine_killed_and_resumed(embedded_path, t
     assert all(isinstance(row["logprob"], float) and row["logprob"] <= 0 for row in lines)
     metrics = [json.loads((out / "summary.json").read_text()) for out in (whole, resumed)]
     assert [m["eval/accuracy"] for m in metrics[0]] == [m["eval/accuracy"] for m in metrics[1]]  # k/4: exact
+
+    # The engine is sized to the run, not to SmolLM2's 8192-token context: vLLM's own max_model_len is the
+    # longest training prompt (as rendered for generation) plus max_completion_length.
+    from rs_trainer.phases.generation import encode_prompts
+    from rs_trainer.run.models import load_tokenizer
+
+    prompts = list({row["prompt_id"]: row for row in lines}.values())
+    longest = max(map(len, encode_prompts(load_tokenizer(str(embedded_path)), prompts)))
+    sized = [line for line in done.stdout.splitlines() + done.stderr.splitlines() if "max_model_len" in line]
+    assert sized == [
+        f"generator 'policy': vLLM engine with max_model_len {longest + 16} (the run's longest "
+        f"training prompt plus its longest completion: {longest + 16} tokens)"
+    ], sized
 
 
 # ---------------------------------------------------------------------------------------------- vLLM servers

@@ -23,7 +23,7 @@ class RunContext:
     batch_size: int  # `generation_batch_size` (0: chosen by the engine)
     local_engine: str  # `generation_engine` of the in-process sampler
     token_budget: int  # `generation_token_budget`
-    max_model_len: int  # prompt + completion tokens the model takes
+    max_model_len: int  # the longest training prompt + the longest completion the run asks for
     server_log: Callable[[int, str], Path]  # (round, generator name) -> a managed server's log file
     served_model: Callable[[int], Path]  # round -> the folder a managed server loads the policy from
 

@@ -15,6 +15,8 @@ not use offset"). Rows carry `completion_ids` and `logprob`, the sum of those to
 the model's raw distribution (temperature 1, no top-k/top-p: `logprobs_mode="raw_logprobs"`), the policy's side of
 the drift measurement.
 
+The engine is sized to the run (`max_model_len`: its longest training prompt plus the longest completion any
+round asks), not to the model's context, whose KV cache alone could fill the GPU (131,072 tokens for Llama-3.1).
 On a GPU the recipe sets `gpu_memory_utilization`, `tensor_parallel_size` and `enable_sleep_mode` (the engine
 sleeps through SFT, so training gets the memory back: level 1 with LoRA, which keeps the base weights in host
 memory; level 2 without, whose weights are pushed again on waking). Under several processes each rank drives its
@@ -58,6 +60,7 @@ class VLLMGenerator:
         self.lora_request = None
         self.weights_round: int | None = None  # the round whose weights the engine holds (full fine-tuning)
         self.asleep_level = 0
+        self.max_model_len: int | None = None  # the engine's, once started
         self.timings = {"start_s": 0.0, "refresh_s": 0.0}  # the last start and weight refresh, for benchmarks
 
     @property
@@ -127,8 +130,11 @@ class VLLMGenerator:
 
             model = str(resolve_model_path(model))
             self.tokenizer = load_tokenizer(model)
+        args = self.engine_args()
         with _quiet():
-            self.llm = LLM(model=str(model), **self.engine_args())
+            self.llm = LLM(model=str(model), **args)
+        config = getattr(self.llm.llm_engine, "model_config", None)
+        self.max_model_len = getattr(config, "max_model_len", args["max_model_len"])  # as vLLM took it
         self.timings["start_s"] = time.perf_counter() - started
 
     def engine_args(self) -> dict:
@@ -153,7 +159,7 @@ class VLLMGenerator:
             args.update(
                 enforce_eager=True,
                 enable_chunked_prefill=False,
-                max_num_batched_tokens=max(self.run.max_model_len, 4096),
+                max_num_batched_tokens=max(spec.vllm_kwargs.get("max_model_len", self.run.max_model_len), 4096),
                 kv_cache_memory_bytes=CPU_KV_CACHE_GIB * 2**30,
             )
         if acc.num_processes > 1:
@@ -191,6 +197,7 @@ class VLLMGenerator:
 
         if self.tokenizer is not self.run.tokenizer:  # a fixed model of another family: its own template
             prompt_ids = encode_prompts(self.tokenizer, prompts)
+        self._check_lengths(prompts, prompt_ids, params.max_new_tokens)
         requests = [(i, k) for i in range(len(prompts)) for k in range(num_samples)]
         rows = []
         for start in range(0, len(requests), REQUESTS_PER_BATCH):
@@ -220,6 +227,17 @@ class VLLMGenerator:
                 on_batch(done)
             rows += done
         return rows
+
+    def _check_lengths(self, prompts: list[dict], prompt_ids: list[list[int]], max_new_tokens: int) -> None:
+        """The engine holds `max_model_len` tokens a sequence: the run's longest training prompt plus its longest
+        completion, in the policy's tokens. A fixed model's own template can make a prompt longer than that."""
+        for prompt, ids in zip(prompts, prompt_ids, strict=True):
+            if len(ids) + max_new_tokens > self.max_model_len:
+                raise GeneratorError(
+                    f"generator {self.spec.name!r}: prompt {prompt['prompt_id']!r} is {len(ids)} tokens, and with "
+                    f"{max_new_tokens} to generate passes the engine's `max_model_len` ({self.max_model_len}); set "
+                    f"`vllm_kwargs: {{max_model_len: {len(ids) + max_new_tokens}}}` (or more) on this generator."
+                )
 
     def _row(self, prompt: dict, k: int, output) -> dict:
         ids = list(output.token_ids)

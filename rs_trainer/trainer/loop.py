@@ -75,6 +75,11 @@ class RejectionSamplingTrainer:
         log(self.accelerator, "\n" + summary_table(self.history))
         if self.accelerator.is_main_process:
             write_json(self.inputs.files.summary, self.history)
+        # Every rank leaves together: a rank that runs ahead into interpreter shutdown while gloo's worker thread
+        # still releases the last broadcast's tensors can abort natively ("terminate called without an active
+        # exception", pytorch/pytorch#190489 and #179291; the likely cause of docs/LOG.md's ZeRO-3 abort), and
+        # the launcher then kills the main process before its last writes.
+        self.accelerator.wait_for_everyone()
         return self.history
 
     def run_round(self, r: int) -> bool:

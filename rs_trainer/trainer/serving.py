@@ -10,6 +10,7 @@ from rs_trainer.generators import PolicyWeights, RunContext, build_generator
 from rs_trainer.phases.generation import SamplingParams
 from rs_trainer.phases.temperature import AUTO
 from rs_trainer.run.sharding import full_weights
+from rs_trainer.trainer.ranks import log
 
 
 def round_temperature(args, files, r: int) -> float:
@@ -46,10 +47,11 @@ class Serving:
             batch_size=args.generation_batch_size,
             local_engine=args.generation_engine,
             token_budget=args.generation_token_budget,
-            max_model_len=inputs.context,
+            max_model_len=inputs.sampling_len,
             server_log=files.server_log,
             served_model=files.served_model,
         )
+        self.sized: set[str] = set()  # generators whose engine size was logged
         self.generators = {
             spec.name: build_generator(spec, self.run, inputs.endpoints.get(spec.name))
             for spec in inputs.generator_specs
@@ -73,4 +75,12 @@ class Serving:
         """The generator `spec` for round `r`, ready to sample on every rank, and released afterwards."""
         generator = self.generators[spec.name]
         with generator.open(self.weights(r), self.params(spec, r, temperature)):
+            size = getattr(generator, "max_model_len", None)  # an in-process vLLM engine, once started
+            if size is not None and spec.name not in self.sized:
+                self.sized.add(spec.name)
+                log(
+                    self.inputs.accelerator,
+                    f"generator {spec.name!r}: vLLM engine with max_model_len {size} (the run's longest training "
+                    f"prompt plus its longest completion: {self.run.max_model_len} tokens)",
+                )
             yield generator

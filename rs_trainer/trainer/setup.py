@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import DistributedType
 
-from rs_trainer.config import NON_SEMANTIC_KEYS, config_changes
+from rs_trainer.config import NON_SEMANTIC_KEYS, resume_blockers
 from rs_trainer.errors import ConfigError, first_line
 from rs_trainer.phases.generation import check_prompt_lengths, encode_prompts
 from rs_trainer.phases.temperature import AUTO
@@ -58,6 +58,7 @@ class RunInputs:
     eval_prompt_ids: dict[str, list[int]]  # each evaluation prompt's, of every set
     context: int  # the model's context (10**9 when it names none)
     max_len: int  # longest prompt + completion trained on
+    sampling_len: int  # longest training prompt + longest completion any round asks: an engine's `max_model_len`
     scoring: Scoring
     generator_specs: list
     sample_ranges: dict[str, range]  # each generator's sample indices
@@ -121,6 +122,7 @@ def prepare_run(args, model_args, accelerator) -> RunInputs:
         eval_prompt_ids=eval_prompt_ids,
         context=context,
         max_len=max_len,
+        sampling_len=sampling_length(args, specs, prompt_ids, context),
         scoring=scoring,
         generator_specs=specs,
         sample_ranges=ranges,
@@ -307,6 +309,23 @@ def encode_and_check_lengths(args, tokenizer, model_path, *prompt_lists) -> tupl
     return encoded, context or 10**9, max_len
 
 
+def sampling_length(args, specs, prompt_ids: dict[str, list[int]], context: int) -> int:
+    """The longest sequence the run asks a generator for: its longest training prompt plus the longest completion
+    of any round or generator (`max_completion_length`), at most the model's context. An in-process vLLM engine is
+    sized to it (`max_model_len`): sized to the context instead, a Llama-3.1 engine would reserve KV cache for
+    131,072 tokens before its first request.
+
+    >>> from types import SimpleNamespace as NS
+    >>> sampling_length(NS(max_completion_length=[64, 256]), [NS(max_completion_length=None)], {"a": [1] * 30}, 4096)
+    286
+    >>> sampling_length(NS(max_completion_length=[64]), [NS(max_completion_length=512)], {"a": [1] * 30}, 300)
+    300
+    """
+    longest_prompt = max((len(ids) for ids in prompt_ids.values()), default=0)
+    completions = [*args.max_completion_length, *(s.max_completion_length for s in specs if s.max_completion_length)]
+    return min(longest_prompt + max(completions), context)
+
+
 def run_config(args, model_args) -> dict:
     rs = {k: v for k, v in args.to_dict().items() if k not in NON_SEMANTIC_KEYS}
     return {"rs": rs, "model": dataclasses.asdict(model_args)}
@@ -323,13 +342,14 @@ def check_output_dir(args, model_args, accelerator, files: RunLayout) -> None:
     old = json.loads(path.read_text())
     new = json.loads(json.dumps(run_config(args, model_args), default=str))
     old_model = old.get("model", {})
-    changed = [f"rs.{k}" for k in config_changes(old.get("rs", {}), new["rs"])] + sorted(
+    changed = [f"rs.{k}" for k in resume_blockers(old.get("rs", {}), new["rs"])] + sorted(
         f"model.{k}" for k in set(old_model) | set(new["model"]) if old_model.get(k) != new["model"].get(k)
     )
     if changed and not args.overwrite_output_dir:
         raise ConfigError(
             f"{root} holds a run with a different config (changed: {', '.join(changed)}), so it cannot "
-            "be resumed; choose another `output_dir` or pass `--overwrite_output_dir` to start over."
+            "be resumed (only `num_rounds` and the memory keys may change: docs/options.md#resuming); choose "
+            "another `output_dir` or pass `--overwrite_output_dir` to start over."
         )
     if args.overwrite_output_dir:
         accelerator.wait_for_everyone()
