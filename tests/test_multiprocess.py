@@ -49,6 +49,14 @@ def test_two_process_round(tiny_model, tmp_path):
         # Each evaluation set (3 questions: 2 on rank 0, 1 on rank 1) judged whole, on both ranks' completions.
         for split in ("phrasings", "words", "stories"):
             assert metrics[f"eval/{split}/accuracy"] * 3 in (0, 1, 2, 3) and metrics[f"eval/{split}/reward"] > 0
+        # Both ranks' completions in eval.jsonl, once each, in the sets' order, as the accuracy counts them.
+        evaluated = read_jsonl(out / f"round_{r}" / "eval.jsonl")
+        ood = ("phrasings", "words", "stories")
+        assert [x["split"] for x in evaluated] == ["heldout"] * 4 + [s for s in ood for _ in range(3)]
+        assert len({(x["split"], x["prompt_id"]) for x in evaluated}) == 13
+        for split in ood:
+            passed = sum(x["passed"] for x in evaluated if x["split"] == split)
+            assert passed == round(3 * metrics[f"eval/{split}/accuracy"])
     assert {f"eval/{s}/accuracy" for s in ("phrasings", "words", "stories")} <= set(
         json.loads((out / "base_eval.json").read_text())
     )

@@ -65,7 +65,21 @@ def test_lora_round_changes_only_adapter_weights(tiny_model, tmp_path):
 
     # What a person reads: report.png, the samples table, TensorBoard events, stable metric names.
     assert (out / "report.png").stat().st_size > 10_000
-    assert "| prompt_id | prompt | best |" in (out / "round_1" / "samples.md").read_text()
+    samples = (out / "round_1" / "samples.md").read_text()
+    assert samples.startswith("# Round 1: best and worst samples\n\n## ") and "best (reward " in samples
+    # Every evaluation set's greedy answers, one row per prompt in the sets' order, agreeing with the metrics.
+    from rs_trainer.run.metrics import eval_key
+
+    sets = trainer.inputs.eval_sets
+    assert len(sets) == 4
+    base = json.loads((out / "base_eval.json").read_text())
+    for path, metrics in ((out / "base_eval.jsonl", base), (out / "round_1" / "eval.jsonl", history[1])):
+        rows = read_jsonl(path)
+        assert [(x["split"], x["prompt_id"]) for x in rows] == [(s, p["prompt_id"]) for s in sets for p in sets[s]]
+        for split in sets:
+            passed = [x["passed"] for x in rows if x["split"] == split]
+            assert metrics[eval_key(split, "accuracy")] == sum(passed) / len(passed)  # k/n both ways: exact
+        assert all(isinstance(x["completion"], str) and x["answer"] for x in rows)
     assert list(out.rglob("events.out.tfevents.*"))
     for name in (
         "rs/reward_mean",

@@ -4,6 +4,7 @@ asks it for a path; nothing else spells `round_<r>` or a file name.
     output_dir/
       run_config.json        the semantic config, checked when a run is resumed
       base_eval.json         the base model's evaluation, on every set of `eval_splits`
+      base_eval.jsonl        its greedy completions, one row per prompt of every set, with reward and `passed`
       summary.json           every round's metrics, when the run ends
       report.png             the plots, redrawn each round
       round_<r>/
@@ -13,7 +14,8 @@ asks it for a path; nothing else spells `round_<r>` or a file name.
         sft.jsonl            the selected rows in TRL's SFT format
         generations.jsonl    every row, scored and marked `selected` (written after sft.jsonl: marks the phase done)
         checkpoint/          the adapter or model, with the round's SFT statistics (`TRAIN_METRICS`)
-        samples.md           best and worst samples
+        eval.jsonl           the round's greedy completions on every evaluation set, as base_eval.jsonl
+        samples.md           best and worst samples, whole
         metrics.json         written last: the round is finished
 """
 
@@ -43,6 +45,10 @@ class RunLayout:
         return self.root / "base_eval.json"
 
     @property
+    def base_eval_rows(self) -> Path:
+        return self.root / "base_eval.jsonl"
+
+    @property
     def summary(self) -> Path:
         return self.root / "summary.json"
 
@@ -52,7 +58,7 @@ class RunLayout:
 
     def run_files(self) -> list[Path]:
         """What a new run in the same folder replaces (`overwrite_output_dir`), besides the round folders."""
-        return [self.summary, self.base_eval, self.report]
+        return [self.summary, self.base_eval, self.base_eval_rows, self.report]
 
     def rounds(self) -> list[int]:
         """The numbers of the round folders present, in numeric order (round_10 after round_2)."""
@@ -93,6 +99,9 @@ class RunLayout:
 
     def samples_table(self, r: int) -> Path:
         return self.round(r) / "samples.md"
+
+    def eval_rows(self, r: int) -> Path:
+        return self.round(r) / "eval.jsonl"
 
     def metrics(self, r: int) -> Path:
         return self.round(r) / "metrics.json"

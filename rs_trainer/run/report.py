@@ -182,15 +182,42 @@ def sample_table(samples: list[dict], num_prompts: int = 5) -> list[dict]:
     return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
+def samples_markdown(rows: list[dict], title: str) -> str:
+    """`sample_table`'s rows as Markdown, whole: a section per prompt, each text in a fenced block (a chain of
+    thought keeps its last line, where the answer is).
+
+    >>> print(samples_markdown([{"prompt_id": "q1", "prompt": "2+2?", "best": "4", "best_reward": 1.0,
+    ...                          "worst": "so 5", "worst_reward": 0.0}], "Round 0"))
+    # Round 0: best and worst samples
+    <BLANKLINE>
+    ## q1
+    <BLANKLINE>
+    ````text
+    2+2?
+    ````
+    <BLANKLINE>
+    best (reward 1.000):
+    <BLANKLINE>
+    ````text
+    4
+    ````
+    <BLANKLINE>
+    worst (reward 0.000):
+    <BLANKLINE>
+    ````text
+    so 5
+    ````
+    <BLANKLINE>
+    """
+    lines = [f"# {title}: best and worst samples", ""]
     if not rows:
-        return "(no scored samples)\n"
+        return "\n".join([*lines, "(no scored samples)", ""])
 
-    def cell(v) -> str:
-        text = f"{v:.3f}" if isinstance(v, float) else str(v)
-        return text.replace("|", "\\|").replace("\n", " ⏎ ")[:200]
+    def block(text) -> list[str]:
+        return ["````text", str(text), "````", ""]  # four backticks: a completion's own ``` fences stay inside
 
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    for row in rows:
+        lines += [f"## {row['prompt_id']}", "", *block(row["prompt"])]
+        for side in ("best", "worst"):
+            lines += [f"{side} (reward {row[side + '_reward']:.3f}):", "", *block(row[side])]
+    return "\n".join(lines)

@@ -25,7 +25,7 @@ from rs_trainer.run.deepspeed import (
     restore_trainable_gathered,
     trainable_state_gathered,
 )
-from rs_trainer.run.io import atomic_dir, write_json
+from rs_trainer.run.io import atomic_dir, write_json, write_jsonl
 from rs_trainer.run.layout import TRAIN_METRICS
 from rs_trainer.run.metrics import eval_metrics
 from rs_trainer.run.sharding import fsdp_units, full_weights, trainable_full_state
@@ -172,13 +172,14 @@ class Learner:
             "rs/kl_from_sampler": float(from_sampler),
         }
 
-    def evaluate(self, splits: list[str] | None = None, clock=None) -> dict:
+    def evaluate(self, splits: list[str] | None = None, clock=None, rows_to: Path | None = None) -> dict:
         """Greedy decoding of each evaluation set of `splits` (default: all of `eval_splits`), judged by the eval
         scorers: its accuracy, the fraction of its prompts whose completion reaches `pass_threshold`, and its reward,
         the mean reward of those that got one (`eval/accuracy` and `eval/reward` for the held-out set,
         `eval/<split>/...` for the others: `run.metrics.eval_key`). Each set is spread over the ranks and decoded
         on its own, so the held-out numbers are those a run without the other sets gets; `clock` times each
-        (`timing/eval/<split>`)."""
+        (`timing/eval/<split>`). With `rows_to`, every set's completions go there too, one row per prompt with its
+        set (`split`), prompt, answer, completion and reward, in the sets' prompt order (`eval_rows`)."""
         inputs = self.inputs
         args, acc = inputs.args, inputs.accelerator
         splits = list(inputs.eval_sets) if splits is None else splits
@@ -200,11 +201,18 @@ class Learner:
                         engine=args.generation_engine,
                         token_budget=args.generation_token_budget,
                     )
-        out = {}
+        out, rows = {}, []
         for split, prompts in local.items():
             by_id = {p["prompt_id"]: p for p in prompts}
-            rewards = gather_object(inputs.scoring.judge(with_prompt(completions[split], by_id)))
+            judged = with_prompt(completions[split], by_id)
+            local_rewards = inputs.scoring.judge(judged)
+            rewards = gather_object(local_rewards)
             out.update(eval_metrics(split, rewards, args.pass_threshold))
+            if rows_to is not None:
+                rows += gather_object(eval_rows(split, judged, local_rewards, args.pass_threshold))
+        if rows_to is not None and acc.is_main_process:
+            order = {p["prompt_id"]: i for prompts in inputs.eval_sets.values() for i, p in enumerate(prompts)}
+            write_jsonl(rows_to, sorted(rows, key=lambda row: (splits.index(row["split"]), order[row["prompt_id"]])))
         return out
 
     def save_checkpoint(self, path: Path, sft_stats: dict) -> None:
@@ -233,3 +241,22 @@ class Learner:
     def load_checkpoint(self, path: Path) -> None:
         """A saved round's adapter or full weights, back into the (possibly sharded) policy, on every rank."""
         resume.load_weights(self.inputs.accelerator.unwrap_model(self.policy.model), path)
+
+
+EVAL_ROW_KEYS = ("prompt_id", "prompt", "answer", "completion", "completion_tokens", "finished")
+
+
+def eval_rows(split: str, judged: list[dict], rewards: list[float | None], pass_threshold: float) -> list[dict]:
+    """One evaluation set's rows as `eval.jsonl` keeps them: the set, the prompt, its answer (when the dataset has
+    one), the greedy completion, its reward and whether it passed (`pass_threshold`).
+
+    >>> row = {"prompt_id": "q1", "prompt": [], "answer": "7", "completion": "7", "finished": True, "x": 1}
+    >>> eval_rows("heldout", [row], [1.0], 1.0)
+    [{'split': 'heldout', 'prompt_id': 'q1', 'prompt': [], 'answer': '7', 'completion': '7', 'finished': True, \
+'reward': 1.0, 'passed': True}]
+    """
+    return [
+        {"split": split, **{k: row[k] for k in EVAL_ROW_KEYS if k in row}, "reward": reward}
+        | {"passed": reward is not None and reward >= pass_threshold}
+        for row, reward in zip(judged, rewards, strict=True)
+    ]

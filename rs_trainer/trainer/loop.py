@@ -97,7 +97,8 @@ class RejectionSamplingTrainer:
         train_set = self.pool if args.pool_previous_rounds else selected
         sft_stats = self.sft_round(r, train_set, clock)
         with clock.phase("eval"):
-            evaluation = {"eval/accuracy": None, "eval/reward": None, **self.learner.evaluate(clock=clock)}
+            scores = self.learner.evaluate(clock=clock, rows_to=self.inputs.files.eval_rows(r))
+            evaluation = {"eval/accuracy": None, "eval/reward": None, **scores}
         before = self.history[-1]["eval/accuracy"] if self.history else self.base_eval.get("eval/accuracy")
         measured = {**sft_stats, **drift, **evaluation}
         metrics = collect_metrics(self.inputs, r, every_row, selected, measured, clock, before)
@@ -199,7 +200,8 @@ class RejectionSamplingTrainer:
         missing = [s for s in self.inputs.eval_sets if eval_key(s, "accuracy") not in saved]
         if not missing:
             return saved
-        evaluation = self.learner.evaluate(missing)
+        rows_to = None if saved else self.inputs.files.base_eval_rows  # a set added later: its numbers only
+        evaluation = self.learner.evaluate(missing, rows_to=rows_to)
         accuracies = ", ".join(f"{s} {evaluation[eval_key(s, 'accuracy')]:.3f}" for s in missing)
         log(self.accelerator, f"base model: greedy accuracy {accuracies}")
         self.accelerator.log({k: v for k, v in evaluation.items() if v is not None}, step=0)

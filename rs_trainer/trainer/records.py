@@ -14,7 +14,7 @@ from rs_trainer.rewards.reward_model import training_metrics
 from rs_trainer.run.formats import sft_rows
 from rs_trainer.run.io import write_atomic, write_json, write_jsonl
 from rs_trainer.run.metrics import round_metrics
-from rs_trainer.run.report import markdown_table, plot_report, sample_table
+from rs_trainer.run.report import plot_report, sample_table, samples_markdown
 from rs_trainer.samples import in_key_order, key
 from rs_trainer.trainer.ranks import gather_to_main
 from rs_trainer.trainer.serving import round_temperature
@@ -111,7 +111,7 @@ def finish_round(inputs, r: int, samples: list[dict] | None, metrics: dict, hist
     if not acc.is_main_process:
         return
     table = sample_table(samples)
-    write_atomic(files.samples_table(r), f"# Round {r}: best and worst samples\n\n" + markdown_table(table))
+    write_atomic(files.samples_table(r), samples_markdown(table, f"Round {r}"))
     for tracker in acc.trackers:
         if tracker.name == "wandb" and table:
             tracker.log_table("samples", columns=list(table[0]), data=[list(t.values()) for t in table], step=r)
