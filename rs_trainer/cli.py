@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None = None):
         raise ConfigError(f"{message}; see `python -m rs_trainer --help` for each key's values.")
 
     parser.error = refuse
+    for action in parser._actions:  # HfArgumentParser would call dict() on the text
+        if action.dest == "generators":
+            action.type = generator_entry
     try:
         args, model_args = parser.parse_args_and_config(args=argv)
     except ValueError as err:
@@ -49,7 +52,26 @@ def parse_args(argv: list[str] | None = None):
     cli_keys = {a[2:].split("=")[0] for a in argv if a.startswith("--") and a != "--config"}
     check_peft_keys(model_args, cli_keys=cli_keys)
     check_model_args(model_args)
+    args.generators_from_trl_keys(model_args.model_name_or_path, bool(model_args.use_peft))
     return args, model_args
+
+
+def generator_entry(text: str) -> dict | list:
+    """`--generators` on the command line: each argument one entry as a YAML (or JSON) mapping, or one YAML list of
+    them, e.g. `--generators '{name: policy, engine: vllm}' '{name: teacher, model: org/teacher}'`."""
+    import argparse
+
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if isinstance(value, dict) or (isinstance(value, list) and value and all(isinstance(v, dict) for v in value)):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a generator entry; give each as a YAML mapping: '{{name: policy, engine: vllm}}'"
+    )
 
 
 def check_recipe_file(argv: list[str]) -> None:

@@ -91,6 +91,10 @@ class Range:
 # are checked value by value. `temperature` is checked on its own: it also takes `auto`.
 KEY_RANGES = {
     "seed": Range(),
+    "vllm_gpu_memory_utilization": Range(0, 1, open_low=True),
+    "vllm_tensor_parallel_size": Range(1),
+    "vllm_server_port": Range(1, 65535),
+    "vllm_max_model_length": Range(1, fix="; or leave it unset to size the engine to the run"),
     "num_rounds": Range(1),
     "prompts_per_round": Range(1, fix="; or leave it unset"),
     "max_eval_prompts": Range(1, fix="; or leave it unset"),
@@ -327,6 +331,37 @@ class RSConfig:
             "on N-times repeated prompts; `auto`: rs when the model's KV cache allows it."
         },
     )
+    # ---- TRL's vLLM switches (GRPOConfig's names), mapped onto one `generators` entry for the policy
+    use_vllm: bool = field(
+        default=False,
+        metadata={
+            "help": "TRL's switch: the policy samples through vLLM (`vllm_mode`); the same as listing one "
+            "`generators` entry, which `generators_from_trl_keys` writes (docs/generators.md#trls-vllm-keys)."
+        },
+    )
+    vllm_mode: str = field(
+        default="colocate",
+        metadata={
+            "help": "`colocate`: vLLM in every training process (`engine: vllm`); `server`: a `vllm serve` "
+            "OpenAI server you started with `--enable-lora`, each round's adapter hot-loaded (LoRA only)."
+        },
+    )
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "colocate: vLLM's share of the GPU."})
+    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "colocate: GPUs per vLLM engine."})
+    vllm_enable_sleep_mode: bool = field(
+        default=False, metadata={"help": "colocate: vLLM frees its memory while SFT runs (weights kept in host RAM)."}
+    )
+    vllm_max_model_length: int | None = field(
+        default=None,
+        metadata={"help": "colocate: vLLM's `max_model_len`; default the run's longest prompt plus completion."},
+    )
+    vllm_server_base_url: str | None = field(
+        default=None, metadata={"help": "server: the server's URL, e.g. http://127.0.0.1:8000 (`/v1` is added)."}
+    )
+    vllm_server_host: str = field(
+        default="0.0.0.0", metadata={"help": "server: host, without `vllm_server_base_url`."}
+    )
+    vllm_server_port: int = field(default=8000, metadata={"help": "server: port, without `vllm_server_base_url`."})
     # ---- scoring ----
     reward_funcs: list[str] = field(
         default_factory=lambda: [arithmetic.VERIFIER],
@@ -529,6 +564,8 @@ class RSConfig:
     sft_epochs: int | None = field(default=None, metadata={"help": "Deprecated: `num_train_epochs`."})
 
     def __post_init__(self):
+        if any(isinstance(g, list) for g in self.generators):  # `--generators '[{...}, {...}]'`: one list
+            self.generators = [e for g in self.generators for e in (g if isinstance(g, list) else [g])]
         self._check_types_and_ranges()
         self._apply_renamed_keys()
         for name in ("dataset_test_split", "eval_dataset_name", "id_column"):
@@ -629,6 +666,7 @@ class RSConfig:
         """Checks across keys that need no model or data (each key's own type and range is checked first, in
         `_check_types_and_ranges`); those that need M (prompt count) are in `check_selection_size`."""
         self._validate_refresh()
+        self._validate_trl_vllm_keys()
         if self.selection not in SELECTION_STRATEGIES:
             raise ConfigError(f"`selection` {self.selection!r} is unknown; choose one of {SELECTION_STRATEGIES}.")
         if self.selection == "top_k" and self.selection_top_k is None:
@@ -779,6 +817,72 @@ class RSConfig:
                     stacklevel=3,
                 )
 
+    def _validate_trl_vllm_keys(self):
+        if self.vllm_mode not in ("colocate", "server"):
+            raise ConfigError(f"`vllm_mode` must be `colocate` or `server` (TRL's values), got {self.vllm_mode!r}.")
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in TRL_VLLM_KEYS}
+        set_keys = [k for k in TRL_VLLM_KEYS if getattr(self, k) != defaults[k]]
+        if set_keys and not self.use_vllm:
+            raise ConfigError(
+                f"{', '.join(f'`{k}`' for k in set_keys)} set but `use_vllm` is false; set `use_vllm: true`."
+            )
+        if self.use_vllm and self.generators:
+            raise ConfigError(
+                "`use_vllm` describes the policy's one generator, and `generators` lists its own; drop `use_vllm` and "
+                "set `engine: vllm` on the policy's entry (docs/generators.md#trls-vllm-keys)."
+            )
+
+    def generators_from_trl_keys(self, model_name: str, use_peft: bool) -> None:
+        """With `use_vllm`, TRL's vLLM keys become the policy's one `generators` entry (a no-op without it):
+
+        - `vllm_mode: colocate`: `engine: vllm` in each training process, with `gpu_memory_utilization`,
+          `tensor_parallel_size`, `enable_sleep_mode` and (`vllm_max_model_length`) `vllm_kwargs.max_model_len`;
+        - `vllm_mode: server`: `engine: openai` against `vllm_server_base_url` (or host and port) plus `/v1`, serving
+          `model_name`, each round's LoRA adapter hot-loaded (`adapter_api: vllm`). A `vllm serve` OpenAI server,
+          not `trl vllm-serve` (whose weight-sync protocol is TRL's own); LoRA only, as a server that stays up gets
+          a full model's new weights no other way here (`engine: server` restarts one each round instead).
+
+        >>> args = RSConfig(use_vllm=True, vllm_gpu_memory_utilization=0.5, vllm_enable_sleep_mode=True)
+        >>> args.generators_from_trl_keys("Qwen/Qwen2.5-1.5B-Instruct", use_peft=True)
+        >>> args.generators
+        [{'name': 'policy', 'engine': 'vllm', 'gpu_memory_utilization': 0.5, 'tensor_parallel_size': 1, \
+'enable_sleep_mode': True}]
+        >>> args = RSConfig(use_vllm=True, vllm_mode="server", vllm_server_base_url="http://10.0.0.2:8000/")
+        >>> args.generators_from_trl_keys("Qwen/Qwen2.5-1.5B-Instruct", use_peft=True)
+        >>> args.generators
+        [{'name': 'policy', 'engine': 'openai', 'base_url': 'http://10.0.0.2:8000/v1', \
+'model': 'Qwen/Qwen2.5-1.5B-Instruct', 'adapter_api': 'vllm'}]
+        """
+        if not self.use_vllm:
+            return
+        if self.vllm_mode == "colocate":
+            entry = {
+                "name": "policy",
+                "engine": "vllm",
+                "gpu_memory_utilization": self.vllm_gpu_memory_utilization,
+                "tensor_parallel_size": self.vllm_tensor_parallel_size,
+                "enable_sleep_mode": self.vllm_enable_sleep_mode,
+            }
+            if self.vllm_max_model_length is not None:
+                entry["vllm_kwargs"] = {"max_model_len": self.vllm_max_model_length}
+        else:
+            if not use_peft:
+                raise ConfigError(
+                    "`vllm_mode: server` hot-loads each round's LoRA adapter into a server that stays up, so it needs "
+                    "`use_peft: true`; for full fine-tuning use `vllm_mode: colocate`, or a `generators` entry with "
+                    "`engine: server` that restarts the server on each round's weights (docs/generators.md)."
+                )
+            url = self.vllm_server_base_url or f"http://{self.vllm_server_host}:{self.vllm_server_port}"
+            url = url.rstrip("/")
+            entry = {
+                "name": "policy",
+                "engine": "openai",
+                "base_url": url if url.endswith("/v1") else url + "/v1",
+                "model": model_name,
+                "adapter_api": "vllm",
+            }
+        self.generators = [entry]
+
     def generator_specs(self) -> list[GeneratorSpec]:
         """The `generators` as checked `GeneratorSpec`s (the policy in-process when none is listed)."""
         return parse_generators(self.generators, self.num_generations)
@@ -868,6 +972,18 @@ NON_SEMANTIC_KEYS = frozenset(
     }
 )
 
+
+# TRL's vLLM keys besides `use_vllm` (`RSConfig.generators_from_trl_keys`).
+TRL_VLLM_KEYS = (
+    "vllm_mode",
+    "vllm_gpu_memory_utilization",
+    "vllm_tensor_parallel_size",
+    "vllm_enable_sleep_mode",
+    "vllm_max_model_length",
+    "vllm_server_base_url",
+    "vllm_server_host",
+    "vllm_server_port",
+)
 
 # Keys a resumed run may change: how many rounds it runs (more rounds continue from the last one; the rounds already
 # finished are read back, never recomputed), and how the work is fitted into memory, not what is computed. A run

@@ -248,3 +248,27 @@ def test_a_builtin_task_owns_its_data_and_names_its_verifier():
     assert verifier([row["prompt"] for row in rows], completions, answer=[row["answer"] for row in rows]) == [1.0] * 3
     with pytest.raises(ConfigError, match="the built-ins are: builtin:arithmetic"):
         load_prompts(RSConfig(dataset_name="builtin:algebra"), "train")
+
+
+def test_trl_vllm_keys_and_generators_on_the_command_line_make_the_same_entries(tiny_model, tmp_path):
+    """TRL's `use_vllm` switches and a `--generators` YAML mapping give the policy's generator alike; several
+    entries as several arguments or one YAML list."""
+    base = recipe_args(tiny_model, tmp_path / "o")
+    trl, _ = parse_args([*base, "--use_vllm", "true", "--vllm_gpu_memory_utilization", "0.5"])
+    expected = {"name": "policy", "engine": "vllm", "gpu_memory_utilization": 0.5, "tensor_parallel_size": 1}
+    assert trl.generators == [{**expected, "enable_sleep_mode": False}]
+    listed, _ = parse_args([*base, "--generators", "{name: policy, engine: vllm, gpu_memory_utilization: 0.5}"])
+    assert [vars(s) for s in listed.generator_specs()] == [vars(s) for s in trl.generator_specs()]
+    two = ["{name: policy, num_generations: 2}", "{name: teacher, model: org/teacher, num_generations: 1}"]
+    several, _ = parse_args([*base, "--generators", *two])
+    one_list, _ = parse_args([*base, "--generators", f"[{two[0]}, {two[1]}]"])
+    assert several.generators == one_list.generators == [
+        {"name": "policy", "num_generations": 2},
+        {"name": "teacher", "model": "org/teacher", "num_generations": 1},
+    ]
+    assert several.samples_per_prompt() == 3
+    server, _ = parse_args([*base, "--use_vllm", "true", "--vllm_mode", "server", "--use_peft", "true"])
+    assert server.generators == [
+        {"name": "policy", "engine": "openai", "base_url": "http://0.0.0.0:8000/v1"}
+        | {"model": str(tiny_model), "adapter_api": "vllm"}
+    ]

@@ -96,6 +96,19 @@ def refused(argv, capsys, *needles) -> str:
             ["`reward_model_refresh` ranks each round's samples with `eval_reward_funcs`", "numeric_answer"],
         ),
         ({"matched_random": "sometimes"}, ["--matched_random", "Truthy value expected: got sometimes"]),
+        # TRL's vLLM keys
+        ({"vllm_gpu_memory_utilization": 0.5}, ["`vllm_gpu_memory_utilization` set but `use_vllm` is false"]),
+        ({"use_vllm": True, "vllm_mode": "remote"}, ["`vllm_mode` must be `colocate` or `server`", "'remote'"]),
+        ({"use_vllm": True, "vllm_gpu_memory_utilization": 1.5}, ["`vllm_gpu_memory_utilization`", "1.5"]),
+        (
+            {"use_vllm": True, "generators": "{name: policy, engine: vllm}"},
+            ["`use_vllm` describes the policy's one generator", "set `engine: vllm` on the policy's entry"],
+        ),
+        ({"generators": "policy"}, ["--generators", "'policy' is not a generator entry", "{name: policy, engine"]),
+        (
+            {"use_vllm": True, "vllm_mode": "server", "use_peft": False},
+            ["`vllm_mode: server` hot-loads each round's LoRA adapter", "needs `use_peft: true`"],
+        ),
     ],
 )
 def test_recipe_values_are_refused(tiny_model, tmp_path, capsys, overrides, needles):
