@@ -262,10 +262,14 @@ def test_trl_vllm_keys_and_generators_on_the_command_line_make_the_same_entries(
     two = ["{name: policy, num_generations: 2}", "{name: teacher, model: org/teacher, num_generations: 1}"]
     several, _ = parse_args([*base, "--generators", *two])
     one_list, _ = parse_args([*base, "--generators", f"[{two[0]}, {two[1]}]"])
-    assert several.generators == one_list.generators == [
-        {"name": "policy", "num_generations": 2},
-        {"name": "teacher", "model": "org/teacher", "num_generations": 1},
-    ]
+    assert (
+        several.generators
+        == one_list.generators
+        == [
+            {"name": "policy", "num_generations": 2},
+            {"name": "teacher", "model": "org/teacher", "num_generations": 1},
+        ]
+    )
     assert several.samples_per_prompt() == 3
     server, _ = parse_args([*base, "--use_vllm", "true", "--vllm_mode", "server", "--use_peft", "true"])
     assert server.generators == [
