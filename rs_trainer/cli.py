@@ -4,7 +4,7 @@ as `trl <command>` does; anything else is training, so `accelerate launch -m rs_
 - `accelerate launch -m rs_trainer [train] --config recipes/<model>/<recipe>.yaml [--key value ...]` (`train_main`);
 - `rs-trainer best-of-n --config <recipe>` (`best_of_n_main`);
 - `rs-trainer reward-model --config <recipe>` (`reward_training_main`);
-- `rs-trainer export {dpo,sft} --output_dir <run> --out <file>` (`export_main`).
+- `rs-trainer export {dpo,sft,model} --output_dir <run> --out <file or folder>` (`export_main`).
 
 `rs-trainer ...` and `python -m rs_trainer ...` are the same command.
 
@@ -282,15 +282,20 @@ def reward_training_main(argv: list[str] | None = None) -> int:
 
 
 def export_main(argv: list[str] | None = None) -> int:
-    """`rs-trainer export {dpo,sft} --output_dir <run> --out <file>`: datasets for other trainers."""
+    """`rs-trainer export {dpo,sft,model} --output_dir <run> --out <file or folder>`: datasets for other trainers,
+    or the trained policy as one model folder (`rs_trainer.tools.model_export`)."""
     import argparse
 
     from rs_trainer.tools import export
 
     parser = argparse.ArgumentParser(prog="rs_trainer export", description=export.__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=("dpo", "sft"), help="Preference pairs or an SFT set.")
+    parser.add_argument(
+        "kind", choices=("dpo", "sft", "model"), help="Preference pairs, an SFT set, or the merged policy."
+    )
     parser.add_argument("--output_dir", required=True, help="A run's output_dir (holding round_<r>/).")
-    parser.add_argument("--out", required=True, help="The JSONL file to write.")
+    parser.add_argument("--out", required=True, help="The JSONL file to write (model: the folder).")
+    parser.add_argument("--round", type=int, default=None, help="model: the round; default the last finished.")
+    parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="model: upload the folder there.")
     parser.add_argument("--rounds", type=int, nargs="*", default=None, help="Rounds to export; default all.")
     parser.add_argument("--rule", choices=export.PAIR_RULES, default="best_vs_worst", help="dpo: the pairing rule.")
     parser.add_argument("--min_margin", type=float, default=0.0, help="dpo: smallest ranking-score gap of a pair.")
@@ -301,6 +306,14 @@ def export_main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
 
     def body():
+        if ns.kind == "model":
+            from rs_trainer.tools.model_export import export_model, push_to_hub
+
+            folder = export_model(ns.output_dir, ns.out, ns.round)
+            print(f"wrote the merged policy to {folder} (transformers and vllm serve load it)")
+            if ns.push_to_hub:
+                print(f"pushed to {push_to_hub(folder, ns.push_to_hub)}")
+            return
         try:
             if ns.kind == "dpo":
                 options = {"rule": ns.rule, "min_margin": ns.min_margin, "length_penalty": ns.length_penalty}

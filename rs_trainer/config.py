@@ -542,9 +542,23 @@ class RSConfig:
     eval_max_new_tokens: int = field(default=48, metadata={"help": "Greedy evaluation's completion length cap."})
     report_to: list[str] = field(
         default_factory=lambda: ["tensorboard"],
-        metadata={"help": "Trackers, as in TRL: tensorboard (offline, under output_dir/runs), wandb, all, or none."},
+        metadata={"help": "Trackers, as in TRL: tensorboard (under output_dir/rs_trainer/), wandb, all, or none."},
     )
     save_checkpoints: bool = field(default=True, metadata={"help": "Save the model or adapter after every round."})
+    run_name: str | None = field(
+        default=None, metadata={"help": "The run's name in the trackers (TRL's key); default the output_dir's name."}
+    )
+    push_to_hub: bool = field(
+        default=False,
+        metadata={
+            "help": "At the end of the run, write the last round's policy, its adapter merged, with a model card to "
+            "output_dir/merged and upload it to `hub_model_id` (TRL's keys; `rs-trainer export model` does it later)."
+        },
+    )
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "The Hub repository `push_to_hub` uploads to, e.g. org/name."}
+    )
+    hub_private_repo: bool = field(default=False, metadata={"help": "Create the `hub_model_id` repository private."})
     # ---- several processes ----
     ddp_timeout: int = field(
         default=10800,
@@ -667,6 +681,10 @@ class RSConfig:
         `_check_types_and_ranges`); those that need M (prompt count) are in `check_selection_size`."""
         self._validate_refresh()
         self._validate_trl_vllm_keys()
+        if self.push_to_hub and not self.hub_model_id:
+            raise ConfigError("`push_to_hub` needs `hub_model_id`, the repository to upload to (org/name).")
+        if self.push_to_hub and not self.save_checkpoints:
+            raise ConfigError("`push_to_hub` uploads the last round's checkpoint; set `save_checkpoints: true`.")
         if self.selection not in SELECTION_STRATEGIES:
             raise ConfigError(f"`selection` {self.selection!r} is unknown; choose one of {SELECTION_STRATEGIES}.")
         if self.selection == "top_k" and self.selection_top_k is None:
@@ -968,6 +986,10 @@ NON_SEMANTIC_KEYS = frozenset(
         "report_to",
         "ddp_timeout",
         "gradient_checkpointing",
+        "run_name",
+        "push_to_hub",
+        "hub_model_id",
+        "hub_private_repo",
         *RENAMED_KEYS,
     }
 )

@@ -229,3 +229,45 @@ def test_sft_trainer_trains_on_exported_sft_set(tiny_model, tmp_path):
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer)
     losses = train_and_check(trainer, model)
     assert losses[0] > 5.0  # a random model over a 49k vocabulary: a real, large loss
+
+
+def test_the_merged_policy_loads_in_plain_transformers_with_its_card(tiny_model, tmp_path, capsys):
+    """`rs-trainer export model`: round 1's LoRA adapter merged into the base, one folder that
+    `AutoModelForCausalLM` loads without peft, whose logits and greedy answers are the adapter model's; the model card
+    holds every round's numbers and the recipe. A round that is not finished is refused by number."""
+    import yaml
+    from helpers import recipe_args
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run, folder = tmp_path / "run", tmp_path / "merged"
+    argv = recipe_args(
+        tiny_model, run, use_peft=True, num_rounds=2, reward_funcs=["tests.scorers_for_tests.length_reward"]
+    )
+    assert main([*argv, "--lora_target_modules", "q_proj", "v_proj", "--learning_rate", "0.05"]) == 0
+    assert export_main(["model", "--output_dir", str(run), "--out", str(folder)]) == 0
+    assert f"wrote the merged policy to {folder}" in capsys.readouterr().out
+    assert not (folder / "adapter_config.json").exists() and (folder / "config.json").exists()
+
+    merged = AutoModelForCausalLM.from_pretrained(folder)
+    adapter = AutoPeftModelForCausalLM.from_pretrained(run / "round_1" / "checkpoint")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer(["What is 3 + 4?", "What is 12 + 9?"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        got, want, plain = (m(**ids).logits for m in (merged, adapter, base))
+    # float32: the merged weight W + BA against W x + B(A x) differ only in summation order.
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(want, plain, atol=1e-3)  # the adapter trained: merging it changes the model
+    greedy = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    assert torch.equal(merged.generate(**ids, **greedy), adapter.generate(**ids, **greedy))
+
+    card = (folder / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "transformers" and "base_model" not in front  # a local path: no hub id
+    assert "| base |" in card and "\n| 0 |" in card and "\n| 1 |" in card
+    recipe = yaml.safe_load(card.split("```yaml\n")[1].split("```")[0])
+    assert recipe["rs"]["num_rounds"] == 2 and recipe["model"]["lora_target_modules"] == ["q_proj", "v_proj"]
+
+    assert export_main(["model", "--output_dir", str(run), "--out", str(folder), "--round", "2"]) == 2
+    assert "`--round` 2 is not a finished round" in capsys.readouterr().err

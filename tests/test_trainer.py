@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 from helpers import recipe_args
 from safetensors.torch import load_file
 
@@ -348,3 +349,31 @@ def test_reward_model_refresh_trains_once_between_rounds_and_a_resumed_run_reads
         (r["prompt_id"], r["sample_index"], r["completion"]) for r in before
     ]
     assert [r["reward"] for r in after] == pytest.approx([r["reward"] for r in before], abs=1e-5)
+
+
+def test_trackers_get_every_sft_step_and_each_round_at_a_step_that_only_grows(tiny_model, tmp_path):
+    """TensorBoard's events, read back: SFT's loss and learning rate at every optimizer step of the run, each round's
+    metrics at the step its SFT ended on, the base model's at 0: one step axis that never goes back (wandb drops a
+    step that does), resumed runs included. The model and LoRA keys are in the run's tracker config."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    argv = recipe_args(tiny_model, out, reward_funcs=["tests.scorers_for_tests.length_reward"], use_peft=True)
+    argv += ["--lora_target_modules", "q_proj", "v_proj", "--report_to", "tensorboard", "--run_name", "my-run"]
+    assert main(argv) == 0
+    assert main([*argv, "--num_rounds", "2"]) == 0  # resumed for a second round: the count goes on
+    events = {}
+    for path in sorted(out.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            events.setdefault(tag, []).extend((e.step, e.value) for e in accumulator.Scalars(tag))
+    summary = json.loads((out / "summary.json").read_text())
+    steps = [m["train/steps"] for m in summary]
+    assert all(s > 0 for s in steps)
+    assert [s for s, _ in events["train/step_loss"]] == list(range(1, sum(steps) + 1))
+    assert [s for s, _ in events["train/step_lr"]] == list(range(1, sum(steps) + 1))
+    assert [s for s, _ in events["eval/accuracy"]] == [0, steps[0], steps[0] + steps[1]]  # base, round 0, round 1
+    assert all(value == (0.0 if step <= steps[0] else 1.0) for step, value in events["round"])
+    hparams = yaml.safe_load(next(out.rglob("hparams.yml")).read_text())
+    assert hparams["model/lora_r"] == 16 and hparams["model/use_peft"] is True and hparams["run_name"] == "my-run"

@@ -155,6 +155,21 @@ def test_the_colocated_engine_samples_each_rounds_adapter(embedded_path, tmp_pat
     assert texts(alone) == [t for t in texts(twice[0]) if t[0] == "q2"]
     assert all(r["completion_tokens"] >= 1 and r["finish_reason"] in ("stop", "length") for r in twice[0])
 
+    # `rs-trainer export model`: the adapter merged into one folder, which vLLM loads as a plain model and which
+    # answers as the adapter did (round 0 of a run folder holding this checkpoint).
+    from rs_trainer.run.io import write_json
+    from rs_trainer.tools.model_export import export_model
+
+    generator.close()
+    tokenizer.save_pretrained(tmp_path / "round_0" / "checkpoint")  # as every run's checkpoint holds it
+    write_json(tmp_path / "round_0" / "metrics.json", {"round": 0, "eval/accuracy": 0.5})
+    write_json(tmp_path / "run_config.json", {"rs": {}, "model": {"dtype": "float32", "use_peft": True}})
+    folder = export_model(tmp_path, tmp_path / "merged")
+    merged = VLLMGenerator(GeneratorSpec("merged", engine="vllm", model=str(folder)), run)
+    closing(merged)
+    with merged.open(PolicyWeights(1, None, live, lora=True), greedy):
+        assert [r["completion"] for r in merged.generate(prompts, ids, 1, greedy)] == [r["completion"] for r in round1]
+
 
 def test_a_prompt_longer_than_the_engine_holds_is_refused_by_id(embedded_path):
     """A fixed model's own template can render a prompt longer than the run's longest (the engine's size): one line

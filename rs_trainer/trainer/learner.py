@@ -38,6 +38,10 @@ class Learner:
 
     def __init__(self, inputs, policy):
         self.inputs, self.policy = inputs, policy
+        # Optimizer steps over the whole run (on each rank alike): the trackers' step, which SFT's per-step loss and
+        # learning rate and each round's metrics share, so that it only ever grows (wandb drops a step that goes
+        # back). A resumed run starts it at its finished rounds' steps.
+        self.global_step = 0
 
     def fit(self, train_set: list[dict], r: int) -> dict:
         """`num_train_epochs` over `train_set`; returns loss and step statistics. A round with nothing selected
@@ -95,6 +99,9 @@ class Learner:
             def on_step(loss: float) -> None:
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # drawn by the update, not on a line of its own
                 bar.update(1)
+                self.global_step += 1
+                lr = scheduler.get_last_lr()[0]
+                acc.log({"train/step_loss": loss, "train/step_lr": lr, "round": r}, step=self.global_step)
 
             pad = inputs.tokenizer.pad_token_id
             model, optimizer = policy.model, policy.optimizer

@@ -80,7 +80,19 @@ class RejectionSamplingTrainer:
         # exception", pytorch/pytorch#190489 and #179291; the likely cause of docs/LOG.md's ZeRO-3 abort), and
         # the launcher then kills the main process before its last writes.
         self.accelerator.wait_for_everyone()
+        if self.args.push_to_hub and self.accelerator.is_main_process:
+            self.push_final_model()
         return self.history
+
+    def push_final_model(self) -> None:
+        """`push_to_hub`: the last round's policy, merged, with its model card, to `output_dir/merged`, then
+        uploaded to `hub_model_id` (`rs_trainer.tools.model_export`)."""
+        from rs_trainer.tools.model_export import export_model, push_to_hub
+
+        folder = export_model(self.inputs.files.root, self.inputs.files.merged)
+        log(self.accelerator, f"the last round's policy, merged: {folder}")
+        url = push_to_hub(folder, self.args.hub_model_id, private=self.args.hub_private_repo)
+        log(self.accelerator, f"pushed to {url}")
 
     def run_round(self, r: int) -> bool:
         """One round: sample, score and select (or read them back), train, evaluate, report. Returns False when
@@ -108,7 +120,7 @@ class RejectionSamplingTrainer:
             if turn:
                 log(self.accelerator, turn)
         self.history.append(metrics)
-        finish_round(self.inputs, r, every_row, metrics, self.history, self.base_eval)
+        finish_round(self.inputs, r, every_row, metrics, self.history, self.base_eval, self.learner.global_step)
         log(self.accelerator, summary_table(self.history[-1:]))
         return True
 
@@ -188,6 +200,7 @@ class RejectionSamplingTrainer:
         self.learner.load_checkpoint(checkpoint)
         for r in range(len(self.history)):
             self.pool.extend(s for s in resume.scored_rows(files, r) if s["selected"])
+        self.learner.global_step = sum(h.get("train/steps") or 0 for h in self.history)
         log(acc, f"resuming {files.root}: rounds 0..{last} are finished")
         return len(self.history)
 

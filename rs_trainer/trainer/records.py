@@ -103,17 +103,20 @@ def generator_speeds(specs, rows: list[dict], clock) -> dict:
     return speeds
 
 
-def finish_round(inputs, r: int, samples: list[dict] | None, metrics: dict, history: list[dict], base_eval) -> None:
-    """Trackers, the samples table, report.png (with `base_eval`, the base model's evaluation), then metrics.json
-    (last: it marks the round as finished)."""
+def finish_round(
+    inputs, r: int, samples: list[dict] | None, metrics: dict, history: list[dict], base_eval, step: int
+) -> None:
+    """Trackers (at `step`, the run's optimizer steps so far, with `round` among the values), the samples table,
+    report.png (with `base_eval`, the base model's evaluation), then metrics.json (last: it marks the round as
+    finished)."""
     acc, files = inputs.accelerator, inputs.files
-    acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "round"}, step=r + 1)
+    acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
     if not acc.is_main_process:
         return
     table = sample_table(samples)
     write_atomic(files.samples_table(r), samples_markdown(table, f"Round {r}"))
     for tracker in acc.trackers:
         if tracker.name == "wandb" and table:
-            tracker.log_table("samples", columns=list(table[0]), data=[list(t.values()) for t in table], step=r)
+            tracker.log_table("samples", columns=list(table[0]), data=[list(t.values()) for t in table], step=step)
     plot_report(history, samples, base_eval, files.report)
     write_json(files.metrics(r), metrics)

@@ -176,6 +176,25 @@ def build_policy(inputs: RunInputs) -> Policy:
     return Policy(model, optimizer, reference, base_state)
 
 
+def tracker_config(args, model_args) -> dict:
+    """The run's config as the trackers take it: every recipe key, and TRL's model keys (model, dtype, LoRA,
+    quantisation) under `model/`, each a number, text or boolean.
+
+    >>> from trl import ModelConfig
+    >>> from rs_trainer.config import RSConfig
+    >>> config = tracker_config(RSConfig(num_rounds=2), ModelConfig(model_name_or_path="m", use_peft=True, lora_r=8))
+    >>> config["num_rounds"], config["model/model_name_or_path"], config["model/lora_r"], config["model/use_peft"]
+    (2, 'm', 8, True)
+    """
+
+    def plain(v):
+        return v if isinstance(v, (int, float, str, bool)) else str(v)
+
+    flat = {k: plain(v) for k, v in args.to_dict().items()}
+    flat.update({f"model/{k}": plain(v) for k, v in dataclasses.asdict(model_args).items()})
+    return flat
+
+
 def write_run_config(inputs: RunInputs) -> None:
     """`run_config.json`, the first file of a run, once every check has passed; trackers started."""
     acc = inputs.accelerator
@@ -186,8 +205,11 @@ def write_run_config(inputs: RunInputs) -> None:
         write_json(inputs.files.run_config, run_config(inputs.args, inputs.model_args))
     acc.wait_for_everyone()
     if acc.log_with:
-        flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in inputs.args.to_dict().items()}
-        acc.init_trackers("rs_trainer", config=flat)
+        acc.init_trackers(
+            "rs_trainer",
+            config=tracker_config(inputs.args, inputs.model_args),
+            init_kwargs={"wandb": {"name": inputs.args.run_name or inputs.files.root.name}},
+        )
 
 
 def check_refresh_recipe(args, num_processes: int) -> None:
