@@ -182,8 +182,50 @@ def dry_run(args, model_args) -> str:
         "device": str(state.device),
         "world_size": state.num_processes,
         "output_dir": args.output_dir,
+        "memory_per_gpu": memory_plan(args, model_args, *launch_layout(state)),
     }
     return json.dumps(plan, indent=2, default=str)
+
+
+def launch_layout(state) -> tuple[int, bool, bool]:
+    """This launch's process count, whether it shards the model (FSDP, or DeepSpeed ZeRO stage 3), and whether it is
+    a GPU launch (`accelerate launch` with a GPU config sets `ACCELERATE_USE_CPU=false`)."""
+    kind = str(state.distributed_type).rsplit(".", 1)[-1]
+    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")
+    sharded = kind == "FSDP" or (kind == "DEEPSPEED" and stage == "3")
+    gpu = state.device.type == "cuda" or os.environ.get("ACCELERATE_USE_CPU", "").lower() == "false"
+    return state.num_processes, sharded, gpu
+
+
+def memory_plan(args, model_args, processes: int, sharded: bool, gpu: bool) -> dict | str:
+    """`rs_trainer.run.memory`'s estimate for one of `processes` processes, from the model's config.json; on a GPU
+    the sampler's default token budget is the GPU's."""
+    from transformers import AutoConfig
+
+    from rs_trainer.errors import first_line
+    from rs_trainer.run import memory
+    from rs_trainer.run.models import resolve_model_path
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(model_args.model_name_or_path))
+    except (OSError, ValueError) as err:
+        return f"not estimated: the model's config.json could not be read ({first_line(err)})"
+    dtype = model_args.dtype if model_args.dtype not in (None, "auto") else str(getattr(config, "dtype", None))
+    budget = args.generation_token_budget or (memory.DEFAULT_GPU_TOKEN_BUDGET if gpu else 0)
+    vllm = [s for s in args.generator_specs() if s.engine == "vllm" and s.is_policy]
+    plan = memory.estimate(
+        memory.model_shape(config),
+        dtype=dtype.removeprefix("torch."),
+        use_peft=bool(model_args.use_peft),
+        lora_r=model_args.lora_r,
+        lora_targets=model_args.lora_target_modules,
+        load_in_4bit=bool(model_args.load_in_4bit),
+        processes=processes,
+        sharded=sharded,
+        token_budget=budget,
+        vllm_share=vllm[0].gpu_memory_utilization if vllm else None,
+    )
+    return {"processes": processes, "sharded": sharded, "token_budget": budget, **plan}
 
 
 def run_command(prog: str, body: Callable[[], int | None]) -> int:

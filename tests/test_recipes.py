@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, write_jsonl
+from helpers import PUBLISHED_PARAMETERS, REPO, model_config_folder, write_jsonl
 
 from rs_trainer.cli import main, parse_args
 from rs_trainer.config import RSConfig
@@ -134,11 +134,13 @@ def as_list(value):
 
 @pytest.mark.parametrize("recipe", REAL_MODEL_RECIPES, ids=lambda p: str(p.relative_to(REPO)))
 def test_real_model_recipe_dry_runs(recipe: Path, tmp_path, capsys):
-    """`--dry_run` with everything from the recipe but the dataset (a local stand-in) and `output_dir`: every recipe
-    value reaches the resolved config, and the plan counts the round's generations."""
+    """`--dry_run` with everything from the recipe but the dataset (a local stand-in), `output_dir` and the model (a
+    folder with its published config.json): every recipe value reaches the resolved config, the plan counts the
+    round's generations, and it estimates the memory of one GPU from the model's config."""
     raw = load_recipe(recipe)
     num_train = 12
     overrides = {
+        "model_name_or_path": str(model_config_folder(raw["model_name_or_path"], tmp_path / "model")),
         "dataset_name": str(stand_in_dataset(raw, tmp_path / "train.jsonl", num_train)),
         "eval_dataset_name": str(stand_in_dataset(raw, tmp_path / "eval.jsonl", 3)),
         "output_dir": str(tmp_path / "out"),
@@ -158,6 +160,9 @@ def test_real_model_recipe_dry_runs(recipe: Path, tmp_path, capsys):
         num_generations=raw["num_generations"], generators=raw.get("generators", [])
     ).samples_per_prompt()
     assert plan["generations_per_round"] == prompts * samples
+    memory = plan["memory_per_gpu"]
+    assert memory["parameters"] == PUBLISHED_PARAMETERS[raw["model_name_or_path"]]
+    assert 0 < memory["training_gib"] and memory["sampling_weights_gib"] > 0
     assert (
         plan["max_completion_tokens_per_round"]
         == [plan["generations_per_round"] * as_list(raw["max_completion_length"])[-1]] * raw["num_rounds"]
