@@ -92,6 +92,8 @@ class Range:
 KEY_RANGES = {
     "seed": Range(),
     "vllm_gpu_memory_utilization": Range(0, 1, open_low=True),
+    "verifier_timeout": Range(0, open_low=True),
+    "verifier_workers": Range(1),
     "vllm_tensor_parallel_size": Range(1),
     "vllm_server_port": Range(1, 65535),
     "vllm_max_model_length": Range(1, fix="; or leave it unset to size the engine to the run"),
@@ -387,6 +389,16 @@ class RSConfig:
     reward_model_refresh_pairs: int | None = field(
         default=None,
         metadata={"help": "`reward_model_refresh`'s label budget: at most this many pairs from each round."},
+    )
+    verifier_timeout: float = field(
+        default=30.0,
+        metadata={
+            "help": "Seconds `math_answer` may spend on one sample, in a worker process that is killed past it: the "
+            "sample scores None (no opinion), is marked `timed_out` and counted in `rs/scorer_timeouts`."
+        },
+    )
+    verifier_workers: int = field(
+        default=2, metadata={"help": "Worker processes `math_answer` checks samples in, per training process."}
     )
     reward_model_device: str | None = field(
         default=None,
@@ -1011,7 +1023,14 @@ TRL_VLLM_KEYS = (
 # finished are read back, never recomputed), and how the work is fitted into memory, not what is computed. A run
 # stopped by an out-of-memory error resumes with a smaller batch or token budget.
 RESUMABLE_KEYS = frozenset(
-    {"num_rounds", "generation_batch_size", "generation_token_budget", "generation_engine", "reward_model_device"}
+    {
+        "num_rounds",
+        "generation_batch_size",
+        "generation_token_budget",
+        "generation_engine",
+        "reward_model_device",
+        "verifier_workers",
+    }
 )
 # SFT's micro-batch and accumulation may trade against each other: the same sequences per optimizer step.
 TRAIN_BATCH_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps")

@@ -43,3 +43,17 @@ def variety(prompts, completions, **kwargs):
 def sameness(prompts, completions, **kwargs):
     """Minus `variety`: the near-greedy temperature wins."""
     return [-v for v in variety(prompts, completions)]
+
+
+def square_or_fail(x: int) -> int:
+    """For `rs_trainer.rewards.pool` tests: x squared, or a ValueError for a negative x."""
+    if x < 0:
+        raise ValueError(f"no square of {x}")
+    return x * x
+
+
+def square_slowly_and_report_pid(x: int) -> tuple[int, int]:
+    """(the worker's process id, x squared): the test kills the worker by that id."""
+    import os
+
+    return os.getpid(), x * x

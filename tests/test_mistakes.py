@@ -96,6 +96,8 @@ def refused(argv, capsys, *needles) -> str:
             ["`reward_model_refresh` ranks each round's samples with `eval_reward_funcs`", "numeric_answer"],
         ),
         ({"matched_random": "sometimes"}, ["--matched_random", "Truthy value expected: got sometimes"]),
+        ({"verifier_timeout": 0}, ["`verifier_timeout`", "0"]),
+        ({"verifier_workers": 0}, ["`verifier_workers`", "0"]),
         # TRL's vLLM keys
         ({"vllm_gpu_memory_utilization": 0.5}, ["`vllm_gpu_memory_utilization` set but `use_vllm` is false"]),
         ({"use_vllm": True, "vllm_mode": "remote"}, ["`vllm_mode` must be `colocate` or `server`", "'remote'"]),

@@ -269,3 +269,64 @@ def test_math_answer_reads_solution_and_has_no_opinion_without_truth():
     assert math_answer(None, comps, solution=solution) == [1.0, None, 0.0]
     assert math_answer(None, comps) == [None] * 3
     assert resolve_scorer("math_answer") is math_answer
+
+
+# A LaTeX tower of powers from huggingface/Math-Verify#65 ("hangs forever despite the timeout"). Here, as an answer
+# against "7", its check ran 5.9 s, stopped by math-verify's own 5 s guard; what never ends is printing its value. A
+# pool limit under that guard shows the kill.
+HANGS_SYMPY = r"\boxed{\dfrac{5^{\left(5^{\left(5^{\left(5^5\right)}\right)} - 4\right)} - 5}{16}}"
+
+
+def test_a_sample_that_hangs_sympy_scores_none_and_the_others_are_checked(monkeypatch):
+    """The hanging sample's worker is killed at the limit and replaced: that sample has no opinion and is named in
+    `timed_out`; the samples around it are checked, and the pool answers again at once."""
+    from rs_trainer.rewards.verifiers import VERIFIER_POOL
+
+    monkeypatch.setitem(VERIFIER_POOL, "timeout", 2.0)
+    comps = [[{"role": "assistant", "content": text}] for text in ("0.5", HANGS_SYMPY, "x = 3", "2")]
+    start = time.monotonic()
+    assert math_answer(None, comps, answer=["1/2", "7", "3", "5"]) == [1.0, None, 1.0, 0.0]
+    elapsed = time.monotonic() - start
+    assert math_answer.timed_out == [1]
+    assert elapsed < 2.0 + 20  # the limit, plus starting the workers (importing sympy) on a loaded machine
+    again = time.monotonic()
+    assert math_answer(None, comps[:1] * 8, answer=["0.5"] * 8) == [1.0] * 8 and math_answer.timed_out == []
+    assert time.monotonic() - again < 10
+    scored = score(
+        [
+            {"prompt_id": "q", "sample_index": i, "prompt": [], "completion": c[0]["content"], "answer": a}
+            for i, (c, a) in enumerate(zip(comps[:2], ["1/2", "7"], strict=True))
+        ],
+        {"math_answer": math_answer},
+        {"math_answer": 1.0},
+    )
+    assert scored == [
+        {"reward": 1.0, "rewards": {"math_answer": 1.0}},
+        {"reward": None, "rewards": {"math_answer": None}, "timed_out": ["math_answer"]},
+    ]
+
+
+def test_the_pool_reports_a_scorer_error_and_survives_a_dead_worker():
+    """An exception inside the checked function reaches the caller with its text; a worker killed from outside
+    (as the out-of-memory killer would) loses its one sample, and the pool goes on with a new worker."""
+    import signal
+
+    from scorers_for_tests import square_or_fail, square_slowly_and_report_pid
+
+    from rs_trainer.rewards.pool import KillablePool
+
+    pool = KillablePool(square_or_fail, workers=2, timeout=20.0)
+    try:
+        assert pool.map([1, 2, 3]) == ([1, 4, 9], [])
+        with pytest.raises(RuntimeError, match="ValueError: no square of -1"):
+            pool.map([2, -1])
+    finally:
+        pool.close()
+    pool = KillablePool(square_slowly_and_report_pid, workers=1, timeout=20.0)
+    try:
+        [(pid, _)], _ = pool.map([0])
+        os.kill(pid, signal.SIGKILL)
+        values, lost = pool.map([3, 4])
+        assert lost == [0] and values[0] is None and values[1][1] == 16 and pool.killed == 1
+    finally:
+        pool.close()

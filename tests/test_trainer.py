@@ -377,3 +377,35 @@ def test_trackers_get_every_sft_step_and_each_round_at_a_step_that_only_grows(ti
     assert all(value == (0.0 if step <= steps[0] else 1.0) for step, value in events["round"])
     hparams = yaml.safe_load(next(out.rglob("hparams.yml")).read_text())
     assert hparams["model/lora_r"] == 16 and hparams["model/use_peft"] is True and hparams["run_name"] == "my-run"
+
+
+def test_a_round_whose_verifier_overruns_on_a_sample_finishes_at_the_limit(tiny_model, tmp_path):
+    """A ground truth whose check runs past `verifier_timeout` whatever the completion: a 3000-term polynomial, which
+    math-verify tries to parse twice and gives up on only at its own 5 s guard each time (11 s measured). The round
+    goes on: that prompt's samples score None, are marked `timed_out` and counted in `rs/scorer_timeouts`, and the
+    scoring phase takes about the limit."""
+    from rs_trainer.run.io import write_jsonl
+
+    slow = "$" + "+".join(f"x^{{{i}}}" for i in range(3000)) + "$"
+    train = [{"prompt_id": f"p{i}", "prompt": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(3)]
+    train.append({"prompt_id": "slow", "prompt": "Expand the sum.", "answer": slow})
+    write_jsonl(tmp_path / "train.jsonl", train)
+    write_jsonl(tmp_path / "eval.jsonl", [{"prompt_id": "e0", "prompt": "What is 2 + 2?", "answer": "4"}])
+    out = tmp_path / "run"
+    argv = recipe_args(tiny_model, out, reward_funcs=["math_answer"], dataset_name=str(tmp_path / "train.jsonl"))
+    argv += [
+        "--eval_dataset_name",
+        str(tmp_path / "eval.jsonl"),
+        "--eval_splits",
+        "heldout",
+        "--verifier_timeout",
+        "2",
+    ]
+    assert main(argv) == 0
+    rows = read_jsonl(out / "round_0" / "generations.jsonl")
+    overran = [r for r in rows if r["prompt_id"] == "slow"]
+    assert len(overran) == 2 and all(r["reward"] is None and r["timed_out"] == ["math_answer"] for r in overran)
+    assert all("timed_out" not in r and r["reward"] is not None for r in rows if r["prompt_id"] != "slow")
+    metrics = json.loads((out / "round_0" / "metrics.json").read_text())
+    assert metrics["rs/scorer_timeouts"] == 2
+    assert metrics["timing/score"] < 2 + 20  # two workers, one limit each at once, plus their start under load

@@ -91,7 +91,8 @@ def score(samples: list[dict], scorers: dict[str, Callable], weights: dict[str, 
 
     Each sample is a dict with `prompt_id`, `sample_index`, `prompt` (messages), `completion` (text) and the
     prompt's other dataset columns. The total is the weighted sum over the scorers that gave an opinion; it is
-    `None` when none did.
+    `None` when none did. A sample whose check overran a pooled scorer's limit (`math_answer`) also gets
+    `timed_out`, the names of those scorers.
     """
     if not samples:
         return []
@@ -99,7 +100,7 @@ def score(samples: list[dict], scorers: dict[str, Callable], weights: dict[str, 
     completions = [[{"role": "assistant", "content": s["completion"]}] for s in samples]
     reserved = {"prompt", "completion", "prompt_id", "sample_index", "round", "completion_tokens", "finished"}
     columns = {k: [s.get(k) for s in samples] for k in samples[0] if k not in reserved}
-    per_scorer = {}
+    per_scorer, overran = {}, {}
     for name, fn in scorers.items():
         try:
             values = fn(prompts=prompts, completions=completions, **columns)
@@ -115,9 +116,13 @@ def score(samples: list[dict], scorers: dict[str, Callable], weights: dict[str, 
                     f"{s['sample_index']}; rewards must be finite numbers or None."
                 )
         per_scorer[name] = values
+        for i in getattr(fn, "timed_out", None) or ():  # a scorer in a killable pool: these samples overran
+            overran.setdefault(i, []).append(name)
     out = []
     for i in range(len(samples)):
         rewards = {name: (None if v[i] is None else float(v[i])) for name, v in per_scorer.items()}
         given = [weights[n] * r for n, r in rewards.items() if r is not None]
         out.append({"reward": sum(given) if given else None, "rewards": rewards})
+        if i in overran:
+            out[-1]["timed_out"] = overran[i]  # the scorers whose check this sample overran: no opinion from them
     return out

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rs_trainer.rewards import resolve_scorers, score
+from rs_trainer.rewards.verifiers import VERIFIER_POOL
 from rs_trainer.samples import with_scores
 
 
@@ -19,7 +20,9 @@ class Scoring:
 
     @classmethod
     def from_recipe(cls, args, device, prompts: list[dict]) -> Scoring:
-        """The recipe's scorers, loaded on `device` (reward models) and checked against `prompts`' columns."""
+        """The recipe's scorers, loaded on `device` (reward models) and checked against `prompts`' columns; the
+        verifiers' worker pool sized and limited by `verifier_workers` and `verifier_timeout`."""
+        VERIFIER_POOL.update(workers=args.verifier_workers, timeout=args.verifier_timeout)
         scorers, weights = resolve_scorers(
             "reward_funcs", args.reward_funcs, args.reward_weights, device, prompts, args.dataset_name
         )

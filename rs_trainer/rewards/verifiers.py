@@ -41,34 +41,67 @@ def numeric_answer(prompts, completions, answer, **kwargs) -> list[float | None]
     return rewards
 
 
+# The worker processes `math_answer` checks in, and each sample's limit: set from the recipe (`verifier_workers`,
+# `verifier_timeout`) by `rs_trainer.rewards.scoring.Scoring`.
+VERIFIER_POOL = {"workers": 2, "timeout": 30.0}
+
+
 def math_answer(prompts, completions, solution=None, answer=None, **kwargs) -> list[float | None]:
     """1.0 when the completion's answer is mathematically equal to the ground truth, else 0.0; None when a sample
-    has no ground truth (or one that cannot be parsed).
+    has no ground truth (or one that cannot be parsed), or when its check overran `VERIFIER_POOL["timeout"]`.
 
     The ground truth is the `answer` column where given, else the `solution` column (TRL's name: a worked solution
     whose `\\boxed{}` holds the answer). Both sides go through `math_verify`, so LaTeX, fractions and `\\boxed{}` are
-    understood: `\\boxed{\\frac{1}{2}}` matches "0.5", `$\\sqrt{2}$` matches `2^{1/2}`.
+    understood: `\\boxed{\\frac{1}{2}}` matches "0.5", `$\\sqrt{2}$` matches `2^{1/2}`. The checks run in worker
+    processes that are killed when a sample overruns (`rs_trainer.rewards.pool`): math-verify's own guard does not
+    stop every sympy call. The indices of the samples that overran are in `math_answer.timed_out` after the call.
     """
-    import threading
+    from rs_trainer.rewards.pool import shared_pool
 
     try:
-        from math_verify import parse, verify
+        import math_verify  # noqa: F401
     except ImportError as err:
         raise ImportError("The `math_answer` scorer needs math-verify: `pip install math-verify`.") from err
 
-    # math_verify's timeouts use SIGALRM, which only the main thread may set; elsewhere run without them.
-    timeout = 5 if threading.current_thread() is threading.main_thread() else None
     n = len(completions)
     answers, solutions = answer or [None] * n, solution or [None] * n
-    rewards = []
-    for completion, short, long in zip(completions, answers, solutions, strict=True):
-        truth = short if short is not None else long
-        gold = [] if truth is None else parse(str(truth), parsing_timeout=timeout)
-        if truth is not None and not gold:  # a bare expression such as "x+1" parses once marked as LaTeX
-            gold = parse(f"${truth}$", parsing_timeout=timeout)
-        if not gold:
-            rewards.append(None)
-            continue
-        got = parse(_content(completion), parsing_timeout=timeout)
-        rewards.append(1.0 if got and verify(gold, got, timeout_seconds=timeout) else 0.0)
+    items = [
+        (short if short is not None else long, _content(completion))
+        for completion, short, long in zip(completions, answers, solutions, strict=True)
+    ]
+    pool = shared_pool(check_math_answer, VERIFIER_POOL["workers"], VERIFIER_POOL["timeout"], warm_math_verify)
+    rewards, math_answer.timed_out = pool.map(items)
     return rewards
+
+
+math_answer.timed_out = []
+
+
+def warm_math_verify() -> None:
+    """A worker's start: math-verify and sympy imported and their parsers built, before its first sample's clock."""
+    from math_verify import parse
+
+    parse("$1$")
+
+
+def check_math_answer(item: tuple) -> float | None:
+    """One sample of `math_answer`, in a worker: `item` is (ground truth or None, completion text).
+
+    >>> check_math_answer(("1/2", "so it is 0.5")), check_math_answer(("7", "8"))
+    (1.0, 0.0)
+    >>> check_math_answer((None, "7")) is None
+    True
+    """
+    from math_verify import parse, verify
+
+    truth, text = item
+    if truth is None:
+        return None
+    timeout = 5  # math-verify's own SIGALRM guard, on the worker's main thread; the pool's limit is the backstop
+    gold = parse(str(truth), parsing_timeout=timeout)
+    if not gold:  # a bare expression such as "x+1" parses once marked as LaTeX
+        gold = parse(f"${truth}$", parsing_timeout=timeout)
+    if not gold:
+        return None
+    got = parse(text, parsing_timeout=timeout)
+    return 1.0 if got and verify(gold, got, timeout_seconds=timeout) else 0.0

@@ -145,6 +145,13 @@ class RejectionSamplingTrainer:
         release()  # the KV caches, before the reward model scores
         with clock.phase("score"):
             rows = self.inputs.scoring.score(rows)
+        overran = [f"{s['prompt_id']}#{s['sample_index']}" for s in rows if s.get("timed_out")]
+        if overran:  # this rank's; `rs/scorer_timeouts` counts them all
+            log(
+                self.accelerator,
+                f"round {r}: {len(overran)} sample(s) overran `verifier_timeout` ({args.verifier_timeout:g} s) and "
+                f"score None: {', '.join(overran[:10])}{' ...' if len(overran) > 10 else ''}",
+            )
         with clock.phase("select"):
             sampler.select(rows, r)
         if args.rationalize:
