@@ -398,3 +398,36 @@ def model_config_folder(name: str, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(MODEL_CONFIGS[name]))
     return folder
+
+
+def wandb_history(run_file: Path) -> tuple[str, list[tuple[int, set[str]]]]:
+    """The run's display name, and (step, logged keys) of each history record, of a wandb offline run's transaction
+    log (`run-<id>.wandb`); a table's keys are `<name>/<field>`.
+    wandb 0.31 ships no reader in Python, so this reads the format: a 7-byte header (":W&B", magic, version), then
+    LevelDB-log records in 32 KiB blocks, each with a crc32, a length and a type (1 full, 2 first, 3 middle, 4 last)
+    before its piece of a `wandb_internal_pb2.Record`."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, header = run_file.read_bytes(), 32768, 7
+    assert data[:4] == b":W&B", data[:7]
+    pos, pending, history, name = header, b"", [], None
+    while pos + header <= len(data):
+        left = block - pos % block
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + header]) if left >= header else (0, 0, 0)
+        if left < header or (length == 0 and kind == 0):  # the rest of the block is padding
+            pos += left
+            continue
+        pending = (b"" if kind in (1, 2) else pending) + data[pos + header : pos + header + length]
+        pos += header + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                name = record.run.display_name
+            elif kind == "history":
+                keys = {item.key or "/".join(item.nested_key) for item in record.history.item}
+                history.append((record.history.step.num, keys))
+    return name, history

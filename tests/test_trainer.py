@@ -409,3 +409,35 @@ def test_a_round_whose_verifier_overruns_on_a_sample_finishes_at_the_limit(tiny_
     metrics = json.loads((out / "round_0" / "metrics.json").read_text())
     assert metrics["rs/scorer_timeouts"] == 2
     assert metrics["timing/score"] < 2 + 20  # two workers, one limit each at once, plus their start under load
+
+
+def test_wandb_offline_gets_one_growing_step_axis_with_the_samples_table(tiny_model, tmp_path, monkeypatch):
+    """wandb in offline mode, its transaction logs read back: the base model's evaluation at step 0, SFT's loss at
+    every step, each round's metrics and samples table at the step its SFT ended on, a resumed run going on from
+    there; no step ever goes back (wandb drops such a step). The run's name is `run_name`."""
+    pytest.importorskip("wandb", reason="wandb is in `[dev]`: `make test` installs it")
+    from helpers import wandb_history
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    argv = recipe_args(tiny_model, out, reward_funcs=["tests.scorers_for_tests.length_reward"], use_peft=True)
+    argv += ["--lora_target_modules", "q_proj", "v_proj", "--report_to", "wandb", "--run_name", "wb-run"]
+    assert main(argv) == 0
+    assert main([*argv, "--num_rounds", "2"]) == 0
+    runs = sorted(tmp_path.glob("wandb/offline-run-*/run-*.wandb"), key=lambda p: p.parent.name)
+    assert len(runs) == 2
+    steps = [m["train/steps"] for m in json.loads((out / "summary.json").read_text())]
+    (name, first), (_, second) = (wandb_history(run) for run in runs)
+    assert name == "wb-run"
+    logged = first + second
+    assert [s for s, _ in logged] == sorted(s for s, _ in logged)  # never back
+    at = {}
+    for step, keys in logged:
+        at.setdefault(step, set()).update(keys)
+    assert "eval/accuracy" in at[0] and "train/step_loss" not in at[0]
+    assert all("train/step_loss" in at[s] for s in range(1, sum(steps) + 1))
+    for end in (steps[0], steps[0] + steps[1]):  # each round's metrics and table where its SFT ended
+        assert {"eval/accuracy", "rs/pass@1", "round", "samples/_type"} <= at[end], sorted(at[end])
+    assert max(s for s, _ in first) == steps[0] and min(s for s, _ in second) == steps[0] + 1
