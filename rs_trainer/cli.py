@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 
 from rs_trainer.config import RSConfig, check_model_numbers, check_peft_keys
-from rs_trainer.errors import ConfigError, GeneratorError, first_line
+from rs_trainer.errors import ConfigError, GeneratorError, UploadError, first_line
 from rs_trainer.run.io import is_disk_full
 from rs_trainer.run.ranks import lost_peer
 
@@ -238,7 +238,7 @@ def run_command(prog: str, body: Callable[[], int | None]) -> int:
     except ConfigError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    except GeneratorError as err:  # an endpoint or a managed server failed mid-run; finished rows are on disk
+    except (GeneratorError, UploadError) as err:  # a server failed mid-run, or the Hub: what is done is on disk
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     except Exception as err:
@@ -354,7 +354,13 @@ def export_main(argv: list[str] | None = None) -> int:
             folder = export_model(ns.output_dir, ns.out, ns.round)
             print(f"wrote the merged policy to {folder} (transformers and vllm serve load it)")
             if ns.push_to_hub:
-                print(f"pushed to {push_to_hub(folder, ns.push_to_hub)}")
+                try:
+                    print(f"pushed to {push_to_hub(folder, ns.push_to_hub)}")
+                except Exception as err:  # offline, no token, no right to the repository
+                    raise UploadError(
+                        f"`--push_to_hub`: uploading {folder} to {ns.push_to_hub} failed ({first_line(err)[:200]}); "
+                        "the folder is whole: rerun once the Hub is reachable and you are logged in."
+                    ) from None
             return
         try:
             if ns.kind == "dpo":

@@ -3,6 +3,7 @@
 - `ConfigError`: a recipe value that cannot work; `rs_trainer.cli` prints it as one line and exits with 2.
 - `GeneratorError`: a generator failed mid-run (an endpoint, a managed server); exit code 1, the run resumes.
 - `ScorerError`: a scorer raised, or returned a value that cannot be used; a bug in the scorer, with its traceback.
+- `UploadError`: the Hub refused or could not be reached at the end of a finished run; exit code 1, the files stay.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ class GeneratorError(RuntimeError):
 
 class ScorerError(RuntimeError):
     """A scorer raised, or returned a value that cannot be used; the message names the scorer and sample."""
+
+
+class UploadError(RuntimeError):
+    """`push_to_hub` could not upload a finished run's model; the message names the folder and how to upload it."""
 
 
 def first_line(err: BaseException) -> str:

@@ -271,3 +271,23 @@ def test_the_merged_policy_loads_in_plain_transformers_with_its_card(tiny_model,
 
     assert export_main(["model", "--output_dir", str(run), "--out", str(folder), "--round", "2"]) == 2
     assert "`--round` 2 is not a finished round" in capsys.readouterr().err
+
+
+def test_push_to_hub_writes_the_merged_folder_then_names_a_failed_upload(tiny_model, tmp_path, capsys, monkeypatch):
+    """`push_to_hub: true` in the recipe: at the end of the run the last round's policy is merged into
+    `output_dir/merged`, which loads with plain transformers; the upload itself cannot happen here (the Hub is
+    offline), and that is one line with exit code 1 that names the key and the folder, not a traceback."""
+    from helpers import recipe_args
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run = tmp_path / "run"
+    argv = recipe_args(tiny_model, run, use_peft=True, reward_funcs=["tests.scorers_for_tests.length_reward"])
+    argv += ["--lora_target_modules", "q_proj", "v_proj", "--push_to_hub", "true", "--hub_model_id", "me/tiny-rs"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("rs_trainer: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "`push_to_hub`: uploading" in lines[0] and str(run / "merged") in lines[0] and "me/tiny-rs" in lines[0]
+    assert AutoModelForCausalLM.from_pretrained(run / "merged").config.num_hidden_layers >= 1
+    assert (run / "summary.json").exists() and "# run, round 0" in (run / "merged" / "README.md").read_text()

@@ -97,6 +97,7 @@ def refused(argv, capsys, *needles) -> str:
         ),
         ({"matched_random": "sometimes"}, ["--matched_random", "Truthy value expected: got sometimes"]),
         ({"verifier_timeout": 0}, ["`verifier_timeout`", "0"]),
+        ({"push_to_hub": True}, ["`push_to_hub` needs `hub_model_id`"]),
         ({"verifier_workers": 0}, ["`verifier_workers`", "0"]),
         # TRL's vLLM keys
         ({"vllm_gpu_memory_utilization": 0.5}, ["`vllm_gpu_memory_utilization` set but `use_vllm` is false"]),

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from accelerate.utils import set_seed
 
-from rs_trainer.errors import ConfigError
+from rs_trainer.errors import ConfigError, UploadError, first_line
 from rs_trainer.generators.local import release
 from rs_trainer.phases.temperature import AUTO
 from rs_trainer.rewards import REWARD_MODEL_PREFIX
@@ -91,7 +91,14 @@ class RejectionSamplingTrainer:
 
         folder = export_model(self.inputs.files.root, self.inputs.files.merged)
         log(self.accelerator, f"the last round's policy, merged: {folder}")
-        url = push_to_hub(folder, self.args.hub_model_id, private=self.args.hub_private_repo)
+        try:
+            url = push_to_hub(folder, self.args.hub_model_id, private=self.args.hub_private_repo)
+        except Exception as err:  # offline, no token, no right to the repository: the run itself is done
+            raise UploadError(
+                f"`push_to_hub`: uploading {folder} to {self.args.hub_model_id} failed ({first_line(err)[:200]}); "
+                f"the run is finished and the folder whole: upload it with `huggingface-cli upload "
+                f"{self.args.hub_model_id} {folder}` once the Hub is reachable and you are logged in."
+            ) from None
         log(self.accelerator, f"pushed to {url}")
 
     def run_round(self, r: int) -> bool:
