@@ -96,7 +96,7 @@ class RejectionSamplingTrainer:
         except Exception as err:  # offline, no token, no right to the repository: the run itself is done
             raise UploadError(
                 f"`push_to_hub`: uploading {folder} to {self.args.hub_model_id} failed ({first_line(err)[:200]}); "
-                f"the run is finished and the folder whole: upload it with `huggingface-cli upload "
+                f"the run is finished and the folder whole: upload it with `hf upload "
                 f"{self.args.hub_model_id} {folder}` once the Hub is reachable and you are logged in."
             ) from None
         log(self.accelerator, f"pushed to {url}")
