@@ -202,7 +202,6 @@ def memory_plan(args, model_args, processes: int, sharded: bool, gpu: bool) -> d
     the sampler's default token budget is the GPU's."""
     from transformers import AutoConfig
 
-    from rs_trainer.errors import first_line
     from rs_trainer.run import memory
     from rs_trainer.run.models import resolve_model_path
 
