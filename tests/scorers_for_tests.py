@@ -52,7 +52,17 @@ def square_or_fail(x: int) -> int:
     return x * x
 
 
-def square_slowly_and_report_pid(x: int) -> tuple[int, int]:
+def square_or_die(x: int) -> int:
+    """x squared, except that 13 kills its own process, as the out-of-memory killer would."""
+    import os
+    import signal
+
+    if x == 13:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * x
+
+
+def square_and_report_pid(x: int) -> tuple[int, int]:
     """(the worker's process id, x squared): the test kills the worker by that id."""
     import os
 

@@ -307,11 +307,13 @@ def test_a_sample_that_hangs_sympy_scores_none_and_the_others_are_checked(monkey
 
 
 def test_the_pool_reports_a_scorer_error_and_survives_a_dead_worker():
-    """An exception inside the checked function reaches the caller with its text; a worker killed from outside
-    (as the out-of-memory killer would) loses its one sample, and the pool goes on with a new worker."""
+    """An exception inside the checked function reaches the caller with its text. A worker that dies on an item (as
+    under the out-of-memory killer) loses that item alone and is replaced; one killed while idle is replaced when
+    the next item finds its pipe broken, and that item is checked by its successor, not lost."""
     import signal
 
-    from scorers_for_tests import square_or_fail, square_slowly_and_report_pid
+    import psutil
+    from scorers_for_tests import square_and_report_pid, square_or_die, square_or_fail
 
     from rs_trainer.rewards.pool import KillablePool
 
@@ -322,11 +324,28 @@ def test_the_pool_reports_a_scorer_error_and_survives_a_dead_worker():
             pool.map([2, -1])
     finally:
         pool.close()
-    pool = KillablePool(square_slowly_and_report_pid, workers=1, timeout=20.0)
+    pool = KillablePool(square_or_die, workers=1, timeout=20.0)
+    try:
+        assert pool.map([2, 13, 3]) == ([4, None, 9], [1]) and pool.killed == 1
+        assert pool.map([5]) == ([25], [])
+    finally:
+        pool.close()
+    pool = KillablePool(square_and_report_pid, workers=1, timeout=20.0)
     try:
         [(pid, _)], _ = pool.map([0])
         os.kill(pid, signal.SIGKILL)
+
+        def gone() -> bool:  # dead, reaped by the fork server or not yet: its pipe is broken either way
+            try:
+                return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
+
+        deadline = time.monotonic() + 30
+        while not gone() and time.monotonic() < deadline:
+            time.sleep(0.05)
         values, lost = pool.map([3, 4])
-        assert lost == [0] and values[0] is None and values[1][1] == 16 and pool.killed == 1
+        assert lost == [] and [v for _, v in values] == [9, 16] and pool.killed == 1
+        assert {p for p, _ in values} != {pid}
     finally:
         pool.close()

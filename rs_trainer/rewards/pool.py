@@ -80,7 +80,8 @@ class KillablePool:
 
     def map(self, items: list) -> tuple[list, list[int]]:
         """`fn` of every item, in order, and the indices of the items that overran `timeout` or whose worker died
-        (their value is None). An exception inside `fn` is raised here as a RuntimeError naming it."""
+        while working on them (their value is None). A worker found dead before it got an item is replaced, and
+        the item goes to its successor. An exception inside `fn` is raised here as a RuntimeError naming it."""
         from multiprocessing.connection import wait
 
         while len(self.workers) < min(self.size, max(len(items), 1)):
@@ -91,10 +92,15 @@ class KillablePool:
         errors = []
         started = time.monotonic()
         while todo or busy:
-            for position, worker in enumerate(self.workers):
+            for position, worker in enumerate(list(self.workers)):
                 if worker.ready and position not in busy and todo:
                     i = todo.popleft()
-                    worker.conn.send(items[i])
+                    try:
+                        worker.conn.send(items[i])
+                    except OSError:  # it died while idle (killed from outside): the item waits for its successor
+                        todo.appendleft(i)
+                        self._replace(worker)
+                        continue
                     busy[position] = (i, time.monotonic() + self.timeout)
             starting = [w for w in self.workers if not w.ready]
             if not busy and starting and time.monotonic() - started > self.STARTUP_S:
