@@ -99,18 +99,11 @@ def write_served_model(
     `min_p` (0: off) and no other filter: `transformers serve` would otherwise decode greedily whatever the
     request's temperature, and sample with transformers' default top-k of 50, which in-process sampling does not
     apply (the server takes no `top_k` or `min_p` field in a request; vLLM reads the same file for its defaults)."""
-    from transformers import AutoModelForCausalLM
-
     from rs_trainer.run.io import atomic_dir
+    from rs_trainer.run.models import merged_policy
 
     with atomic_dir(path) as tmp:
-        if checkpoint is not None and (checkpoint / "adapter_config.json").exists():
-            from peft import PeftModel
-
-            model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-            model = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
-        else:
-            model = AutoModelForCausalLM.from_pretrained(checkpoint or base, dtype=dtype)
+        model = merged_policy(checkpoint or base, dtype, base=base)
         model.generation_config.do_sample = True
         model.generation_config.top_k = top_k
         model.generation_config.min_p = min_p or None

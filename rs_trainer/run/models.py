@@ -145,6 +145,24 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
+def merged_policy(checkpoint: str | Path, dtype="auto", base: str | None = None):
+    """A saved policy as one plain causal LM, loaded on the CPU from its files (a training copy is never touched):
+    a LoRA adapter folder merged into its base model (`base`, else the one its `adapter_config.json` names), any
+    other folder or hub id as it is."""
+    from transformers import AutoModelForCausalLM
+
+    adapter = Path(checkpoint) / "adapter_config.json"
+    if not adapter.is_file():
+        return AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=dtype)
+    import json
+
+    from peft import PeftModel
+
+    base = base or json.loads(adapter.read_text())["base_model_name_or_path"]
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    return PeftModel.from_pretrained(model, str(checkpoint)).merge_and_unload()
+
+
 def load_policy(model_args, peft_config=None):
     """Load the causal LM named by TRL's `ModelConfig`, wrapped with a LoRA adapter when `peft_config` is given.
 

@@ -40,7 +40,9 @@ def export_model(output_dir: str | Path, out: str | Path, r: int | None = None) 
     """Write round `r`'s policy (default: the last finished round) to `out` as a plain `transformers` model folder,
     in the run's dtype, with a model card; return `out`. The folder is swapped in whole (`atomic_dir`)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from rs_trainer.run.models import merged_policy
 
     files = RunLayout(Path(output_dir))
     r = finished_round(files, r)
@@ -48,12 +50,7 @@ def export_model(output_dir: str | Path, out: str | Path, r: int | None = None) 
     config = json.loads(files.run_config.read_text()) if files.run_config.is_file() else {}
     dtype = (config.get("model") or {}).get("dtype") or "auto"
     dtype = getattr(torch, dtype) if dtype not in ("auto", None) else "auto"
-    if (checkpoint / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype)
+    model = merged_policy(checkpoint, dtype)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)

@@ -233,10 +233,10 @@ def prepare_start_model(model_path: str, folder: Path, seed: int) -> Path:
 
     merged = None
     if (Path(model_path) / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
+        from rs_trainer.run.models import merged_policy
 
         merged = folder.with_name(folder.name + ".merged")
-        policy = AutoPeftModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).merge_and_unload()
+        policy = merged_policy(model_path, torch.float32)
         policy.save_pretrained(merged)
         AutoTokenizer.from_pretrained(model_path).save_pretrained(merged)
         del policy
