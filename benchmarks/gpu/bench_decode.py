@@ -30,7 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import gb, kv_bytes_per_token, load_peaks, param_count, pick_device, sync, write_result  # noqa: E402
+from common import gb, load_peaks, param_count, pick_device, sync, write_result  # noqa: E402
+
+from rs_trainer.run.memory import kv_bytes_per_token  # noqa: E402
 
 
 def useful(tokens: list[int], eos_ids: set[int]) -> int:

@@ -149,12 +149,6 @@ def param_count(model, trainable_only: bool = False) -> int:
     return total
 
 
-def kv_bytes_per_token(config, dtype_bytes: int = 2) -> int:
-    """KV-cache bytes one token adds: keys and values of every layer."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * dtype_bytes
-
-
 def environment() -> dict:
     import platform
 

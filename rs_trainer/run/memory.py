@@ -42,11 +42,17 @@ def model_shape(config) -> ModelShape:
     linears = {
         name: (m.in_features, m.out_features) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
     }
+    return ModelShape(parameters, linears, kv_bytes_per_token(config, dtype_bytes=1))
+
+
+def kv_bytes_per_token(config, dtype_bytes: int = 2) -> int:
+    """KV-cache bytes one token adds: keys and values of every layer, `dtype_bytes` a value (a multimodal config
+    is read through its text model's)."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    return ModelShape(parameters, linears, 2 * text.num_hidden_layers * kv_heads * head_dim)
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * dtype_bytes
 
 
 def lora_parameters(shape: ModelShape, rank: int, targets) -> int:
