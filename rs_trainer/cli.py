@@ -4,7 +4,8 @@ as `trl <command>` does; anything else is training, so `accelerate launch -m rs_
 - `accelerate launch -m rs_trainer [train] --config recipes/<model>/<recipe>.yaml [--key value ...]` (`train_main`);
 - `rs-trainer best-of-n --config <recipe>` (`best_of_n_main`);
 - `rs-trainer reward-model --config <recipe>` (`reward_training_main`);
-- `rs-trainer export {dpo,sft,model} --output_dir <run> --out <file or folder>` (`export_main`).
+- `rs-trainer export {dpo,sft,model} --output_dir <run> --out <file or folder>`, `rs-trainer export html
+  --output_dir <run>` (`export_main`).
 
 `rs-trainer ...` and `python -m rs_trainer ...` are the same command.
 
@@ -21,6 +22,7 @@ from collections.abc import Callable
 
 from rs_trainer.config import RSConfig, check_model_numbers, check_peft_keys
 from rs_trainer.errors import ConfigError, GeneratorError, UploadError, first_line
+from rs_trainer.run.console import quiet_console, quiet_loading_bars
 from rs_trainer.run.io import is_disk_full
 from rs_trainer.run.ranks import lost_peer
 
@@ -30,6 +32,7 @@ def parse_args(argv: list[str] | None = None):
 
     argv = list(sys.argv[1:] if argv is None else argv)
     check_recipe_file(argv)
+    quiet_loading_bars()
     parser = TrlParser((RSConfig, ModelConfig))
 
     def refuse(message: str):  # argparse's own errors (a value outside a key's choices), as one line
@@ -324,17 +327,20 @@ def reward_training_main(argv: list[str] | None = None) -> int:
 
 def export_main(argv: list[str] | None = None) -> int:
     """`rs-trainer export {dpo,sft,model} --output_dir <run> --out <file or folder>`: datasets for other trainers,
-    or the trained policy as one model folder (`rs_trainer.tools.model_export`)."""
+    or the trained policy as one model folder (`rs_trainer.tools.model_export`); `export html --output_dir <run>`
+    writes the run browser, `<run>/index.html` (`rs_trainer.run.browser`), for a run or a best-of-N folder."""
     import argparse
 
     from rs_trainer.tools import export
 
     parser = argparse.ArgumentParser(prog="rs_trainer export", description=export.__doc__.split("\n\n")[0])
     parser.add_argument(
-        "kind", choices=("dpo", "sft", "model"), help="Preference pairs, an SFT set, or the merged policy."
+        "kind",
+        choices=("dpo", "sft", "model", "html"),
+        help="Preference pairs, an SFT set, the merged policy, or the run browser (output_dir/index.html).",
     )
     parser.add_argument("--output_dir", required=True, help="A run's output_dir (holding round_<r>/).")
-    parser.add_argument("--out", required=True, help="The JSONL file to write (model: the folder).")
+    parser.add_argument("--out", default=None, help="The JSONL file to write (model: the folder; html: none).")
     parser.add_argument("--round", type=int, default=None, help="model: the round; default the last finished.")
     parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="model: upload the folder there.")
     parser.add_argument("--rounds", type=int, nargs="*", default=None, help="Rounds to export; default all.")
@@ -344,9 +350,17 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="dpo: seed of tie-breaks and random draws.")
     parser.add_argument("--all_samples", action="store_true", help="sft: every sample, not only the selected.")
     parser.add_argument("--drop_truncated", action="store_true", help="sft: leave out truncated completions.")
+    parser.add_argument("--pass_threshold", type=float, default=1.0, help="html, best-of-N folder: what passes.")
     ns = parser.parse_args(argv)
 
     def body():
+        if ns.kind == "html":
+            if ns.out is not None:
+                raise ConfigError("`--out`: the page is always output_dir/index.html (it loads files beside it).")
+            print(f"wrote {write_page(ns.output_dir, ns.pass_threshold)}")
+            return
+        if ns.out is None:
+            raise ConfigError(f"`--out` is required for `export {ns.kind}`: the file (model: the folder) to write.")
         if ns.kind == "model":
             from rs_trainer.tools.model_export import export_model, push_to_hub
 
@@ -374,6 +388,21 @@ def export_main(argv: list[str] | None = None) -> int:
     return run_command("rs_trainer export", body)
 
 
+def write_page(output_dir: str, pass_threshold: float):
+    """The run browser of a run folder, or of a best-of-N folder (holding `best_of_n.jsonl`)."""
+    from pathlib import Path
+
+    from rs_trainer.run.browser import write_best_of_n_page, write_run_page
+    from rs_trainer.run.layout import RunLayout
+
+    folder = Path(output_dir)
+    if (folder / "best_of_n.jsonl").exists():
+        return write_best_of_n_page(folder, pass_threshold)
+    if not RunLayout(folder).rounds():
+        raise ConfigError(f"`--output_dir`: {folder} holds no round_<r>/ folder nor best_of_n.jsonl; name a run's.")
+    return write_run_page(folder)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": train_main,
     "best-of-n": best_of_n_main,
@@ -386,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     """`rs-trainer [train|best-of-n|reward-model|export] ...`: the command its first word names; without one
     (the first argument is `--config` or another key), training."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_console()  # before any library that prints at import
     if argv and argv[0] in COMMANDS:
         return COMMANDS[argv[0]](argv[1:])
     return train_main(argv)

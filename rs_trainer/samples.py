@@ -36,7 +36,8 @@ class SampleRow(TypedDict, total=False):
     From the scorers (`rs_trainer.rewards.score`): `reward` (`float`, or None for "no opinion"), `rewards` (`dict`,
     per scorer), and `verified_reward` when `eval_reward_funcs` judges success apart from the ranking reward.
 
-    From selection: `filtered_out` and `selected` (`bool`); `rationalized` (`bool`) on STaR's hinted samples.
+    From selection: `filtered_out` and `selected` (`bool`), `filtered_by` (`str` or None: the recipe key of the filter
+    that removed it); `rationalized` (`bool`) on STaR's hinted samples.
     Tools add their own: best-of-N's `model`.
     """
 
@@ -56,6 +57,7 @@ class SampleRow(TypedDict, total=False):
     rewards: dict[str, float | None]
     verified_reward: float | None
     filtered_out: bool
+    filtered_by: str | None
     selected: bool
     rationalized: bool
     model: str

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import Server, build_tiny_model, write_jsonl
+from helpers import Server, build_tiny_model, chromium_executable, write_jsonl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -138,3 +138,21 @@ def server(tmp_path):
     srv = Server(tmp_path / "server").start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (Debian's, `make test` installs it) driven by Playwright, for one test module: Playwright's
+    sync API keeps an event loop of its own, ended before the next module's servers and asyncio clients run."""
+    exe = chromium_executable()
+    if exe is None:
+        message = "no Chromium: `apt-get install chromium` (`make test` does), or set CHROMIUM=/path/to/chromium"
+        if os.environ.get("RS_TRAINER_REQUIRE_BROWSER"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=exe)
+        yield chromium
+        chromium.close()

@@ -431,3 +431,112 @@ def wandb_history(run_file: Path) -> tuple[str, list[tuple[int, set[str]]]]:
                 keys = {item.key or "/".join(item.nested_key) for item in record.history.item}
                 history.append((record.history.step.num, keys))
     return name, history
+
+
+# ---------------------------------------------------------------- the run browser in a real browser
+
+# Screenshots the browser tests keep (CI can upload the folder); not part of the repository.
+ARTIFACTS = Path(os.environ.get("RS_TRAINER_TEST_ARTIFACTS", REPO / "test-artifacts"))
+
+
+def chromium_executable() -> str | None:
+    """Chromium for Playwright: `$CHROMIUM`, else Debian's `chromium` on PATH (`make test` installs it)."""
+    import shutil
+
+    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class PageLog:
+    """What a page did: every request it made (URLs) and every console error or uncaught exception."""
+
+    def __init__(self, page):
+        self.requests: list[str] = []
+        self.errors: list[str] = []
+        page.on("request", lambda r: self.requests.append(r.url))
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+
+def open_run_page(page, index: Path, fragment: str = "") -> float:
+    """Open `index` (a run's index.html) from file:// and wait until it has drawn itself with its data; returns the
+    milliseconds from navigation to that moment, as the page measured them."""
+    page.goto(index.resolve().as_uri() + fragment)
+    page.wait_for_selector("body[data-ready]", timeout=30_000)
+    return page.evaluate("window.rsReadyAt")
+
+
+def shown_prompt_ids(page) -> list[str]:
+    """The prompt ids of the rows the round view shows (one page of the table)."""
+    return page.eval_on_selector_all("#prompt-table tbody tr", "rows => rows.map(r => r.dataset.promptId)")
+
+
+def shown_count(page, element_id: str) -> int:
+    return int(page.inner_text(f"#{element_id}").replace(",", ""))
+
+
+def write_synthetic_run(root: Path, rounds: int, prompts: int, samples: int, words: int = 12, seed: int = 0) -> Path:
+    """A run folder as the trainer leaves it (run_config.json, base_eval.json, round_<r>/generations.jsonl and
+    metrics.json), from made-up rows: `prompts` x `samples` per round, two generators, about `words` words per
+    completion, some truncated, some filtered out, at most one selected per prompt (a passing one). For the run
+    browser's tests and its size benchmark, where what matters is the shape and the size, not a model."""
+    import random
+
+    from rs_trainer.run.io import write_json, write_jsonl
+
+    rng = random.Random(seed)
+    vocab = "the sum of and is so we add carry answer first second number then".split()
+    write_json(
+        root / "run_config.json",
+        {
+            "model": {"model_name_or_path": "synthetic"},
+            "rs": {"pass_threshold": 1.0, "dataset_name": "builtin:arithmetic", "num_rounds": rounds},
+        },
+    )
+    write_json(root / "base_eval.json", {"eval/accuracy": 0.25})
+    for r in range(rounds):
+        rows = []
+        for p in range(prompts):
+            a, b = p % 97, (p * 7) % 89
+            group = []
+            for i in range(samples):
+                right = rng.random() < 0.3 + 0.2 * r
+                text = " ".join(rng.choice(vocab) for _ in range(words)) + f" = {a + b if right else a + b + 1}"
+                finished = rng.random() > 0.05
+                group.append(
+                    {
+                        "prompt_id": f"p{p:05d}",
+                        "prompt": [{"role": "user", "content": f"What is {a} + {b}? Give only the final number."}],
+                        "answer": str(a + b),
+                        "sample_index": i,
+                        "completion": text,
+                        "completion_tokens": words + 3,
+                        "finished": finished,
+                        "generator": "policy" if i % 2 == 0 else "teacher",
+                        "round": r,
+                        "reward": float(right),
+                        "rewards": {"numeric_answer": float(right)},
+                        "filtered_out": not finished,
+                        "filtered_by": None if finished else "drop_truncated",
+                        "selected": False,
+                    }
+                )
+            best = next((s for s in group if s["reward"] == 1.0 and s["finished"]), None)
+            if best is not None:
+                best["selected"] = True
+            rows += group
+        write_jsonl(root / f"round_{r}" / "generations.jsonl", rows)
+        write_json(
+            root / f"round_{r}" / "metrics.json",
+            {
+                "round": r,
+                "eval/accuracy": 0.3 + 0.1 * r,
+                "rs/pass@1": 0.3 + 0.2 * r,
+                "rs/pass@n": 0.9,
+                "rs/acceptance_rate": sum(s["selected"] for s in rows) / len(rows),
+                "timing/generate": 10.0 + r,
+                "timing/sft": 5.0,
+                "gen/policy/selected_share": 0.5,
+                "gen/teacher/selected_share": 0.5,
+            },
+        )
+    return root

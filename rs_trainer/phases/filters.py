@@ -103,6 +103,7 @@ def apply_filters(
     dedupe: str | None = None,
     drop_constant: bool = False,
     min_margin: float | None = None,
+    removed: dict | None = None,
 ) -> list[dict]:
     """Apply the filters that are switched on, in the order unfinished, duplicates, constant, margin.
 
@@ -112,25 +113,34 @@ def apply_filters(
         dedupe (`str` or `None`, *optional*): `exact` or `normalised` for `drop_duplicates`; None keeps them.
         drop_constant (`bool`, *optional*, defaults to `False`): `drop_constant_prompts`.
         min_margin (`float` or `None`, *optional*): `drop_small_margin` with this margin; None is off.
+        removed (`dict` or `None`, *optional*): filled with (prompt_id, sample_index) -> the recipe key of the
+            filter that removed the sample (`drop_truncated`, `dedupe`, `drop_constant_prompts`,
+            `min_reward_margin`), for the run browser.
 
     Example: prompt "a" with completions ["7", "7 ", "8"], rewards [1, 1, 0], all finished; with
     `dedupe="normalised", drop_constant=True` -> ("a", 0) and ("a", 2): sample 1 duplicates sample 0, and the prompt
     keeps two distinct rewards.
     """
-    if drop_truncated:
-        samples = drop_unfinished(samples)
-    if dedupe is not None:
-        samples = drop_duplicates(samples, dedupe)
-    if drop_constant:
-        samples = drop_constant_prompts(samples)
-    if min_margin is not None:
-        samples = drop_small_margin(samples, min_margin)
+    steps = (
+        ("drop_truncated", drop_unfinished if drop_truncated else None),
+        ("dedupe", (lambda rows: drop_duplicates(rows, dedupe)) if dedupe is not None else None),
+        ("drop_constant_prompts", drop_constant_prompts if drop_constant else None),
+        ("min_reward_margin", (lambda rows: drop_small_margin(rows, min_margin)) if min_margin is not None else None),
+    )
+    for name, step in steps:
+        if step is None:
+            continue
+        kept = step(samples)
+        if removed is not None:
+            ids = {id(s) for s in kept}
+            removed.update({(s["prompt_id"], s["sample_index"]): name for s in samples if id(s) not in ids})
+        samples = kept
     return samples
 
 
-def apply_recipe_filters(samples: list[dict], args) -> list[dict]:
+def apply_recipe_filters(samples: list[dict], args, removed: dict | None = None) -> list[dict]:
     """`apply_filters` with a recipe's keys (`args` is an `RSConfig`): `drop_truncated`, `dedupe`,
-    `drop_constant_prompts` and `min_reward_margin`.
+    `drop_constant_prompts` and `min_reward_margin`; `removed` as there.
 
     Example: `dedupe: normalised`, the other keys off; one prompt's completions ["7", "7 "] -> the first only.
     """
@@ -140,4 +150,5 @@ def apply_recipe_filters(samples: list[dict], args) -> list[dict]:
         dedupe=args.dedupe,
         drop_constant=args.drop_constant_prompts,
         min_margin=args.min_reward_margin,
+        removed=removed,
     )

@@ -7,6 +7,7 @@ asks it for a path; nothing else spells `round_<r>` or a file name.
       base_eval.jsonl        its greedy completions, one row per prompt of every set, with reward and `passed`
       summary.json           every round's metrics, when the run ends
       report.png             the plots, redrawn each round
+      index.html             the run browser (`run.browser`), rewritten each round; opens from file://
       merged/                `push_to_hub`: the last round's policy as one model folder, with its model card
       round_<r>/
         shards/generations.rank<k>.jsonl   rows appended as they are generated (removed once scored)
@@ -17,6 +18,7 @@ asks it for a path; nothing else spells `round_<r>` or a file name.
         checkpoint/          the adapter or model, with the round's SFT statistics (`TRAIN_METRICS`)
         eval.jsonl           the round's greedy completions on every evaluation set, as base_eval.jsonl
         samples.md           best and worst samples, whole
+        page.js              the round's samples as the run browser's page data
         metrics.json         written last: the round is finished
 """
 
@@ -61,9 +63,13 @@ class RunLayout:
     def report(self) -> Path:
         return self.root / "report.png"
 
+    @property
+    def index_page(self) -> Path:
+        return self.root / "index.html"
+
     def run_files(self) -> list[Path]:
         """What a new run in the same folder replaces (`overwrite_output_dir`), besides the round folders."""
-        return [self.summary, self.base_eval, self.base_eval_rows, self.report]
+        return [self.summary, self.base_eval, self.base_eval_rows, self.report, self.index_page]
 
     def rounds(self) -> list[int]:
         """The numbers of the round folders present, in numeric order (round_10 after round_2)."""
@@ -107,6 +113,9 @@ class RunLayout:
 
     def eval_rows(self, r: int) -> Path:
         return self.round(r) / "eval.jsonl"
+
+    def page_data(self, r: int) -> Path:
+        return self.round(r) / "page.js"
 
     def metrics(self, r: int) -> Path:
         return self.round(r) / "metrics.json"

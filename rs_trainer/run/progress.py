@@ -45,14 +45,29 @@ def progress_bar(total: int, desc: str, unit: str, enabled: bool = True) -> tqdm
 
 
 class _LineWriter:
-    """Turns tqdm's carriage-return redraws into whole lines, for logs that are not terminals."""
+    """Turns tqdm's carriage-return redraws into whole lines, for logs that are not terminals. A line whose count
+    has not moved since the last one written (tqdm redraws the finished bar once more when it closes) is left out.
+
+    >>> import io
+    >>> out = io.StringIO(); w = _LineWriter(out)
+    >>> w.write("\\rsft: 100%|##| 2/2 [00:15<00:00, 7.76s/steps]")
+    >>> w.write("\\rsft: 100%|##| 2/2 [00:15<00:00, 7.77s/steps]")  # the redraw at close
+    >>> out.getvalue()
+    'sft: 100%|##| 2/2 [00:15<00:00, 7.76s/steps]\\n'
+    """
 
     def __init__(self, stream):
         self.stream = stream
+        self.last = None
 
     def write(self, text: str) -> None:
         text = text.replace("\r", "\n").replace("\x1b[A", "")
-        lines = [line for line in text.split("\n") if line.strip()]
+        lines = []
+        for line in (line for line in text.split("\n") if line.strip()):
+            progress = line.split(" [", 1)[0]  # the description, bar and count, without the times and rates
+            if progress != self.last:
+                lines.append(line)
+            self.last = progress
         if lines:
             self.stream.write("\n".join(lines) + "\n")
 

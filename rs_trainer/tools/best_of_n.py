@@ -9,7 +9,8 @@ The same recipe keys as training (prompts, sampling of round 0, scorers, `prefer
 - `best_of_n_metrics.json`: the expected best-of-n reward for n = 1..N (`phases.estimators.expected_best_of_n`,
   unbiased, from the same N samples), the analytic KL bound `log n - (n - 1) / n` of the best-of-n policy from the
   base policy (Beirami et al. 2024), and per-model statistics;
-- `best_of_n.png`: reward against n, and reward against the KL bound.
+- `best_of_n.png`: reward against n, and reward against the KL bound;
+- `index.html` (with `best_of_n_page.js`): the run browser's page, every prompt's candidates, the best marked.
 
 Several models can compete (`candidate_models`): each samples N per prompt, and the best is chosen over all of
 them alike. Their sample indices are offset (model m writes m*N .. m*N + N-1) so keys stay unique per prompt.
@@ -28,6 +29,7 @@ from rs_trainer.errors import ConfigError
 from rs_trainer.phases import selection
 from rs_trainer.phases.estimators import best_of_n_curve, kl_bound
 from rs_trainer.run import data, seeds
+from rs_trainer.run.browser import write_best_of_n_page
 from rs_trainer.run.io import write_json, write_jsonl
 from rs_trainer.samples import key, with_prompt, with_scores
 
@@ -185,4 +187,5 @@ def run(args, model_args, candidate_models: list[str] | None = None) -> dict:
     write_json(out / "best_of_n_metrics.json", metrics)
     if metrics["n"]:
         _plot_curve(metrics, out / "best_of_n.png")
+    write_best_of_n_page(out, args.pass_threshold)
     return metrics

@@ -27,7 +27,7 @@ from rs_trainer.trainer.records import collect_metrics, commit_scored_rows, fini
 from rs_trainer.trainer.refresh import recipe_reward_model, refreshed_reward_model, use_reward_model
 from rs_trainer.trainer.sampler import RoundSampler
 from rs_trainer.trainer.serving import Serving
-from rs_trainer.trainer.setup import build_policy, prepare_run, write_run_config
+from rs_trainer.trainer.setup import build_policy, prepare_run, run_banner, write_run_config
 
 
 class RoundRows(NamedTuple):
@@ -59,6 +59,7 @@ class RejectionSamplingTrainer:
     def setup(self) -> None:
         """Validate everything that can be validated, then load. Nothing is written before all checks pass."""
         set_seed(self.args.seed)
+        log(self.accelerator, run_banner(self.args, self.model_args, self.accelerator.num_processes))
         self.inputs = prepare_run(self.args, self.model_args, self.accelerator)
         self.policy = build_policy(self.inputs)
         serving = Serving(self.inputs, self.policy)
@@ -75,6 +76,8 @@ class RejectionSamplingTrainer:
         log(self.accelerator, "\n" + summary_table(self.history))
         if self.accelerator.is_main_process:
             write_json(self.inputs.files.summary, self.history)
+            if self.inputs.files.index_page.exists():
+                log(self.accelerator, f"browse the run: {self.inputs.files.index_page.resolve().as_uri()}")
         # Every rank leaves together: a rank that runs ahead into interpreter shutdown while gloo's worker thread
         # still releases the last broadcast's tensors can abort natively ("terminate called without an active
         # exception", pytorch/pytorch#190489 and #179291; the likely cause of docs/LOG.md's ZeRO-3 abort), and

@@ -11,6 +11,7 @@ from accelerate.utils import broadcast_object_list
 from rs_trainer.phases.temperature import AUTO, probe_metrics
 from rs_trainer.rewards import REWARD_MODEL_PREFIX
 from rs_trainer.rewards.reward_model import training_metrics
+from rs_trainer.run.browser import write_run_page
 from rs_trainer.run.formats import sft_rows
 from rs_trainer.run.io import write_atomic, write_json, write_jsonl
 from rs_trainer.run.metrics import round_metrics
@@ -107,8 +108,8 @@ def finish_round(
     inputs, r: int, samples: list[dict] | None, metrics: dict, history: list[dict], base_eval, step: int
 ) -> None:
     """Trackers (at `step`, the run's optimizer steps so far, with `round` among the values), the samples table,
-    report.png (with `base_eval`, the base model's evaluation), then metrics.json (last: it marks the round as
-    finished)."""
+    report.png (with `base_eval`, the base model's evaluation), metrics.json (it marks the round as finished), then
+    the run browser, index.html, which reads the finished rounds from disk."""
     acc, files = inputs.accelerator, inputs.files
     acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
     if not acc.is_main_process:
@@ -120,3 +121,4 @@ def finish_round(
             tracker.log_table("samples", columns=list(table[0]), data=[list(t.values()) for t in table], step=step)
     plot_report(history, samples, base_eval, files.report)
     write_json(files.metrics(r), metrics)
+    write_run_page(files.root)

@@ -148,18 +148,21 @@ class RoundSampler:
         append_jsonl(shard_file, rows)
 
     def select(self, local: list[dict], r: int) -> None:
-        """Mark this rank's rows `filtered_out` (taken out by the recipe's filters) and `selected`.
+        """Mark this rank's rows `filtered_out` (taken out by the recipe's filters, `filtered_by` naming the first
+        filter's key) and `selected`.
 
         The filters work within a prompt, and all N samples of a prompt are on the rank that generated them, so
         they run locally. The strategy then sees only the (prompt_id, sample_index, reward, completion_tokens) of
         every rank's candidates, gathered, never their text, and every rank reaches the same decision."""
         args = self.inputs.args
-        candidates = filters.apply_recipe_filters(local, args)
+        removed: dict = {}
+        candidates = filters.apply_recipe_filters(local, args, removed)
         kept = {key(s) for s in candidates}
         view = in_key_order(gather_object([{k: s[k] for k in selection.FIELDS} for s in candidates]))
         keys = set(selection.select(view, args, seed=seeds.round_seed(args.seed, r), round_index=r))
         for s in local:
             s["filtered_out"] = key(s) not in kept
+            s["filtered_by"] = removed.get(key(s))
             s["selected"] = key(s) in keys
 
     def gather_selected(self, rows: list[dict]) -> list[dict]:
@@ -186,7 +189,13 @@ class RoundSampler:
         passing = [s for s in rows if passes(s, threshold)]
         keep = set(selection.best_of_n(passing, seed=seeds.round_seed(args.seed, r)))
         for s in rows:
-            s.update(generator="rationalization", rationalized=True, filtered_out=False, selected=key(s) in keep)
+            s.update(
+                generator="rationalization",
+                rationalized=True,
+                filtered_out=False,
+                filtered_by=None,
+                selected=key(s) in keep,
+            )
         counts = gather_object([(len(keep), len(failed))])
         log(
             acc,

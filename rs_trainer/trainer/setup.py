@@ -381,3 +381,20 @@ def check_output_dir(args, model_args, accelerator, files: RunLayout) -> None:
             for path in files.run_files():
                 path.unlink(missing_ok=True)
         accelerator.wait_for_everyone()
+
+
+def run_banner(args, model_args, processes: int) -> str:
+    """The run's first line on the console: what trains on what, how much, and where the outputs go.
+
+    >>> from types import SimpleNamespace as NS
+    >>> run_banner(NS(dataset_name="builtin:arithmetic", num_rounds=2, prompts_per_round=96, num_generations=8,
+    ...               output_dir="outputs/x"), NS(model_name_or_path="m", use_peft=True), 1)
+    'rs_trainer: m (LoRA) on builtin:arithmetic: 2 rounds of 96 prompts x 8 samples, 1 process; outputs in outputs/x'
+    """
+    prompts = args.prompts_per_round or "all"
+    rounds = f"{args.num_rounds} round{'s' if args.num_rounds != 1 else ''}"
+    return (
+        f"rs_trainer: {model_args.model_name_or_path} ({'LoRA' if model_args.use_peft else 'full'}) on "
+        f"{args.dataset_name}: {rounds} of {prompts} prompts x {args.num_generations} samples, {processes} "
+        f"process{'es' if processes != 1 else ''}; outputs in {args.output_dir}"
+    )
