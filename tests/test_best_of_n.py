@@ -13,6 +13,7 @@ from helpers import build_tiny_model, recipe_args
 from rs_trainer.cli import best_of_n_main
 from rs_trainer.errors import ConfigError
 from rs_trainer.phases import estimators
+from rs_trainer.run.browser import read_counts
 from rs_trainer.run.io import read_jsonl
 from rs_trainer.tools import best_of_n
 
@@ -91,6 +92,10 @@ def check_outputs(out, num_prompts: int, candidates: int) -> tuple[list[dict], d
         assert [c["sample_index"] for c in r["candidates"]] == list(range(candidates))
         assert r["best"]["reward"] == max(c["reward"] for c in r["candidates"])
         assert r["best"] in r["candidates"]
+    # The run browser's page: every candidate, the best of each prompt selected (tests/test_browser.py opens one).
+    counts = read_counts(out / "best_of_n_page.js")
+    assert counts["samples"] == num_prompts * candidates and counts["prompts"] == num_prompts
+    assert counts["selected"] == num_prompts and (out / "index.html").stat().st_size > counts["samples"]
     return rows, metrics
 
 

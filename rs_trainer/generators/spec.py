@@ -98,6 +98,26 @@ class GeneratorSpec:
             return self.adapter_api is not None
         return self.model in (None, POLICY)
 
+    @property
+    def samples_training_weights(self) -> bool:
+        """Samples from the very weights being trained, in the training process (`local` or colocated `vllm` policy):
+        its rows are the policy's own samples, on which drift (KL to the base model, entropy) is measured and
+        `max_kl` can act. A server's policy samples from a copy of last round's weights, through its own decoder.
+
+        >>> specs = [GeneratorSpec("p", engine=e) for e in ("local", "vllm", "server")]
+        >>> [(s.engine, s.samples_training_weights, s.seeds_each_request) for s in specs]
+        [('local', True, False), ('vllm', True, True), ('server', False, True)]
+        >>> GeneratorSpec("teacher", engine="vllm", model="org/teacher").samples_training_weights
+        False
+        """
+        return self.is_policy and self.engine in ("local", "vllm")
+
+    @property
+    def seeds_each_request(self) -> bool:
+        """Seeds every request by (seed, prompt, sample) (servers, vLLM), so its rows do not depend on which rank
+        sent them; the in-process `rs` engine draws from one seeded stream per rank instead."""
+        return self.engine != "local"
+
 
 def parse_generators(entries: list[dict] | None, default_samples: int) -> list[GeneratorSpec]:
     """The recipe's `generators` list as specs; none listed means one: the policy, in-process (`policy`)."""

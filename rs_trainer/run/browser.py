@@ -102,7 +102,7 @@ def round_data(
                 scorers.append(name)
     samples = []
     for row in rows:
-        pid = row["prompt_id"]
+        pid = str(row["prompt_id"])  # the page looks prompts up by the text of their id
         if pid not in prompt_index:
             prompt_index[pid] = len(prompts)
             prompts.append([pid, prompt_text(row.get("prompt", ""))])

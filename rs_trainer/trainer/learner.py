@@ -137,7 +137,7 @@ class Learner:
         args, acc = inputs.args, inputs.accelerator
         if policy.kl_reference is None:
             return {}
-        own = {s.name for s in inputs.generator_specs if s.is_policy and s.engine in ("local", "vllm")}
+        own = {s.name for s in inputs.generator_specs if s.samples_training_weights}
         mine = [s for s in rows if s.get("generator", "policy") in own]
         share = -(-args.kl_samples // acc.num_processes)  # ceil
         if args.kl_samples and len(mine) > share:

@@ -44,8 +44,7 @@ class RoundSampler:
         for g, spec in enumerate(inputs.generator_specs):
             missing = [p for p in prompts if p["prompt_id"] not in done[spec.name]]
             if missing:
-                # Servers seed each request by (seed, prompt, sample), so their rows do not depend on the rank.
-                rank = acc.process_index if spec.engine == "local" else 0
+                rank = 0 if spec.seeds_each_request else acc.process_index
                 seed = seeds.sampling_seed(args.seed, r, seeds.generator_stream(g), rank)
                 with clock.phase(f"generate/{spec.name}"):
                     self._generate_with(spec, data.shard(missing, acc.process_index, acc.num_processes), r, seed)

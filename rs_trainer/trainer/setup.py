@@ -165,10 +165,11 @@ def build_policy(inputs: RunInputs) -> Policy:
     model, optimizer = acc.prepare(model, optimizer)
     with outside_zero3_init():
         reference = kl_reference(args, model_args, acc.device)
-    measured = any(spec.is_policy and spec.engine == "local" for spec in inputs.generator_specs)
+    measured = any(spec.samples_training_weights for spec in inputs.generator_specs)
     if args.max_kl is not None and (reference is None or not measured):
         raise ConfigError(
-            "`max_kl` needs KL to be measured: LoRA (or `kl_to_base: on`) and the policy sampling in-process."
+            "`max_kl` needs KL to be measured: LoRA (or `kl_to_base: on`) and the policy sampling in the training "
+            "process (engine `local` or `vllm`)."
         )
     base_state = None
     if args.sft_from == "base":  # ZeRO-3 partitions are gathered, and rank 0 keeps the copy; else every rank does
