@@ -17,6 +17,7 @@ from rs_trainer.generators.local import release
 from rs_trainer.phases.temperature import AUTO
 from rs_trainer.rewards import REWARD_MODEL_PREFIX
 from rs_trainer.run import data, resume, seeds
+from rs_trainer.run.browser import write_run_page
 from rs_trainer.run.io import recover_dir, write_json
 from rs_trainer.run.metrics import eval_key, proxy_gold_turn, summary_table
 from rs_trainer.run.progress import RoundClock
@@ -76,8 +77,8 @@ class RejectionSamplingTrainer:
         log(self.accelerator, "\n" + summary_table(self.history))
         if self.accelerator.is_main_process:
             write_json(self.inputs.files.summary, self.history)
-            if self.inputs.files.index_page.exists():
-                log(self.accelerator, f"browse the run: {self.inputs.files.index_page.resolve().as_uri()}")
+            page = write_run_page(self.inputs.files.root)  # again: a kill between a round's end and its page
+            log(self.accelerator, f"browse the run: {page.resolve().as_uri()}")
         # Every rank leaves together: a rank that runs ahead into interpreter shutdown while gloo's worker thread
         # still releases the last broadcast's tensors can abort natively ("terminate called without an active
         # exception", pytorch/pytorch#190489 and #179291; the likely cause of docs/LOG.md's ZeRO-3 abort), and
