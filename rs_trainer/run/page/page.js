@@ -69,7 +69,8 @@ function fmt(x, digits = 3) {
   if (x === null || x === undefined) return "–";
   if (typeof x !== "number") return String(x);
   if (Number.isInteger(x)) return x.toLocaleString("en");
-  return x.toFixed(digits);
+  const text = x.toFixed(digits);
+  return Number(text) === 0 ? text.replace("-", "") : text; // a KL of -1e-9 reads 0.000, not -0.000
 }
 
 const pct = (x) => (x === null || x === undefined ? "–" : (100 * x).toFixed(1) + "%");
@@ -269,6 +270,7 @@ function visiblePrompts(round) {
 
 function filterBar(round, rerender, onPromptPage = false) {
   const gens = round ? round.generators : [];
+  if (round && view.generator && !gens.includes(view.generator)) view.generator = ""; // a generator of another round
   const search = onPromptPage ? null : el("input", { id: "f-search", type: "search", placeholder: "search prompts and completions", value: view.q });
   let timer = null;
   search?.addEventListener("input", () => {
