@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None):
     for action in parser._actions:  # HfArgumentParser would call dict() on the text
         if action.dest == "generators":
             action.type = generator_entry
+        if action.dest in ("reward_funcs", "eval_reward_funcs"):
+            action.type = scorer_entry
     try:
         args, model_args = parser.parse_args_and_config(args=argv)
     except ValueError as err:
@@ -75,6 +77,24 @@ def generator_entry(text: str) -> dict | list:
     raise argparse.ArgumentTypeError(
         f"{text!r} is not a generator entry; give each as a YAML mapping: '{{name: policy, engine: vllm}}'"
     )
+
+
+def scorer_entry(text: str) -> str | dict:
+    """`--reward_funcs` on the command line: a scorer's name as it is, or a judge as a YAML mapping,
+    e.g. `--reward_funcs numeric_answer '{kind: judge, name: grader, base_url: ..., model: ...}'`."""
+    import yaml
+
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if isinstance(value, dict):
+        return value
+    import argparse
+
+    raise argparse.ArgumentTypeError(f"{text!r} is not a scorer entry; give a name or a YAML mapping in braces.")
 
 
 def check_recipe_file(argv: list[str]) -> None:

@@ -30,6 +30,8 @@ UNSET = "<unset>"  # a deprecated key whose `null` means something (`eval_split:
 PER_ROUND_FIELDS = ("temperature", "top_p", "top_k", "min_p", "max_completion_length")
 # Keys that take one value per round as well, but that `for_round` does not read (selection reads them).
 LIST_VALUED_FIELDS = (*PER_ROUND_FIELDS, "reward_percentile", "rso_beta")
+# Keys whose entries are scorer names or `kind: judge` mappings (`rs_trainer.rewards.judge`).
+SCORER_LIST_KEYS = ("reward_funcs", "eval_reward_funcs")
 # The names of TRL's configs where a key means what a TRL key means; the old spelling is a deprecated alias for one
 # release. The "k"s, once: `top_k` is sampling's top-k (TRL, transformers); `selection: top_k` keeps the
 # `selection_top_k` best samples over all prompts; `selection: top_k_per_prompt` (and `rso`) keep `k_per_prompt`
@@ -369,9 +371,10 @@ class RSConfig:
         default_factory=lambda: [arithmetic.VERIFIER],
         metadata={
             "help": "Scorers: built-in names (numeric_answer, math_answer, code_tests), `reward_model:<hub id, "
-            "folder or embedded:name>`, or dotted paths to functions with TRL's reward signature "
-            "`fn(prompts, completions, **columns) -> list[float | None]`. Default: the verifier of the default "
-            "dataset, builtin:arithmetic (numeric_answer)."
+            "folder or embedded:name>`, dotted paths to functions with TRL's reward signature "
+            "`fn(prompts, completions, **columns) -> list[float | None]`, or an LLM judge as a mapping "
+            "`{kind: judge, name, base_url, model, template, score}` (docs/options.md). Default: the verifier of "
+            "the default dataset, builtin:arithmetic (numeric_answer)."
         },
     )
     reward_weights: list[float] | None = field(
@@ -610,6 +613,9 @@ class RSConfig:
             kind, is_list = _annotation(hints[key])
             if value is None or key == "generators":  # generators: checked entry by entry in `generator_specs`
                 continue
+            if key in SCORER_LIST_KEYS:  # names, or `kind: judge` mappings: checked entry by entry
+                setattr(self, key, self._scorer_entries(key, value))
+                continue
             if key == "temperature":
                 value = self._temperatures(value)
             elif kind in (int, float):
@@ -619,6 +625,25 @@ class RSConfig:
             elif kind is str:
                 value = self._text(key, value, is_list)
             setattr(self, key, value)
+
+    @staticmethod
+    def _scorer_entries(key: str, value) -> list:
+        """`reward_funcs` / `eval_reward_funcs`: each entry a scorer's name or a `kind: judge` mapping
+        (`rewards.judge.parse_judge_entry`), the names unique."""
+        from rs_trainer.rewards.judge import parse_judge_entry, scorer_name
+
+        entries = [value] if isinstance(value, (str, dict)) else value
+        if not isinstance(entries, (list, tuple)) or not entries:
+            raise ConfigError(f"`{key}` takes scorer names or `kind: judge` mappings (a list), got {value!r}.")
+        for i, entry in enumerate(entries):
+            if isinstance(entry, dict):
+                parse_judge_entry(entry, f"`{key}[{i}]`")
+            elif not isinstance(entry, str) or not entry:
+                raise ConfigError(f"`{key}[{i}]` is {entry!r}; give a scorer's name or a `kind: judge` mapping.")
+        names = [scorer_name(e) for e in entries]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"`{key}` names a scorer twice ({names}); give each a different name.")
+        return list(entries)
 
     @staticmethod
     def _numbers(key: str, value, kind: type, is_list: bool) -> int | float | list:
@@ -671,13 +696,14 @@ class RSConfig:
                     "recipe (recipes/smollm2/reward_model.yaml) or remove `reward_model_refresh_pairs`."
                 )
             return
-        models = [f for f in self.reward_funcs if f.startswith("reward_model:")]
+        models = [f for f in self.reward_funcs if isinstance(f, str) and f.startswith("reward_model:")]
         if len(models) != 1:
             raise ConfigError(
                 f"`reward_model_refresh` replaces the one `reward_model:` scorer of `reward_funcs`, which has "
                 f"{len(models)}; name exactly one, or remove `reward_model_refresh`."
             )
-        if not self.eval_reward_funcs or set(self.eval_reward_funcs) == set(self.reward_funcs):
+        same = [json.dumps(f, sort_keys=True) for f in self.eval_reward_funcs or []]
+        if not same or sorted(same) == sorted(json.dumps(f, sort_keys=True) for f in self.reward_funcs):
             raise ConfigError(
                 "`reward_model_refresh` ranks each round's samples with `eval_reward_funcs` (the verifier stands in "
                 "for the labellers), which is not set apart from `reward_funcs`; set it (e.g. [numeric_answer])."

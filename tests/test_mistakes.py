@@ -170,7 +170,7 @@ def write_recipe(tmp_path, model, text: str) -> list[str]:
         ("warmup_ratio: .nan", ["`warmup_ratio` must lie in 0..1"]),
         ("temperature: off", ["`temperature` for round 0 is False", "give a number or `auto`"]),
         ("dedupe: on", ["`dedupe` takes text, got the boolean true", "put the value in quotes"]),
-        ("reward_funcs: [1]", ["`reward_funcs` takes names"]),
+        ("reward_funcs: [1]", ["`reward_funcs[0]` is 1", "give a scorer's name or a `kind: judge` mapping"]),
         ("use_peft: true\nlora_r: [8, 16]", ["`lora_r` takes a whole number, got the list [8, 16]"]),
     ],
 )

@@ -26,16 +26,15 @@ from rs_trainer.generators.handoff import PolicyWeights, RunContext
 from rs_trainer.generators.spec import GeneratorSpec
 from rs_trainer.phases.generation import SamplingParams, render_prompt
 from rs_trainer.run import seeds
+from rs_trainer.run.openai_api import openai_client
 from rs_trainer.run.ranks import on_main
 
 
 def make_client(spec: GeneratorSpec, base_url: str):
-    from openai import OpenAI
-
-    key = os.environ.get(spec.api_key_env, "") if spec.api_key_env else ""
-    if spec.api_key_env and not key:
-        raise GeneratorError(f"generator {spec.name!r}: the environment variable {spec.api_key_env} is not set.")
-    return OpenAI(base_url=base_url, api_key=key or "none", timeout=spec.timeout, max_retries=spec.max_retries)
+    try:
+        return openai_client(base_url, spec.api_key_env, spec.timeout, spec.max_retries)
+    except ValueError as err:
+        raise GeneratorError(f"generator {spec.name!r}: {err}") from None
 
 
 def check_endpoint(

@@ -29,11 +29,18 @@ REWARD_MODEL_PREFIX = "reward_model:"
 _REWARD_MODELS: dict[tuple, Callable] = {}  # one loaded reward model per (path, device), however often named
 
 
-def resolve_scorer(name: str, reward_model_device: str | None = None) -> Callable:
-    """A built-in name, `reward_model:<hub id or local path>`, or a dotted path `package.module.function`.
+def resolve_scorer(name: str | dict, reward_model_device: str | None = None) -> Callable:
+    """A built-in name, `reward_model:<hub id or local path>`, a dotted path `package.module.function`, or a
+    `kind: judge` mapping (`rs_trainer.rewards.judge`, its endpoint checked here).
 
     A reward model is loaded once per (path, device) on `reward_model_device` (default: this process's GPU, else the
     CPU), so it can live on another GPU than the policy."""
+    if isinstance(name, dict):
+        from rs_trainer.rewards.judge import JudgeScorer, parse_judge_entry
+
+        judge = JudgeScorer(parse_judge_entry(name, "judge"))
+        judge.check()
+        return judge
     if name in BUILTIN_SCORERS:
         needs = BUILTIN_NEEDS.get(name)
         if needs and importlib.util.find_spec(needs[0]) is None:
@@ -65,24 +72,27 @@ def resolve_scorer(name: str, reward_model_device: str | None = None) -> Callabl
 
 def resolve_scorers(
     key: str,
-    names: list[str],
+    names: list[str | dict],
     weights: list[float] | None,
     device: str | None,
     prompts: list[dict],
     dataset_name: str,
 ) -> tuple[dict[str, Callable], dict[str, float]]:
-    """The scorers a recipe key (`reward_funcs`, `eval_reward_funcs`) names, with their weights (1.0 each when
-    `weights` is None), after checking that `prompts` carry every ground-truth column they read. A scorer that
-    cannot be loaded is refused as a `ConfigError` naming `key` and the scorer."""
+    """The scorers a recipe key (`reward_funcs`, `eval_reward_funcs`) names (an entry's name: `judge.scorer_name`),
+    with their weights (1.0 each when `weights` is None), after checking that `prompts` carry every ground-truth
+    column they read. A scorer that cannot be loaded is refused as a `ConfigError` naming `key` and the scorer."""
     from rs_trainer.rewards.columns import check_scorer_columns
+    from rs_trainer.rewards.judge import scorer_name
 
     scorers = {}
-    for name in names:
+    for entry in names:
+        name = scorer_name(entry)
         try:
-            scorers[name] = resolve_scorer(name, device)
+            scorers[name] = resolve_scorer(entry, device)
         except (ValueError, OSError) as err:
             raise ConfigError(f"`{key}`: {name}: {first_line(err)}") from None
     check_scorer_columns(scorers, prompts, dataset_name)
+    names = [scorer_name(entry) for entry in names]
     return scorers, dict(zip(names, weights or [1.0] * len(names), strict=True))
 
 
@@ -92,7 +102,7 @@ def score(samples: list[dict], scorers: dict[str, Callable], weights: dict[str, 
     Each sample is a dict with `prompt_id`, `sample_index`, `prompt` (messages), `completion` (text) and the
     prompt's other dataset columns. The total is the weighted sum over the scorers that gave an opinion; it is
     `None` when none did. A sample whose check overran a pooled scorer's limit (`math_answer`) also gets
-    `timed_out`, the names of those scorers.
+    `timed_out`, the names of those scorers; one whose judge replies could not be read, `judge_unparsed`.
     """
     if not samples:
         return []
@@ -100,7 +110,7 @@ def score(samples: list[dict], scorers: dict[str, Callable], weights: dict[str, 
     completions = [[{"role": "assistant", "content": s["completion"]}] for s in samples]
     reserved = {"prompt", "completion", "prompt_id", "sample_index", "round", "completion_tokens", "finished"}
     columns = {k: [s.get(k) for s in samples] for k in samples[0] if k not in reserved}
-    per_scorer, overran = {}, {}
+    per_scorer, overran, unparsed = {}, {}, {}
     for name, fn in scorers.items():
         try:
             values = fn(prompts=prompts, completions=completions, **columns)
@@ -118,6 +128,8 @@ def score(samples: list[dict], scorers: dict[str, Callable], weights: dict[str, 
         per_scorer[name] = values
         for i in getattr(fn, "timed_out", None) or ():  # a scorer in a killable pool: these samples overran
             overran.setdefault(i, []).append(name)
+        for i in getattr(fn, "unparsed", None) or ():  # an LLM judge: no reply for these samples could be read
+            unparsed.setdefault(i, []).append(name)
     out = []
     for i in range(len(samples)):
         rewards = {name: (None if v[i] is None else float(v[i])) for name, v in per_scorer.items()}
@@ -125,4 +137,6 @@ def score(samples: list[dict], scorers: dict[str, Callable], weights: dict[str, 
         out.append({"reward": sum(given) if given else None, "rewards": rewards})
         if i in overran:
             out[-1]["timed_out"] = overran[i]  # the scorers whose check this sample overran: no opinion from them
+        if i in unparsed:
+            out[-1]["judge_unparsed"] = unparsed[i]
     return out

@@ -22,6 +22,7 @@ def check_scorer_columns(scorers: dict, prompts: list[dict], source: str) -> Non
             and p.default is inspect.Parameter.empty
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         ]
+        needed += sorted(getattr(fn, "needs_columns", ()))  # an LLM judge's template fields
         for column in needed:
             missing = [p["prompt_id"] for p in prompts if p.get(column) is None]
             if missing:

@@ -77,6 +77,7 @@ def round_metrics(samples: list[dict], selected: set, pass_threshold: float) -> 
         "rs/truncated_ratio": statistics.fmean(not s["finished"] for s in samples) if samples else 0.0,
         "rs/unique_ratio": len(unique) / len(samples) if samples else 0.0,
         "rs/scorer_timeouts": sum(bool(s.get("timed_out")) for s in samples),
+        "rs/judge_unparsed": sum(bool(s.get("judge_unparsed")) for s in samples),
     }
     if picked and any("verified_reward" in s for s in picked):  # how often a reward model picked a right answer
         verdicts = [s.get("verified_reward") for s in picked]

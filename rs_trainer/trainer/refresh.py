@@ -94,7 +94,8 @@ def refresh_data_args(recipe: str, **overrides):
 
 def recipe_reward_model(args) -> str:
     """The path of the one `reward_model:` scorer of `reward_funcs` (`RSConfig` checks there is exactly one)."""
-    return next(f for f in args.reward_funcs if f.startswith(REWARD_MODEL_PREFIX))[len(REWARD_MODEL_PREFIX) :]
+    named = (f for f in args.reward_funcs if isinstance(f, str) and f.startswith(REWARD_MODEL_PREFIX))
+    return next(named)[len(REWARD_MODEL_PREFIX) :]
 
 
 def use_reward_model(scoring, name: str, folder: Path) -> None:

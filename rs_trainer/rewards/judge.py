@@ -1,0 +1,269 @@
+"""An LLM as the judge: a scorer that asks one or several models behind an OpenAI-compatible endpoint (vLLM, SGLang,
+`transformers serve`, a hosted API) to grade each completion, through the same `openai` client as the generators.
+
+A `reward_funcs` entry is a mapping (`kind: judge`) instead of a name:
+
+    reward_funcs:
+      - kind: judge
+        name: grader                       # the scorer's name in rows' `rewards` and in the metrics
+        base_url: http://127.0.0.1:8000/v1
+        model: Qwen/Qwen2.5-7B-Instruct    # or a list: several judges on the endpoint, combined by `combine`
+        template: "Question: {prompt}\\nReference: {answer}\\nResponse: {completion}\\nCorrect? Answer Yes or No."
+        score: yes_no                      # or `number` (the first number of the reply, divided by `scale`)
+
+- The template gets `{prompt}` (the last user message), `{completion}` and any dataset column (`{answer}`); a field
+  that some prompt lacks is refused before the run starts, naming it.
+- Greedy replies (temperature 0) of at most `max_tokens` tokens. `yes_no` reads the reply's first word (yes -> 1,
+  no -> 0); `number` its first number. A reply that cannot be read is None, no opinion: never a silent 0. Such
+  samples are marked `judge_unparsed` in their rows and counted in `rs/judge_unparsed`.
+- Several models combine by `mean` of their opinions, or `vote` (the majority of opinions >= 0.5; a tie is None).
+- Every reply is cached on disk by the judge (model, template, reading, token limit) and the exact request, under
+  `$RS_TRAINER_CACHE/judges/` (one append-only file per process, synced per batch): a resumed run, or a rerun,
+  never asks twice.
+- The endpoint is checked when the scorer is built, before anything is written: one that does not answer, or does
+  not serve the model, stops the run in one line that names the entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import socket
+import string
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from rs_trainer.errors import ConfigError
+
+JUDGE = "judge"
+SCORE_MODES = ("yes_no", "number")
+COMBINE = ("mean", "vote")
+DEFAULT_TEMPLATE = (
+    "You are grading an answer.\n\nQuestion:\n{prompt}\n\nAnswer:\n{completion}\n\n"
+    "Is the answer correct? Reply with one word: Yes or No."
+)
+BUILT_IN_FIELDS = ("prompt", "completion")
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeSpec:
+    """One `kind: judge` entry of `reward_funcs` (see the module docstring): where to ask, whom, what and how to
+    read the answer."""
+
+    name: str
+    base_url: str
+    model: tuple[str, ...]
+    template: str = DEFAULT_TEMPLATE
+    score: str = "yes_no"
+    scale: float = 1.0
+    combine: str = "mean"
+    max_tokens: int = 16
+    api_key_env: str | None = None
+    timeout: float = 120.0
+    max_retries: int = 3
+    max_concurrency: int = 8
+
+    @property
+    def fields(self) -> set[str]:
+        """The template's `{field}`s: `prompt`, `completion` and dataset columns."""
+        return {f for _, f, _, _ in string.Formatter().parse(self.template) if f}
+
+    def identity(self, model: str) -> str:
+        """What a cached reply depends on, besides the request itself: the model and how it is asked and read."""
+        return json.dumps([model, self.template, self.score, self.scale, self.max_tokens])
+
+
+def scorer_name(entry) -> str:
+    """The name a `reward_funcs` entry scores under: the text itself, or a mapping's `name`.
+
+    >>> scorer_name("numeric_answer"), scorer_name({"kind": "judge", "name": "grader"})
+    ('numeric_answer', 'grader')
+    """
+    return entry if isinstance(entry, str) else str(entry.get("name", ""))
+
+
+def parse_judge_entry(entry: dict, where: str) -> JudgeSpec:
+    """A `kind: judge` mapping as a `JudgeSpec`, or a `ConfigError` naming `where` (`reward_funcs[1]`), the key and
+    the fix.
+
+    >>> parse_judge_entry({"kind": "judge", "name": "g", "base_url": "http://h/v1", "model": "m"}, "x").model
+    ('m',)
+    >>> parse_judge_entry({"kind": "judge", "name": "g", "base_url": "http://h/v1", "model": "m", "score": "maybe"},
+    ...                   "`reward_funcs[0]`")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    rs_trainer.errors.ConfigError: `reward_funcs[0]` (judge g): `score` 'maybe' is unknown; choose one of ...
+    """
+    if entry.get("kind") != JUDGE:
+        raise ConfigError(f"{where}: a mapping entry needs `kind: judge` (got kind {entry.get('kind')!r}).")
+    known = {f.name for f in dataclasses.fields(JudgeSpec)} | {"kind"}
+    unknown = sorted(set(entry) - known)
+    label = f"{where} (judge {entry.get('name', '?')})"
+    if unknown:
+        raise ConfigError(f"{label}: unknown keys {unknown}; the keys are {sorted(known)}.")
+    for key in ("name", "base_url", "model"):
+        if not entry.get(key):
+            raise ConfigError(f"{label}: `{key}` is missing; a judge needs `name`, `base_url` and `model`.")
+    models = entry["model"]
+    models = tuple([models] if isinstance(models, str) else models)
+    if not models or not all(isinstance(m, str) and m for m in models):
+        raise ConfigError(f"{label}: `model` must be a model name or a list of them, got {entry['model']!r}.")
+    spec = JudgeSpec(**{**{k: v for k, v in entry.items() if k != "kind"}, "model": models})
+    if spec.score not in SCORE_MODES:
+        raise ConfigError(f"{label}: `score` {spec.score!r} is unknown; choose one of {SCORE_MODES}.")
+    if spec.combine not in COMBINE:
+        raise ConfigError(f"{label}: `combine` {spec.combine!r} is unknown; choose one of {COMBINE}.")
+    if "completion" not in spec.fields:
+        raise ConfigError(f"{label}: `template` has no `{{completion}}`; the judge would not see what it grades.")
+    for key in ("scale", "timeout"):
+        if not isinstance(getattr(spec, key), (int, float)) or getattr(spec, key) <= 0:
+            raise ConfigError(f"{label}: `{key}` must be a number > 0, got {getattr(spec, key)!r}.")
+    for key in ("max_tokens", "max_retries", "max_concurrency"):
+        value = getattr(spec, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "max_retries" else 1):
+            raise ConfigError(f"{label}: `{key}` must be a whole number >= 1, got {value!r}.")
+    return spec
+
+
+def parse_reply(text: str, mode: str, scale: float = 1.0) -> float | None:
+    """A judge's reply as a score, or None when it cannot be read.
+
+    >>> [parse_reply(t, "yes_no") for t in ("Yes.", " no, because", "**Yes**", "Maybe", "")]
+    [1.0, 0.0, 1.0, None, None]
+    >>> [parse_reply(t, "number", 10) for t in ("Score: 7/10", "8", "-1", "none")]
+    [0.7, 0.8, -0.1, None]
+    """
+    if mode == "yes_no":
+        words = re.findall(r"[a-z]+", text.lower())
+        return {"yes": 1.0, "no": 0.0}.get(words[0]) if words else None
+    found = re.search(r"-?\d+(?:\.\d+)?", text)
+    return float(found.group()) / scale if found else None
+
+
+def combine(opinions: list[float | None], how: str) -> float | None:
+    """Several judges' scores of one sample as one: the mean of those with an opinion, or the majority vote of
+    opinion >= 0.5 (1.0 or 0.0; a tie, or no opinion at all, is None).
+
+    >>> combine([1.0, None, 0.0, 1.0], "mean"), combine([1.0, 0.0, 1.0], "vote"), combine([1.0, 0.0], "vote")
+    (0.6666666666666666, 1.0, None)
+    """
+    given = [o for o in opinions if o is not None]
+    if not given:
+        return None
+    if how == "mean":
+        return sum(given) / len(given)
+    ayes = sum(o >= 0.5 for o in given)
+    return None if 2 * ayes == len(given) else float(2 * ayes > len(given))
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RS_TRAINER_CACHE", Path.home() / ".cache" / "rs_trainer")) / "judges"
+
+
+class JudgeScorer:
+    """The scorer of one `kind: judge` entry, with TRL's reward-function signature. After each call, `unparsed`
+    holds the indices of the samples no judge gave a readable reply for."""
+
+    def __init__(self, spec: JudgeSpec):
+        self.spec = spec
+        self.__name__ = f"{JUDGE}:{spec.name}"
+        self.unparsed: list[int] = []
+        self._lock = threading.Lock()
+        self._cache: dict[str, str] | None = None
+        self._client = None
+
+    @property
+    def needs_columns(self) -> set[str]:
+        """The dataset columns the template reads (`rewards.columns` checks every prompt has them)."""
+        return self.spec.fields - set(BUILT_IN_FIELDS)
+
+    # ---- the endpoint
+    def client(self):
+        if self._client is None:
+            from rs_trainer.run.openai_api import openai_client
+
+            spec = self.spec
+            self._client = openai_client(spec.base_url, spec.api_key_env, spec.timeout, spec.max_retries)
+        return self._client
+
+    def check(self) -> None:
+        """Each model answers a one-token request, or a `ValueError` says which does not and why."""
+        import openai
+
+        client = self.client().with_options(max_retries=1, timeout=min(self.spec.timeout, 60))
+        for model in self.spec.model:
+            try:
+                client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0
+                )
+            except openai.APIConnectionError:
+                raise ValueError(
+                    f"{self.spec.base_url} does not answer; start the server or fix `base_url`."
+                ) from None
+            except openai.APIStatusError as err:
+                raise ValueError(
+                    f"{self.spec.base_url} refused a one-token request for model {model!r} ({err.status_code}: "
+                    f"{str(err.message)[:200]}); fix `model` (or `api_key_env`)."
+                ) from None
+
+    # ---- the cache
+    def _cache_dir(self) -> Path:
+        digest = hashlib.sha256(json.dumps([self.spec.identity(m) for m in self.spec.model]).encode()).hexdigest()
+        return cache_root() / f"{self.spec.name}-{digest[:16]}"
+
+    def _load_cache(self) -> dict[str, str]:
+        if self._cache is None:
+            from rs_trainer.run.io import read_jsonl_prefix
+
+            self._cache = {}
+            for path in sorted(self._cache_dir().glob("*.jsonl")):
+                self._cache.update({row["key"]: row["reply"] for row in read_jsonl_prefix(path)})
+        return self._cache
+
+    def _remember(self, rows: list[dict]) -> None:
+        from rs_trainer.run.io import append_jsonl
+
+        path = self._cache_dir() / f"{socket.gethostname()}-{os.getpid()}.jsonl"
+        append_jsonl(path, rows)
+
+    # ---- scoring
+    def render(self, prompt, completion, columns: dict, i: int) -> str:
+        values = {name: columns[name][i] for name in self.spec.fields if name in columns}
+        last_user = next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
+        text = completion[-1]["content"] if isinstance(completion, list) else completion
+        return self.spec.template.format_map({**values, "prompt": last_user, "completion": text})
+
+    def __call__(self, prompts: list, completions: list, **columns) -> list[float | None]:
+        spec, cache = self.spec, self._load_cache()
+        asks = [self.render(p, c, columns, i) for i, (p, c) in enumerate(zip(prompts, completions, strict=True))]
+        keys = {
+            (i, m): hashlib.sha256(f"{spec.identity(m)}\n{ask}".encode()).hexdigest()
+            for i, ask in enumerate(asks)
+            for m in spec.model
+        }
+        todo = sorted({key: (i, m) for (i, m), key in keys.items() if key not in cache}.items())
+        if todo:
+            with ThreadPoolExecutor(max_workers=spec.max_concurrency) as pool:
+                replies = list(pool.map(lambda item: self._ask(item[1][1], asks[item[1][0]]), todo))
+            fresh = [
+                {"key": key, "model": m, "reply": reply} for (key, (_, m)), reply in zip(todo, replies, strict=True)
+            ]
+            self._remember(fresh)
+            with self._lock:
+                cache.update({row["key"]: row["reply"] for row in fresh})
+        scores, self.unparsed = [], []
+        for i in range(len(asks)):
+            opinions = [parse_reply(cache[keys[i, m]], spec.score, spec.scale) for m in spec.model]
+            if all(o is None for o in opinions):
+                self.unparsed.append(i)
+            scores.append(combine(opinions, spec.combine))
+        return scores
+
+    def _ask(self, model: str, text: str) -> str:
+        out = self.client().chat.completions.create(
+            model=model, messages=[{"role": "user", "content": text}], max_tokens=self.spec.max_tokens, temperature=0
+        )
+        return out.choices[0].message.content or "" if out.choices else ""
