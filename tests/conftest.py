@@ -31,6 +31,7 @@ LONGEST_FIRST = (
     "tests/test_multinode.py",
     "tests/test_kill_phases.py",
     "tests/test_generators.py",
+    "tests/test_embedded.py",
 )
 
 
