@@ -33,7 +33,6 @@ import os
 import re
 import socket
 import string
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -160,7 +159,9 @@ def combine(opinions: list[float | None], how: str) -> float | None:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("RS_TRAINER_CACHE", Path.home() / ".cache" / "rs_trainer")) / "judges"
+    from rs_trainer.run.models import cache_dir
+
+    return cache_dir() / "judges"
 
 
 class JudgeScorer:
@@ -171,7 +172,6 @@ class JudgeScorer:
         self.spec = spec
         self.__name__ = f"{JUDGE}:{spec.name}"
         self.unparsed: list[int] = []
-        self._lock = threading.Lock()
         self._cache: dict[str, str] | None = None
         self._client = None
 
@@ -252,8 +252,7 @@ class JudgeScorer:
                 {"key": key, "model": m, "reply": reply} for (key, (_, m)), reply in zip(todo, replies, strict=True)
             ]
             self._remember(fresh)
-            with self._lock:
-                cache.update({row["key"]: row["reply"] for row in fresh})
+            cache.update({row["key"]: row["reply"] for row in fresh})
         scores, self.unparsed = [], []
         for i in range(len(asks)):
             opinions = [parse_reply(cache[keys[i, m]], spec.score, spec.scale) for m in spec.model]

@@ -21,6 +21,7 @@ the page's own scripts.
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -177,7 +178,7 @@ def render_page(run: dict, rounds: list[tuple[str, Path]], inline_limit: int = I
             '<html lang="en"><head><meta charset="utf-8">',
             f'<meta http-equiv="Content-Security-Policy" content="{csp}">',
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            f"<title>{html_text(title)} · rs_trainer</title>",
+            f"<title>{html.escape(title, quote=False)} · rs_trainer</title>",
             f"<style>{style}</style>",
             "</head><body>",
             "<noscript>This page draws itself with JavaScript; the same data is in the round folders' "
@@ -189,15 +190,6 @@ def render_page(run: dict, rounds: list[tuple[str, Path]], inline_limit: int = I
             "",
         ]
     )
-
-
-def html_text(text: str) -> str:
-    """`text` escaped for HTML element content (the one place Python writes model-independent text as HTML).
-
-    >>> html_text("<run & co>")
-    '&lt;run &amp; co&gt;'
-    """
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def write_run_page(output_dir: str | Path, inline_limit: int = INLINE_LIMIT) -> Path:
@@ -218,9 +210,8 @@ def write_run_page(output_dir: str | Path, inline_limit: int = INLINE_LIMIT) -> 
             write_atomic(page, page_data_script(data))
         rounds.append((str(r), page))
         metrics = read_json(files.metrics(r))
-        entries.append({"key": str(r), "label": f"round {r}", "src": f"round_{r}/page.js", "metrics": metrics})
-    for entry, (_, page) in zip(entries, rounds, strict=True):
-        entry["counts"] = read_counts(page)
+        entry = {"key": str(r), "label": f"round {r}", "src": f"round_{r}/page.js", "metrics": metrics}
+        entries.append({**entry, "counts": read_counts(page)})
     run = {
         "kind": "run",
         "title": Path(output_dir).resolve().name,
