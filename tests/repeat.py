@@ -1,6 +1,7 @@
 """Run some tests N times and print how often each passed: the check that a test is not flaky.
 
     python tests/repeat.py -n 10 tests/test_fsdp2.py tests/test_vllm.py [-- extra pytest arguments]
+    python tests/repeat.py -n 5 --keep runs/ ...   # each run's XML kept; a second call adds to the same table
 
 Each repetition is a fresh `pytest` process (fixtures, servers and models start anew), its results read from the
 JUnit XML pytest writes. The table lists every test seen, with passed / runs, and the first failure line of each
@@ -39,6 +40,12 @@ def results(junit: Path) -> dict[str, tuple[str, str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=5, help="how many times (default 5)")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="folder for each run's JUnit XML; runs already there count in the table, so an interrupted "
+        "repetition can go on where it stopped (one folder per commit)",
+    )
     parser.add_argument("paths", nargs="+", help="test files or ids; after `--`, arguments for pytest")
     args = parser.parse_args()
     paths, extra = args.paths, []
@@ -48,17 +55,30 @@ def main() -> int:
 
     seen: dict[str, list[tuple[str, str]]] = defaultdict(list)
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(1, args.n + 1):
-            junit = Path(tmp) / f"run{i}.xml"
+        folder = Path(tmp)
+        if args.keep:
+            folder = args.keep
+            folder.mkdir(parents=True, exist_ok=True)
+        earlier = sorted(folder.glob("run*.xml"), key=lambda p: int(p.stem[3:]))
+        for junit in earlier:
+            for test_id, result in results(junit).items():
+                seen[test_id].append(result)
+        if earlier:
+            print(f"repeat: {len(earlier)} earlier runs in {folder}", flush=True)
+        total = len(earlier) + args.n
+        for i in range(len(earlier) + 1, total + 1):
+            junit = folder / f"run{i}.xml"
             start = time.monotonic()
             cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
             proc = subprocess.run([*cmd, *paths, *extra])
-            run = results(junit) if junit.exists() else {}
+            if not junit.exists():  # pytest died before writing it: the run still counts, with no test passed
+                junit.write_text("<testsuite/>")
+            run = results(junit)
             for test_id, result in run.items():
                 seen[test_id].append(result)
             passed = sum(outcome == "passed" for outcome, _ in run.values())
             print(
-                f"repeat: run {i}/{args.n}: exit {proc.returncode}, {passed}/{len(run)} passed in "
+                f"repeat: run {i}/{total}: exit {proc.returncode}, {passed}/{len(run)} passed in "
                 f"{time.monotonic() - start:.0f} s",
                 flush=True,
             )
@@ -71,7 +91,7 @@ def main() -> int:
         passed = sum(outcome == "passed" for outcome, _ in counted)
         failure = next((detail for outcome, detail in counted if outcome != "passed"), "")
         label = f"{passed}/{len(counted)}" if counted else "skipped"
-        flaky |= bool(counted) and (passed < args.n)
+        flaky |= bool(counted) and (passed < total)
         print(f"{test_id:<{width}}  {label:>11}  {failure}")
     return 1 if flaky or not seen else 0
 
