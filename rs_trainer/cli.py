@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None):
         message = str(err)
         if "Unknown arguments from config file" in message or "Some specified arguments are not used" in message:
             raise ConfigError(
-                f"{message}\nEvery recipe key must be a field of RSConfig (rs_trainer/config.py) or TRL's "
+                f"{message}\nEvery recipe key must be a field of RSConfig (docs/options.md#every-key) or TRL's "
                 "ModelConfig; check the spelling of the keys named above."
             ) from None
         raise

@@ -68,7 +68,7 @@ def within(name: str, prefix: str) -> bool:
 def test_the_graph_is_read():
     """The parser sees eager, lazy and relative imports: guards the two tests below against passing on nothing."""
     graph = import_graph()
-    assert "rs_trainer.errors" in graph["rs_trainer.config"]
+    assert "rs_trainer.errors" in graph["rs_trainer.config.recipe"]
     assert "rs_trainer.trainer" in graph["rs_trainer.cli"]  # a lazy import inside `train_main`
     assert "rs_trainer.generators.spec" in graph["rs_trainer.generators"]
 

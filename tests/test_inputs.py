@@ -182,58 +182,30 @@ def test_use_peft_flips_on_the_command_line_but_a_contradictory_recipe_is_refuse
 
 
 def test_unknown_dedupe_mode_is_refused_and_null_turns_it_off():
-    with pytest.raises(ConfigError, match=r"`dedupe` must be one of \('exact', 'normalised'\)"):
+    with pytest.raises(ConfigError, match=r"`dedupe` must be exact, normalised or null, got 'fuzzy'"):
         RSConfig(dedupe="fuzzy")
     assert RSConfig(dedupe="none").dedupe is None
 
 
-def test_the_old_key_spellings_still_work_for_one_release_with_a_warning():
-    old = {
-        "num_samples_per_prompt": 3,
-        "max_new_tokens": [16, 8],
-        "max_seq_length": 128,
-        "dataset_split": "train",
-        "eval_split": None,
-        "sampling_top_k": [5],
-        "sft_epochs": 3,
-    }
-    with pytest.warns(FutureWarning, match="`num_samples_per_prompt` is deprecated"):
-        args = RSConfig(**old)
-    assert (args.num_generations, args.max_completion_length, args.max_length) == (3, [16, 8], 128)
-    assert (args.dataset_train_split, args.dataset_test_split, args.top_k) == ("train", None, [5])
-    assert args.num_train_epochs == 3
-    with pytest.raises(ConfigError, match="`max_new_tokens` and `max_completion_length` are both set"):
-        RSConfig(max_new_tokens=[16], max_completion_length=[32])
-    with pytest.raises(ConfigError, match="rename it `selection_top_k`"):  # the old selection `top_k`
-        RSConfig(selection="top_k", top_k=[4])
-    with pytest.warns(FutureWarning, match="`max_new_tokens` is deprecated; use `max_completion_length`"):
-        specs = RSConfig(generators=[{"name": "policy", "max_new_tokens": 7}]).generator_specs()
-    assert specs[0].max_completion_length == 7
-
-
-def test_a_run_saved_under_the_old_names_or_without_new_keys_is_not_a_changed_config():
+def test_a_run_saved_without_newer_keys_is_not_a_changed_config():
     from rs_trainer.config import config_changes
 
-    new = json.loads(
-        json.dumps(RSConfig(num_generations=4, selection="top_k", selection_top_k=5).to_dict(), default=str)
-    )
-    old_names = {"num_samples_per_prompt": 4, "max_new_tokens": [64], "max_seq_length": None, "top_k": 5}
-    old_names.update(
-        dataset_split="train", eval_split="test", sampling_top_k=[0], sft_epochs=2
-    )  # `top_k`: selection's
-    renamed = {
-        "num_generations",
-        "max_completion_length",
-        "max_length",
-        "top_k",
-        "selection_top_k",
-        "num_train_epochs",
-    }
-    renamed |= {"dataset_train_split", "dataset_test_split", "temperature_grid"}  # `temperature_grid` is newer
-    saved = {**{k: v for k, v in new.items() if k not in renamed and k not in old_names}, **old_names}
+    new = json.loads(json.dumps(RSConfig(num_generations=4).to_dict(), default=str))
+    saved = {k: v for k, v in new.items() if k not in ("temperature_grid", "matched_random")}  # keys added later
     assert config_changes(saved, new) == []
-    saved["num_samples_per_prompt"] = 8
-    assert config_changes(saved, new) == ["num_generations"]
+    assert config_changes({**saved, "num_generations": 8}, new) == ["num_generations"]
+    newer = json.loads(json.dumps(RSConfig(num_generations=4, matched_random=True).to_dict(), default=str))
+    assert config_changes(saved, newer) == ["matched_random"]  # a newer key away from its default counts
+    assert config_changes({**saved, "output_dir": "elsewhere", "report_to": ["none"]}, new) == []
+
+
+def test_the_old_key_spellings_are_gone():
+    """The aliases kept "for one release" were removed before any release: each is an unknown key now."""
+    for old in ("num_samples_per_prompt", "max_new_tokens", "sft_epochs", "sampling_top_k", "eval_split"):
+        with pytest.raises(TypeError, match=old):
+            RSConfig(**{old: 1})
+    with pytest.raises(ConfigError, match=r"unknown keys \['max_new_tokens'\]"):
+        RSConfig(generators=[{"name": "policy", "max_new_tokens": 7}])
 
 
 def test_a_builtin_task_owns_its_data_and_names_its_verifier():

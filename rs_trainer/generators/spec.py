@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass, field
 
 from rs_trainer.errors import ConfigError
@@ -28,7 +27,6 @@ class GeneratorSpec:
     - `num_generations` (`int`, *optional*): default the recipe's `num_generations`.
     - `temperature`, `top_p`, `top_k`, `min_p`, `max_completion_length` (*optional*): override the round's
       sampling values.
-    (`num_samples_per_prompt` and `max_new_tokens`, the old spellings, are accepted with a warning.)
     - `base_url` (`str`): `openai` only, e.g. `http://127.0.0.1:8000/v1`.
     - `api_key_env` (`str`, *optional*): the environment variable that holds the API key; the key itself is never
       written to a recipe or to disk.
@@ -131,10 +129,10 @@ def parse_generators(entries: list[dict] | None, default_samples: int) -> list[G
         where = f"`generators[{i}]`"
         if not isinstance(entry, dict) or not entry.get("name"):
             raise ConfigError(f"{where} needs a `name` (a mapping such as `{{name: teacher, model: ...}}`).")
-        unknown = sorted(set(entry) - known - set(RENAMED_SPEC_KEYS))
+        unknown = sorted(set(entry) - known)
         if unknown:
             raise ConfigError(f"{where} ({entry['name']}): unknown keys {unknown}; the keys are {sorted(known)}.")
-        spec = GeneratorSpec(**_renamed(entry, where))
+        spec = GeneratorSpec(**entry)
         spec.num_generations = spec.num_generations or default_samples
         _check(spec, where)
         specs.append(spec)
@@ -142,21 +140,6 @@ def parse_generators(entries: list[dict] | None, default_samples: int) -> list[G
     if len(set(names)) != len(names):
         raise ConfigError(f"`generators` names must be unique, got {names}.")
     return specs
-
-
-RENAMED_SPEC_KEYS = {"num_samples_per_prompt": "num_generations", "max_new_tokens": "max_completion_length"}
-
-
-def _renamed(entry: dict, where: str) -> dict:
-    """A generator's deprecated key spellings moved to TRL's names, with a warning; both given is refused."""
-    entry = dict(entry)
-    for old, new in RENAMED_SPEC_KEYS.items():
-        if old in entry:
-            if new in entry:
-                raise ConfigError(f"{where}: `{old}` and `{new}` are both set; `{old}` is the old name: keep `{new}`.")
-            warnings.warn(f"{where}: `{old}` is deprecated; use `{new}` (TRL's name).", FutureWarning, stacklevel=4)
-            entry[new] = entry.pop(old)
-    return entry
 
 
 def _check(spec: GeneratorSpec, where: str) -> None:

@@ -12,6 +12,8 @@ and no sample position is favoured. Samples with reward None, or below `min_rewa
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from rs_trainer.run import seeds
 from rs_trainer.samples import Key, group_by_prompt, key
@@ -208,28 +210,73 @@ def matched_random(samples: list[dict], chosen: list[Key], seed: int) -> list[Ke
     return drawn
 
 
+@dataclass(frozen=True)
+class Rule:
+    """A selection rule as a recipe names it. `pick(samples, args, seed, round_index)` returns the kept keys (`args`
+    is the RSConfig; `seed` the round's); `reads` are the recipe keys that only some rules read, a recipe setting one
+    under a rule that does not read it being refused; `needs` maps each key the rule cannot do without to what it
+    means, for the error message when it is unset."""
+
+    pick: Callable
+    reads: tuple[str, ...] = ()
+    needs: dict[str, str] = field(default_factory=dict)
+
+
+def _kw(args, seed: int) -> dict:
+    return {"seed": seed, "prefer_shorter": args.prefer_shorter}
+
+
+def _threshold(samples, args, seed, r):
+    floor = args.reward_threshold if args.min_reward is None else max(args.reward_threshold, args.min_reward)
+    return threshold(samples, floor, args.max_per_prompt, **_kw(args, seed))
+
+
+def _top_k(samples, args, seed, r):
+    return top_k_global(samples, args.top_k_count(len(samples)), min_reward=args.min_reward, **_kw(args, seed))
+
+
+# Every rule a recipe's `selection` may name: a new rule is its function and one entry here (RSConfig's choices and
+# the check of which keys each rule reads come from this table).
+RULES = {
+    "best_of_n": Rule(lambda s, args, seed, r: best_of_n(s, min_reward=args.min_reward, **_kw(args, seed))),
+    "top_k_per_prompt": Rule(
+        lambda s, args, seed, r: top_k_per_prompt(s, args.k_per_prompt, min_reward=args.min_reward, **_kw(args, seed)),
+        reads=("k_per_prompt",),
+    ),
+    "threshold": Rule(
+        _threshold,
+        reads=("reward_threshold", "max_per_prompt"),
+        needs={"reward_threshold": "keep samples with reward >= this"},
+    ),
+    "percentile": Rule(
+        lambda s, args, seed, r: percentile_per_prompt(
+            s,
+            schedule_value(args.reward_percentile, r),
+            args.max_per_prompt,
+            min_reward=args.min_reward,
+            **_kw(args, seed),
+        ),
+        reads=("reward_percentile", "max_per_prompt"),
+    ),
+    "top_k": Rule(
+        _top_k,
+        reads=("selection_top_k",),
+        needs={"selection_top_k": "the samples kept over all prompts; `top_k` is sampling's top-k, as in TRL"},
+    ),
+    "top_fraction": Rule(
+        _top_k, reads=("top_fraction",), needs={"top_fraction": "the fraction of all samples kept, in (0, 1]"}
+    ),
+    "rso": Rule(  # β may rise or fall over the rounds
+        lambda s, args, seed, r: statistical_rejection(
+            s, args.k_per_prompt, args.for_round("rso_beta", r), seed=seed, min_reward=args.min_reward
+        ),
+        reads=("k_per_prompt", "rso_beta"),
+    ),
+}
+
+
 def select(samples: list[dict], args, seed: int, round_index: int = 0) -> list[Key]:
-    """Apply the strategy a recipe names (`args` is an `RSConfig`); `round_index` picks a per-round percentile.
+    """Apply the rule a recipe names (`args` is an `RSConfig`; `RULES`); `round_index` picks a per-round value.
     With `matched_random`, the rule's picks are replaced by its matched-random control (`matched_random`)."""
-    chosen = _rule(samples, args, seed, round_index)
+    chosen = RULES[args.selection].pick(samples, args, seed, round_index)
     return matched_random(samples, chosen, seed) if args.matched_random else chosen
-
-
-def _rule(samples: list[dict], args, seed: int, round_index: int) -> list[Key]:
-    kw = {"seed": seed, "prefer_shorter": args.prefer_shorter}
-    if args.selection == "best_of_n":
-        return best_of_n(samples, min_reward=args.min_reward, **kw)
-    if args.selection == "top_k_per_prompt":
-        return top_k_per_prompt(samples, args.k_per_prompt, min_reward=args.min_reward, **kw)
-    if args.selection == "threshold":
-        floor = args.reward_threshold if args.min_reward is None else max(args.reward_threshold, args.min_reward)
-        return threshold(samples, floor, args.max_per_prompt, **kw)
-    if args.selection in ("top_k", "top_fraction"):
-        return top_k_global(samples, args.top_k_count(len(samples)), min_reward=args.min_reward, **kw)
-    if args.selection == "rso":
-        beta = args.for_round("rso_beta", round_index)  # may rise or fall over the rounds
-        return statistical_rejection(samples, args.k_per_prompt, beta, seed=seed, min_reward=args.min_reward)
-    if args.selection == "percentile":
-        q = schedule_value(args.reward_percentile, round_index)
-        return percentile_per_prompt(samples, q, args.max_per_prompt, min_reward=args.min_reward, **kw)
-    raise ValueError(f"Unknown selection strategy {args.selection!r}.")
