@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from rs_trainer.config import RSConfig, check_model_numbers, check_peft_keys
+from rs_trainer.config import RSConfig, check_model_args, check_peft_keys
 from rs_trainer.errors import ConfigError, GeneratorError, UploadError, first_line
 from rs_trainer.run.console import quiet_console, quiet_loading_bars
 from rs_trainer.run.io import is_disk_full
@@ -118,52 +118,6 @@ def check_recipe_file(argv: list[str]) -> None:
         raise ConfigError(f"`--config` {path} is not valid YAML{line}; a recipe is `key: value` lines.") from None
     if not isinstance(recipe, dict):
         raise ConfigError(f"`--config` {path} holds no `key: value` mapping; a recipe is `key: value` lines.")
-
-
-def check_model_args(model_args) -> None:
-    """Model keys that can be checked before anything is loaded."""
-    from rs_trainer.run.models import EMBEDDED_PREFIX, torch_dtype
-
-    name = model_args.model_name_or_path
-    if name is None:
-        raise ConfigError("`model_name_or_path` is not set; name a hub id, a local folder or `embedded:<name>`.")
-    if not name.startswith(EMBEDDED_PREFIX) and not os.path.isdir(name) and not looks_like_hub_id(name):
-        raise ConfigError(
-            f"`model_name_or_path` {name} is not a folder on this machine (nor a hub id `org/name`); check the path."
-        )
-    check_model_numbers(model_args)
-    try:
-        torch_dtype(model_args.dtype)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    if model_args.load_in_4bit or model_args.load_in_8bit:
-        check_quantization(model_args)
-
-
-def check_quantization(model_args) -> None:
-    """bitsandbytes must import (0.50 runs on the CPU as well as on GPUs), and the launch must allow the device
-    map that places a quantised model."""
-    key = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
-    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO3_INIT", "").lower() in ("1", "true"):
-        raise ConfigError(
-            f"`{key}` cannot load under DeepSpeed ZeRO-3 init (`zero3_init_flag: true`): transformers refuses the "
-            "device map a quantised model is placed with there; for QLoRA on several GPUs launch with "
-            f"`--config_file accelerate_configs/fsdp2.yaml`, or drop `{key}`."
-        )
-    try:
-        import bitsandbytes  # noqa: F401
-    except Exception as err:  # not installed, or a build that does not load on this machine
-        raise ConfigError(
-            f"`{key}` needs bitsandbytes, which does not import here ({first_line(err)}); "
-            f"`pip install bitsandbytes`, or set `{key}: false`."
-        ) from None
-
-
-def looks_like_hub_id(name: str) -> bool:
-    """`name` or `org/name` with the characters the Hub allows; paths such as `./x`, `/x` or `a/b/c` are not."""
-    import re
-
-    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None and not name.startswith((".", "-"))
 
 
 def check_launch_matches_devices() -> None:

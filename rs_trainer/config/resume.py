@@ -1,7 +1,9 @@
-"""Which recipe keys a resumed run may change, read from the fields' metadata (`semantic`, `resumable`)."""
+"""What a run saves of its config (`run_config.json`), and which keys a resumed run may change, read from the
+fields' metadata (`semantic`, `resumable`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from rs_trainer.config.recipe import RSConfig, keys_with
@@ -16,18 +18,27 @@ RESUMABLE_KEYS = frozenset(keys_with("resumable"))
 TRAIN_BATCH_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps")
 
 
-def resume_blockers(old: dict, new: dict) -> list[str]:
-    """The changed keys (`config_changes`) that stop a run from resuming: all but `RESUMABLE_KEYS`, and the SFT
-    batch keys when their product, the sequences per optimizer step on each process, changed.
+def run_config(args, model_args) -> dict:
+    """`run_config.json`: the recipe's keys that change what a run computes (`rs`) and TRL's model keys (`model`),
+    as JSON reads them back."""
+    rs = {k: v for k, v in args.to_dict().items() if k not in NON_SEMANTIC_KEYS}
+    return json.loads(json.dumps({"rs": rs, "model": dataclasses.asdict(model_args)}, default=str))
 
-    >>> resume_blockers({"num_rounds": 1, "seed": 1}, {"num_rounds": 3, "seed": 2})
-    ['seed']
+
+def resume_blockers(saved: dict, now: dict) -> list[str]:
+    """The keys (`rs.<key>`, `model.<key>`) whose change stops a run saved as `saved` (`run_config`) from resuming
+    as `now`: every changed model key, and of the recipe's changed keys (`config_changes`) all but `RESUMABLE_KEYS`
+    and the SFT batch keys when their product, the sequences per optimizer step on each process, is the same.
+
+    >>> resume_blockers({"rs": {"num_rounds": 1, "seed": 1}}, {"rs": {"num_rounds": 3, "seed": 2}})
+    ['rs.seed']
     >>> old = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1}
-    >>> resume_blockers(old, {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2})
+    >>> resume_blockers({"rs": old}, {"rs": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}})
     []
-    >>> resume_blockers(old, {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 1})
-    ['per_device_train_batch_size']
+    >>> resume_blockers({"rs": old, "model": {"lora_r": 8}}, {"rs": {**old, "per_device_train_batch_size": 4}})
+    ['rs.per_device_train_batch_size', 'model.lora_r']
     """
+    old, new = saved.get("rs", {}), now.get("rs", {})
     changed = [k for k in config_changes(old, new) if k not in RESUMABLE_KEYS]
     defaults = RSConfig.defaults()
 
@@ -37,7 +48,9 @@ def resume_blockers(old: dict, new: dict) -> list[str]:
 
     if sequences_per_step(old) == sequences_per_step(new):
         changed = [k for k in changed if k not in TRAIN_BATCH_KEYS]
-    return changed
+    old_model, new_model = saved.get("model", {}), now.get("model", {})
+    model = sorted(k for k in set(old_model) | set(new_model) if old_model.get(k) != new_model.get(k))
+    return [f"rs.{k}" for k in changed] + [f"model.{k}" for k in model]
 
 
 def config_changes(old: dict, new: dict) -> list[str]:

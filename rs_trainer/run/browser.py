@@ -165,7 +165,7 @@ def render_page(run: dict, rounds: list[tuple[str, Path]], inline_limit: int = I
     page data inlined when all of it is under `inline_limit` bytes, else named by its path relative to the page."""
     inline = sum(path.stat().st_size for _, path in rounds) <= inline_limit
     run = {**run, "lazy": not inline}
-    script = (ASSETS / "page.js").read_text(encoding="utf-8")
+    script = "\n".join((ASSETS / name).read_text(encoding="utf-8") for name in ("draw.js", "page.js"))
     style = (ASSETS / "page.css").read_text(encoding="utf-8")
     blocks = [f"<script>{script}</script>", f"<script>rsRun({safe_json(run)});</script>"]
     if inline:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import DistributedType
 
-from rs_trainer.config import NON_SEMANTIC_KEYS, resume_blockers
+from rs_trainer.config import resume_blockers, run_config
 from rs_trainer.errors import ConfigError, first_line
 from rs_trainer.phases.generation import check_prompt_lengths, encode_prompts
 from rs_trainer.phases.temperature import AUTO
@@ -349,11 +349,6 @@ def sampling_length(args, specs, prompt_ids: dict[str, list[int]], context: int)
     return min(longest_prompt + max(completions), context)
 
 
-def run_config(args, model_args) -> dict:
-    rs = {k: v for k, v in args.to_dict().items() if k not in NON_SEMANTIC_KEYS}
-    return {"rs": rs, "model": dataclasses.asdict(model_args)}
-
-
 def check_output_dir(args, model_args, accelerator, files: RunLayout) -> None:
     """A folder, new or holding a run of the same config; `overwrite_output_dir` clears one of another config."""
     root = files.root
@@ -362,12 +357,7 @@ def check_output_dir(args, model_args, accelerator, files: RunLayout) -> None:
     path = files.run_config
     if not path.exists():
         return
-    old = json.loads(path.read_text())
-    new = json.loads(json.dumps(run_config(args, model_args), default=str))
-    old_model = old.get("model", {})
-    changed = [f"rs.{k}" for k in resume_blockers(old.get("rs", {}), new["rs"])] + sorted(
-        f"model.{k}" for k in set(old_model) | set(new["model"]) if old_model.get(k) != new["model"].get(k)
-    )
+    changed = resume_blockers(json.loads(path.read_text()), run_config(args, model_args))
     if changed and not args.overwrite_output_dir:
         raise ConfigError(
             f"{root} holds a run with a different config (changed: {', '.join(changed)}), so it cannot "
