@@ -34,7 +34,9 @@ class SampleRow(TypedDict, total=False):
     From the trainer: `generator` (`str`), `round` (`int`), `generated_at` (`float`, wall-clock seconds).
 
     From the scorers (`rs_trainer.rewards.score`): `reward` (`float`, or None for "no opinion"), `rewards` (`dict`,
-    per scorer), and `verified_reward` when `eval_reward_funcs` judges success apart from the ranking reward.
+    per scorer), and `verified_reward` when `eval_reward_funcs` judges success apart from the ranking reward;
+    `step_scores` (`dict`: a PRM's name -> its scores of the completion's steps) with a process reward model;
+    `timed_out` and `judge_unparsed` (lists of scorer names) where a scorer gave no opinion.
 
     From selection: `filtered_out` and `selected` (`bool`), `filtered_by` (`str` or None: the recipe key of the filter
     that removed it); `rationalized` (`bool`) on STaR's hinted samples.
@@ -56,6 +58,9 @@ class SampleRow(TypedDict, total=False):
     reward: float | None
     rewards: dict[str, float | None]
     verified_reward: float | None
+    step_scores: dict[str, list[float]]
+    timed_out: list[str]
+    judge_unparsed: list[str]
     filtered_out: bool
     filtered_by: str | None
     selected: bool

@@ -82,17 +82,16 @@ class RSConfig(*reversed(GROUPS)):
     @staticmethod
     def _scorer_entries(key: str, value) -> list:
         """`reward_funcs` / `eval_reward_funcs`: each entry a scorer's name or a `kind: judge` mapping
-        (`rewards.judge.parse_judge_entry`), the names unique."""
-        from rs_trainer.rewards.judge import parse_judge_entry, scorer_name
+        or a `prm:` scorer (`rewards.parse_scorer_entry`), the names unique."""
+        from rs_trainer.rewards import parse_scorer_entry, scorer_name
 
         entries = [value] if isinstance(value, (str, dict)) else value
         if not isinstance(entries, (list, tuple)) or not entries:
             raise ConfigError(f"`{key}` takes scorer names or `kind: judge` mappings (a list), got {value!r}.")
         for i, entry in enumerate(entries):
-            if isinstance(entry, dict):
-                parse_judge_entry(entry, f"`{key}[{i}]`")
-            elif not isinstance(entry, str) or not entry:
+            if not isinstance(entry, (str, dict)) or not entry:
                 raise ConfigError(f"`{key}[{i}]` is {entry!r}; give a scorer's name or a `kind: judge` mapping.")
+            parse_scorer_entry(entry, f"`{key}[{i}]`")
         names = [scorer_name(e) for e in entries]
         if len(set(names)) != len(names):
             raise ConfigError(f"`{key}` names a scorer twice ({names}); give each a different name.")

@@ -29,18 +29,65 @@ REWARD_MODEL_PREFIX = "reward_model:"
 _REWARD_MODELS: dict[tuple, Callable] = {}  # one loaded reward model per (path, device), however often named
 
 
+PRM_PREFIX = "prm:"
+ENTRY_KINDS = ("judge", "prm")
+
+
+def scorer_name(entry) -> str:
+    """The name a `reward_funcs` entry scores under: the text itself, or a mapping's `name` (a PRM's default:
+    `prm:<model>`).
+
+    >>> scorer_name("numeric_answer"), scorer_name({"kind": "judge", "name": "grader"})
+    ('numeric_answer', 'grader')
+    >>> scorer_name({"kind": "prm", "model": "outputs/prm"})
+    'prm:outputs/prm'
+    """
+    if isinstance(entry, str):
+        return entry
+    if entry.get("kind") == "prm" and not entry.get("name"):
+        return f"{PRM_PREFIX}{entry.get('model', '')}"
+    return str(entry.get("name", ""))
+
+
+def parse_scorer_entry(entry: str | dict, where: str):
+    """Check a `reward_funcs` entry that carries options, before anything loads: a `kind: judge` mapping
+    (`rewards.judge.JudgeSpec`), a `kind: prm` mapping or `prm:<model>` (`rewards.prm.PRMSpec`); other names pass
+    through. A mistake is a `ConfigError` naming `where` (`reward_funcs[1]`), the key and the fix."""
+    if isinstance(entry, dict):
+        if entry.get("kind") == "judge":
+            from rs_trainer.rewards.judge import parse_judge_entry
+
+            return parse_judge_entry(entry, where)
+        if entry.get("kind") != "prm":
+            raise ConfigError(
+                f"{where}: a mapping entry needs `kind: judge` or `kind: prm`, got kind {entry.get('kind')!r}."
+            )
+    elif not entry.startswith(PRM_PREFIX):
+        return entry
+    from rs_trainer.rewards.prm import parse_prm_entry
+
+    return parse_prm_entry(entry, where)
+
+
 def resolve_scorer(name: str | dict, reward_model_device: str | None = None) -> Callable:
-    """A built-in name, `reward_model:<hub id or local path>`, a dotted path `package.module.function`, or a
-    `kind: judge` mapping (`rs_trainer.rewards.judge`, its endpoint checked here).
+    """A built-in name, `reward_model:<hub id or local path>`, a dotted path `package.module.function`, a
+    `kind: judge` mapping (`rs_trainer.rewards.judge`, its endpoint checked here), or a process reward model,
+    `prm:<path>` or a `kind: prm` mapping (`rs_trainer.rewards.prm`).
 
-    A reward model is loaded once per (path, device) on `reward_model_device` (default: this process's GPU, else the
-    CPU), so it can live on another GPU than the policy."""
-    if isinstance(name, dict):
-        from rs_trainer.rewards.judge import JudgeScorer, parse_judge_entry
+    A reward model (or PRM) is loaded once per (entry, device) on `reward_model_device` (default: this process's
+    GPU, else the CPU), so it can live on another GPU than the policy."""
+    spec = parse_scorer_entry(name, "scorer")
+    if not isinstance(spec, str):
+        from rs_trainer.rewards.judge import JudgeScorer, JudgeSpec
+        from rs_trainer.rewards.prm import PRMScorer
 
-        judge = JudgeScorer(parse_judge_entry(name, "judge"))
-        judge.check()
-        return judge
+        if isinstance(spec, JudgeSpec):
+            judge = JudgeScorer(spec)
+            judge.check()
+            return judge
+        if (spec, reward_model_device) not in _REWARD_MODELS:
+            _REWARD_MODELS[spec, reward_model_device] = PRMScorer(spec, device=reward_model_device)
+        return _REWARD_MODELS[spec, reward_model_device]
     if name in BUILTIN_SCORERS:
         needs = BUILTIN_NEEDS.get(name)
         if needs and importlib.util.find_spec(needs[0]) is None:
@@ -78,11 +125,10 @@ def resolve_scorers(
     prompts: list[dict],
     dataset_name: str,
 ) -> tuple[dict[str, Callable], dict[str, float]]:
-    """The scorers a recipe key (`reward_funcs`, `eval_reward_funcs`) names (an entry's name: `judge.scorer_name`),
+    """The scorers a recipe key (`reward_funcs`, `eval_reward_funcs`) names (an entry's name: `scorer_name`),
     with their weights (1.0 each when `weights` is None), after checking that `prompts` carry every ground-truth
     column they read. A scorer that cannot be loaded is refused as a `ConfigError` naming `key` and the scorer."""
     from rs_trainer.rewards.columns import check_scorer_columns
-    from rs_trainer.rewards.judge import scorer_name
 
     scorers = {}
     for entry in names:
@@ -102,7 +148,8 @@ def score(samples: list[dict], scorers: dict[str, Callable], weights: dict[str, 
     Each sample is a dict with `prompt_id`, `sample_index`, `prompt` (messages), `completion` (text) and the
     prompt's other dataset columns. The total is the weighted sum over the scorers that gave an opinion; it is
     `None` when none did. A sample whose check overran a pooled scorer's limit (`math_answer`) also gets
-    `timed_out`, the names of those scorers; one whose judge replies could not be read, `judge_unparsed`.
+    `timed_out`, the names of those scorers; one whose judge replies could not be read, `judge_unparsed`; and
+    with a PRM among the scorers every sample gets `step_scores`, each PRM's scores of its steps.
     """
     if not samples:
         return []
@@ -110,7 +157,7 @@ def score(samples: list[dict], scorers: dict[str, Callable], weights: dict[str, 
     completions = [[{"role": "assistant", "content": s["completion"]}] for s in samples]
     reserved = {"prompt", "completion", "prompt_id", "sample_index", "round", "completion_tokens", "finished"}
     columns = {k: [s.get(k) for s in samples] for k in samples[0] if k not in reserved}
-    per_scorer, overran, unparsed = {}, {}, {}
+    per_scorer, overran, unparsed, steps = {}, {}, {}, {}
     for name, fn in scorers.items():
         try:
             values = fn(prompts=prompts, completions=completions, **columns)
@@ -130,6 +177,8 @@ def score(samples: list[dict], scorers: dict[str, Callable], weights: dict[str, 
             overran.setdefault(i, []).append(name)
         for i in getattr(fn, "unparsed", None) or ():  # an LLM judge: no reply for these samples could be read
             unparsed.setdefault(i, []).append(name)
+        if getattr(fn, "step_scores", None) is not None:  # a PRM: each sample's steps' scores
+            steps[name] = fn.step_scores
     out = []
     for i in range(len(samples)):
         rewards = {name: (None if v[i] is None else float(v[i])) for name, v in per_scorer.items()}
@@ -139,4 +188,6 @@ def score(samples: list[dict], scorers: dict[str, Callable], weights: dict[str, 
             out[-1]["timed_out"] = overran[i]  # the scorers whose check this sample overran: no opinion from them
         if i in unparsed:
             out[-1]["judge_unparsed"] = unparsed[i]
+        if steps:
+            out[-1]["step_scores"] = {name: values[i] for name, values in steps.items()}
     return out

@@ -76,15 +76,6 @@ class JudgeSpec:
         return json.dumps([model, self.template, self.score, self.scale, self.max_tokens])
 
 
-def scorer_name(entry) -> str:
-    """The name a `reward_funcs` entry scores under: the text itself, or a mapping's `name`.
-
-    >>> scorer_name("numeric_answer"), scorer_name({"kind": "judge", "name": "grader"})
-    ('numeric_answer', 'grader')
-    """
-    return entry if isinstance(entry, str) else str(entry.get("name", ""))
-
-
 def parse_judge_entry(entry: dict, where: str) -> JudgeSpec:
     """A `kind: judge` mapping as a `JudgeSpec`, or a `ConfigError` naming `where` (`reward_funcs[1]`), the key and
     the fix.

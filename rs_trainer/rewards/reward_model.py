@@ -98,7 +98,7 @@ class RewardModelScorer:
         max_length: int | None = None,
         model_kwargs: dict | None = None,
     ):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
 
         if device is None:
             device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
@@ -110,15 +110,7 @@ class RewardModelScorer:
         model_name_or_path = resolve_model_path(model_name_or_path)
         check_model_folder(model_name_or_path)
         self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_name_or_path, dtype=dtype, **(model_kwargs or {})
-        )
-        if model.config.num_labels != 1:
-            raise ValueError(
-                f"Reward model {model_name_or_path!r} has {model.config.num_labels} outputs; a reward model needs "
-                "one (`num_labels=1`). Pass model_kwargs={'num_labels': 1} to put a fresh one-output head on it."
-            )
-        self.model = model.to(self.device).eval()
+        self.model = self.load_model(model_name_or_path, dtype, model_kwargs or {}).to(self.device).eval()
         # Batches need a pad token, and the model finds each row's last token by comparing with its own
         # `pad_token_id`, so the tokenizer and the model must agree on it.
         ensure_pad_token(self.tokenizer, self.model)
@@ -130,6 +122,18 @@ class RewardModelScorer:
             )
         limits = [self.tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", None)]
         self.max_length = max_length or min(n for n in limits if n)
+
+    def load_model(self, path: str, dtype: torch.dtype, model_kwargs: dict):
+        """The scoring model: a sequence classifier with one output."""
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, **model_kwargs)
+        if model.config.num_labels != 1:
+            raise ValueError(
+                f"Reward model {path!r} has {model.config.num_labels} outputs; a reward model needs one "
+                "(`num_labels=1`). Pass model_kwargs={'num_labels': 1} to put a fresh one-output head on it."
+            )
+        return model
 
     # ------------------------------------------------------------------ text
     def render(self, prompt, completion) -> str | tuple[str, str]:
