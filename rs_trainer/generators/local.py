@@ -4,11 +4,11 @@ model such as a teacher, loaded for the round and released after it."""
 from __future__ import annotations
 
 import contextlib
-import gc
 from collections.abc import Callable
 
 from rs_trainer.generators.handoff import PolicyWeights, RunContext
 from rs_trainer.phases.generation import SamplingParams, encode_prompts, generate
+from rs_trainer.run.models import release
 
 
 class LocalGenerator:
@@ -105,12 +105,3 @@ def load_frozen(name: str, model_args, device) -> tuple:
         model.to(device)
     model.requires_grad_(False).eval()
     return model, tokenizer
-
-
-def release() -> None:
-    """Return freed memory: call once every reference to a released model has been dropped."""
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -1,5 +1,6 @@
-"""What several processes need from one another: the main process acting for all of them (`on_main`), the process
-group's timeout, a shared `output_dir`, and each rank's own device for the models it scores with."""
+"""What several processes need from one another: the main process acting for all of them (`on_main`), rows
+gathered on the main process only (`gather_to_main`), the log and progress bars drawn by it, the process group's
+timeout, a shared `output_dir`, and each rank's own device for the models it scores with."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from rs_trainer.errors import ConfigError, first_line
+from rs_trainer.run.progress import progress_bar
 
 
 def on_main(accelerator, action: Callable[[], object], error_type: type[Exception]):
@@ -124,3 +126,26 @@ def local_device(value: str | None, num_processes: int, default) -> str:
             "that one device; leave it unset (or `cuda`) for each rank's own GPU, or set `cpu`."
         )
     return value
+
+
+def gather_to_main(rows: list, accelerator) -> list | None:
+    """Every rank's `rows` concatenated on the main process (None elsewhere): unlike `gather_object`, the other
+    ranks never hold the whole round's text."""
+    if accelerator.num_processes == 1:
+        return list(rows)
+    import torch.distributed as dist
+
+    parts = [None] * accelerator.num_processes if accelerator.is_main_process else None
+    dist.gather_object(rows, parts, dst=0)
+    return [row for part in parts for row in part] if accelerator.is_main_process else None
+
+
+def log(accelerator, message: str) -> None:
+    if accelerator.is_main_process:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
+
+
+def progress(accelerator, total: int, desc: str, unit: str):
+    return progress_bar(total, desc, unit, enabled=accelerator.is_main_process)

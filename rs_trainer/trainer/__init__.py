@@ -6,7 +6,6 @@
 - serving.py: each generator opened for a round and released after it, and the round's sampling values;
 - learner.py: SFT, drift, held-out evaluation and checkpoints;
 - records.py: what a round writes (scored rows, SFT set, metrics, report);
-- ranks.py: the main process acting for every rank, gathering, the log.
 
 None of them calls back into the trainer.
 """

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from accelerate.utils import gather_object
 
-from rs_trainer.generators.local import release
 from rs_trainer.phases.generation import SamplingParams, generate
 from rs_trainer.phases.sft import (
     IGNORE,
@@ -28,9 +27,10 @@ from rs_trainer.run.deepspeed import (
 from rs_trainer.run.io import atomic_dir, write_json, write_jsonl
 from rs_trainer.run.layout import TRAIN_METRICS
 from rs_trainer.run.metrics import eval_metrics
+from rs_trainer.run.models import release
+from rs_trainer.run.ranks import log, progress
 from rs_trainer.run.sharding import fsdp_units, full_weights, trainable_full_state
 from rs_trainer.samples import with_prompt
-from rs_trainer.trainer.ranks import log, progress
 
 
 class Learner:

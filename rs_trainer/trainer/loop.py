@@ -13,17 +13,16 @@ from typing import NamedTuple
 from accelerate.utils import set_seed
 
 from rs_trainer.errors import ConfigError, UploadError, first_line
-from rs_trainer.generators.local import release
 from rs_trainer.phases.temperature import AUTO
 from rs_trainer.rewards import REWARD_MODEL_PREFIX
 from rs_trainer.run import data, resume, seeds
 from rs_trainer.run.browser import write_run_page
 from rs_trainer.run.io import recover_dir, write_json
 from rs_trainer.run.metrics import eval_key, proxy_gold_turn, summary_table
+from rs_trainer.run.models import release
 from rs_trainer.run.progress import RoundClock
-from rs_trainer.run.ranks import make_accelerator
+from rs_trainer.run.ranks import log, make_accelerator
 from rs_trainer.trainer.learner import Learner
-from rs_trainer.trainer.ranks import log
 from rs_trainer.trainer.records import collect_metrics, commit_scored_rows, finish_round
 from rs_trainer.trainer.refresh import recipe_reward_model, refreshed_reward_model, use_reward_model
 from rs_trainer.trainer.sampler import RoundSampler

@@ -15,9 +15,9 @@ from rs_trainer.run.browser import write_run_page
 from rs_trainer.run.formats import sft_rows
 from rs_trainer.run.io import write_atomic, write_json, write_jsonl
 from rs_trainer.run.metrics import round_metrics
+from rs_trainer.run.ranks import gather_to_main
 from rs_trainer.run.report import plot_report, sample_table, samples_markdown
 from rs_trainer.samples import in_key_order, key
-from rs_trainer.trainer.ranks import gather_to_main
 from rs_trainer.trainer.serving import round_temperature
 
 

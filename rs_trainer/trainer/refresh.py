@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rs_trainer.rewards import REWARD_MODEL_PREFIX
 from rs_trainer.rewards.reward_model import TRAINING_METRICS, RewardModelScorer
-from rs_trainer.trainer.ranks import log
+from rs_trainer.run.ranks import log
 
 
 def refreshed_reward_model(inputs, r: int) -> Path | None:

@@ -15,9 +15,9 @@ from rs_trainer.phases.rationalization import hinted_prompts
 from rs_trainer.phases.temperature import choose_temperature, probe_prompts
 from rs_trainer.run import data, resume, seeds
 from rs_trainer.run.io import append_jsonl, write_json
+from rs_trainer.run.ranks import log, progress
 from rs_trainer.run.sharding import full_weights
 from rs_trainer.samples import group_by_prompt, in_key_order, key, passes, with_prompt
-from rs_trainer.trainer.ranks import log, progress
 
 
 class RoundSampler:

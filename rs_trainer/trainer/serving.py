@@ -9,8 +9,8 @@ import json
 from rs_trainer.generators import PolicyWeights, RunContext, build_generator
 from rs_trainer.phases.generation import SamplingParams
 from rs_trainer.phases.temperature import AUTO
+from rs_trainer.run.ranks import log
 from rs_trainer.run.sharding import full_weights
-from rs_trainer.trainer.ranks import log
 
 
 def round_temperature(args, files, r: int) -> float:
