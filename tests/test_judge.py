@@ -95,6 +95,10 @@ def test_judge_through_a_real_server_scores_caches_and_counts_unreadable_replies
         got = score(samples, scorers, weights)
         assert [g["reward"] for g in got] == [None, None]
         assert [g.get("judge_unparsed") for g in got] == [["banana"], ["banana"]]
+        # `yes_prob` reads log-probabilities, which `transformers serve` does not return: refused before a run.
+        probs = judge_entry(server.base_url, str(embedded_path), name="probs", score="yes_prob")
+        with pytest.raises(ConfigError, match=r"`reward_funcs`: probs: .*log-probabilities"):
+            resolve_scorers("reward_funcs", [probs], None, None, PROMPTS, "test")
     finally:
         server.stop()
     # The server is gone: the same questions are answered from the cache, the same way.

@@ -505,3 +505,40 @@ def test_a_vllm_server_killed_mid_round_then_the_rerun_resumes(vllm_server, embe
     assert again.returncode == 0, again.stderr[-3000:]
     keys = [row[:3] for row in rows(out, 0)]
     assert len(keys) == len(set(keys)) == 16 * 4
+
+
+def test_a_judge_reads_yes_from_a_vllm_servers_log_probabilities(vllm_server, embedded_path, tmp_path, monkeypatch):
+    """`score: yes_prob`: P(yes) / (P(yes) + P(no)) over the first token's 20 most likely alternatives, as the
+    server returns them, equal to the same sum over the model's own next-token distribution computed here."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rs_trainer.rewards.judge import JudgeScorer, parse_judge_entry
+
+    monkeypatch.setenv("RS_TRAINER_CACHE", str(tmp_path / "cache"))
+    entry = {"kind": "judge", "name": "grader", "base_url": vllm_server.base_url, "model": vllm_server.model}
+    judge = JudgeScorer(parse_judge_entry({**entry, "score": "yes_prob"}, "judge"))
+    judge.check()
+    questions = [[{"role": "user", "content": f"What is {a} + {b}?"}] for a, b in ((2, 2), (3, 5), (9, 4))]
+    answers = [[{"role": "assistant", "content": text}] for text in ("4", "9", "13")]
+    got = judge(prompts=questions, completions=answers)
+    tokenizer = AutoTokenizer.from_pretrained(embedded_path)
+    model = AutoModelForCausalLM.from_pretrained(embedded_path, dtype=torch.float32).eval()
+    for i, score in enumerate(got):
+        text = judge.render(questions[i], answers[i], {}, i)
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]  # fmt: skip
+        with torch.no_grad():
+            logprobs = model(ids).logits[0, -1].log_softmax(-1)
+        top = logprobs.topk(20)
+        mass = {"yes": 0.0, "no": 0.0}
+        for logprob, token in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+            word = tokenizer.decode([token]).strip().lower()
+            if word in mass:
+                mass[word] += math.exp(logprob)
+        expected = mass["yes"] / (mass["yes"] + mass["no"]) if mass["yes"] + mass["no"] else None
+        assert expected is not None and 0.0 < score < 1.0
+        assert score == pytest.approx(expected, abs=2e-3)  # float32 on both sides; vLLM's kernels sum otherwise
+    assert len({round(s, 3) for s in got}) == 3  # graded, not 0 or 1

@@ -30,7 +30,6 @@ _REWARD_MODELS: dict[tuple, Callable] = {}  # one loaded reward model per (path,
 
 
 PRM_PREFIX = "prm:"
-ENTRY_KINDS = ("judge", "prm")
 
 
 def scorer_name(entry) -> str:

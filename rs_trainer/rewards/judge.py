@@ -9,13 +9,18 @@ A `reward_funcs` entry is a mapping (`kind: judge`) instead of a name:
         base_url: http://127.0.0.1:8000/v1
         model: Qwen/Qwen2.5-7B-Instruct    # or a list: several judges on the endpoint, combined by `combine`
         template: "Question: {prompt}\\nReference: {answer}\\nResponse: {completion}\\nCorrect? Answer Yes or No."
-        score: yes_no                      # or `number` (the first number of the reply, divided by `scale`)
+        score: yes_no                      # or `number` (the first number of the reply, divided by `scale`), or
+                                           # `yes_prob` (P(yes) / (P(yes) + P(no)) from the first token's logprobs)
 
 - The template gets `{prompt}` (the last user message), `{completion}` and any dataset column (`{answer}`); a field
   that some prompt lacks is refused before the run starts, naming it.
 - Greedy replies (temperature 0) of at most `max_tokens` tokens. `yes_no` reads the reply's first word (yes -> 1,
-  no -> 0); `number` its first number. A reply that cannot be read is None, no opinion: never a silent 0. Such
-  samples are marked `judge_unparsed` in their rows and counted in `rs/judge_unparsed`.
+  no -> 0); `number` its first number; `yes_prob` asks for one token with its `TOP_LOGPROBS` most likely
+  alternatives and scores P(yes) / (P(yes) + P(no)), each summed over the tokens that read yes (or no) once
+  stripped and lower-cased, a graded score where `yes_no` gives 0 or 1 (a server must return log-probabilities:
+  vLLM and SGLang do, `transformers serve` does not, and the check refuses it). A reply that cannot be read (no
+  yes or no among the alternatives) is None, no opinion: never a silent 0. Such samples are marked
+  `judge_unparsed` in their rows and counted in `rs/judge_unparsed`.
 - Several models combine by `mean` of their opinions, or `vote` (the majority of opinions >= 0.5; a tie is None).
 - Every reply is cached on disk by the judge (model, template, reading, token limit) and the exact request, under
   `$RS_TRAINER_CACHE/judges/` (one append-only file per process, synced per batch): a resumed run, or a rerun,
@@ -29,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import socket
@@ -39,7 +45,8 @@ from pathlib import Path
 from rs_trainer.errors import ConfigError
 
 JUDGE = "judge"
-SCORE_MODES = ("yes_no", "number")
+SCORE_MODES = ("yes_no", "number", "yes_prob")
+TOP_LOGPROBS = 20  # the first token's alternatives `yes_prob` reads (the OpenAI API's most)
 COMBINE = ("mean", "vote")
 DEFAULT_TEMPLATE = (
     "You are grading an answer.\n\nQuestion:\n{prompt}\n\nAnswer:\n{completion}\n\n"
@@ -129,8 +136,32 @@ def parse_reply(text: str, mode: str, scale: float = 1.0) -> float | None:
     if mode == "yes_no":
         words = re.findall(r"[a-z]+", text.lower())
         return {"yes": 1.0, "no": 0.0}.get(words[0]) if words else None
+    if mode == "yes_prob":
+        return yes_probability(text)
     found = re.search(r"-?\d+(?:\.\d+)?", text)
     return float(found.group()) / scale if found else None
+
+
+def yes_probability(reply: str) -> float | None:
+    """P(yes) / (P(yes) + P(no)) from a `yes_prob` reply, the first token's alternatives as JSON `{token: logprob}`;
+    None when neither reads yes or no.
+
+    >>> yes_probability('{"Yes": -0.2231, " yes": -3.0, "No": -1.8971, "Maybe": -4.0}')  # 0.8, 0.0498, 0.15
+    0.85
+    >>> yes_probability('{"The": -0.1}'), yes_probability("")
+    (None, None)
+    """
+    try:
+        alternatives = json.loads(reply) if reply else {}
+    except json.JSONDecodeError:
+        return None
+    mass = {"yes": 0.0, "no": 0.0}
+    for token, logprob in alternatives.items():
+        word = token.strip().lower()
+        if word in mass:
+            mass[word] += math.exp(logprob)
+    total = mass["yes"] + mass["no"]
+    return round(mass["yes"] / total, 4) if total > 0 else None
 
 
 def combine(opinions: list[float | None], how: str) -> float | None:
@@ -185,10 +216,12 @@ class JudgeScorer:
         import openai
 
         client = self.client().with_options(max_retries=1, timeout=min(self.spec.timeout, 60))
+        logprobs = self.spec.score == "yes_prob"
+        fix = "; or use `score: yes_no` (this server may not return log-probabilities)" if logprobs else ""
         for model in self.spec.model:
             try:
-                client.chat.completions.create(
-                    model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0
+                out = client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "Hi"}], **self._request(1)
                 )
             except openai.APIConnectionError:
                 raise ValueError(
@@ -197,8 +230,26 @@ class JudgeScorer:
             except openai.APIStatusError as err:
                 raise ValueError(
                     f"{self.spec.base_url} refused a one-token request for model {model!r} ({err.status_code}: "
-                    f"{str(err.message)[:200]}); fix `model` (or `api_key_env`)."
+                    f"{str(err.message)[:200]}); fix `model` (or `api_key_env`){fix}."
                 ) from None
+            if logprobs and not self._alternatives(out):
+                raise ValueError(
+                    f"{self.spec.base_url} returns no log-probabilities for model {model!r}, which `score: yes_prob` "
+                    "reads; use `score: yes_no`, or a server that returns them (vLLM, SGLang)."
+                )
+
+    def _request(self, max_tokens: int) -> dict:
+        """Greedy; with `yes_prob`, one token and its most likely alternatives."""
+        if self.spec.score == "yes_prob":
+            return {"max_tokens": 1, "temperature": 0, "logprobs": True, "top_logprobs": TOP_LOGPROBS}
+        return {"max_tokens": max_tokens, "temperature": 0}
+
+    @staticmethod
+    def _alternatives(out) -> dict[str, float]:
+        """The first generated token's alternatives, {token: logprob}, from a chat completion; empty if none."""
+        choice = out.choices[0] if out.choices else None
+        content = getattr(getattr(choice, "logprobs", None), "content", None) or []
+        return {alt.token: alt.logprob for alt in (content[0].top_logprobs or [])} if content else {}
 
     # ---- the cache
     def _cache_dir(self) -> Path:
@@ -253,7 +304,10 @@ class JudgeScorer:
         return scores
 
     def _ask(self, model: str, text: str) -> str:
+        """The reply as it is cached: its text, or with `yes_prob` its first token's alternatives as JSON."""
         out = self.client().chat.completions.create(
-            model=model, messages=[{"role": "user", "content": text}], max_tokens=self.spec.max_tokens, temperature=0
+            model=model, messages=[{"role": "user", "content": text}], **self._request(self.spec.max_tokens)
         )
+        if self.spec.score == "yes_prob":
+            return json.dumps(self._alternatives(out))
         return out.choices[0].message.content or "" if out.choices else ""

@@ -38,7 +38,7 @@ from rs_trainer.errors import ConfigError
 from rs_trainer.rewards.reward_model import RewardModelScorer, _messages
 
 PRM = "prm"
-PRM_PREFIX = "prm:"
+PRM_PREFIX = "prm:"  # also in rewards/__init__.py, which reads entries without importing torch
 HEADS = ("token_classification", "step_tag")
 AGGREGATES = ("min", "last", "product", "mean")
 DEFAULT_TAGS = {"token_classification": "\n", "step_tag": " ки"}

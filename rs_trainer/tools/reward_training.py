@@ -31,6 +31,7 @@ from rs_trainer.phases.filters import drop_duplicates
 from rs_trainer.run import seeds
 from rs_trainer.run.formats import pair_row
 from rs_trainer.run.io import atomic_dir, read_jsonl, write_json, write_jsonl
+from rs_trainer.run.layout import RunLayout
 from rs_trainer.run.models import ensure_pad_token
 from rs_trainer.tools import same_form
 from rs_trainer.tools.export import PAIR_RULES, dpo_pairs, load_generations
@@ -272,7 +273,7 @@ def same_form_questions(data_args: RewardDataArguments) -> dict[str, list[dict]]
     unknown = sorted(set(data_args.same_form_splits) - set(same_form.SPLITS))
     if unknown:
         raise ConfigError(f"`same_form_splits` {unknown} unknown; choose among {list(same_form.SPLITS)}.")
-    config = Path(data_args.generations_from[0]) / "run_config.json"
+    config = RunLayout(data_args.generations_from[0]).run_config
     rs = json.loads(config.read_text())["rs"] if config.is_file() else {}
     if rs.get("dataset_name") != "builtin:arithmetic":
         raise ConfigError(

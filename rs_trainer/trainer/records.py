@@ -3,7 +3,6 @@ and selection are done), its metrics, and the report whose last file, `metrics.j
 
 from __future__ import annotations
 
-import json
 import shutil
 
 from accelerate.utils import broadcast_object_list
@@ -18,7 +17,7 @@ from rs_trainer.run.metrics import round_metrics
 from rs_trainer.run.ranks import gather_to_main
 from rs_trainer.run.report import plot_report, sample_table, samples_markdown
 from rs_trainer.samples import in_key_order, key
-from rs_trainer.trainer.serving import round_temperature
+from rs_trainer.trainer.serving import read_probe, round_temperature
 
 
 def commit_scored_rows(inputs, r: int, rows: list[dict]) -> list[dict] | None:
@@ -60,12 +59,11 @@ def round_record(inputs, r: int, rows: list[dict], keys: set) -> dict:
         metrics["rs/rationalization_prompts"] = len({s["prompt_id"] for s in rows if s.get("rationalized")})
     metrics["rs/filtered_out"] = sum(s.get("filtered_out", False) for s in rows)
     metrics.update(reward_model_watch([getattr(fn, "__name__", "") for fn in inputs.scoring.scorers.values()]))
-    probe = files.temperature_probe(r)
+    probe = read_probe(files, r)
     auto = args.for_round("temperature", r) == AUTO
-    metrics["rs/temperature"] = round_temperature(args, files, r) if probe.exists() or not auto else None
-    if probe.exists():
-        found = json.loads(probe.read_text())
-        metrics.update(probe_metrics(found["table"], found["temperature"], found["extra_tokens"]))
+    metrics["rs/temperature"] = round_temperature(args, files, r) if probe or not auto else None
+    if probe:
+        metrics.update(probe_metrics(probe["table"], probe["temperature"], probe["extra_tokens"]))
     return metrics
 
 

@@ -20,8 +20,14 @@ def round_temperature(args, files, r: int) -> float:
     value = args.for_round("temperature", r)
     if value != AUTO:
         return value
+    probe = read_probe(files, r)
+    return probe["temperature"] if probe else args.temperature_grid[0]
+
+
+def read_probe(files, r: int) -> dict | None:
+    """What round `r`'s temperature probe wrote (`temperature_probe.json`: its choice and table), None before it."""
     path = files.temperature_probe(r)
-    return json.loads(path.read_text())["temperature"] if path.exists() else args.temperature_grid[0]
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def sampling_params(args, files, spec, r: int, temperature: float | None = None) -> SamplingParams:
