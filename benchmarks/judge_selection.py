@@ -6,9 +6,11 @@ and the verifier's own pick, with the judge's cost per 1000 samples.
         [--model embedded:SmolLM2-135M-Instruct] [--seeds 0 1]
 
 The judge is `rs_trainer.rewards.judge` with its default template (yes/no) behind a real `transformers serve` on
-127.0.0.1 started here; `--base_url` uses a server you started instead. The verifier's verdict is each row's
-`verified_reward`, else its `reward` (the run's `numeric_answer`). Ties between samples the judge scores alike are
-broken at random, seeded; the matched-random pick takes one sample per prompt of the same prompts.
+127.0.0.1 started here; `--base_url` uses a server you started instead (`--score yes_prob` needs one that returns
+log-probabilities, such as vLLM's: the judge's P(yes) / (P(yes) + P(no)), a graded score, agreement read at 0.5).
+The verifier's verdict is each row's `verified_reward`, else its `reward` (the run's `numeric_answer`). Ties
+between samples the judge scores alike are broken at random, seeded; the matched-random pick takes one sample per
+prompt of the same prompts.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def main() -> None:
     parser.add_argument("--model", default="embedded:SmolLM2-135M-Instruct")
     parser.add_argument("--base_url", default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--score", default="yes_no", help="yes_no, or yes_prob (needs a server with logprobs: vLLM)")
     ns = parser.parse_args()
     rows = read_jsonl(ns.generations)
     model = str(resolve_model_path(ns.model))
@@ -48,6 +51,7 @@ def main() -> None:
     server = None if ns.base_url else Server(tmp / "server").start()
     try:
         entry = {"kind": "judge", "name": "judge", "base_url": ns.base_url or server.base_url, "model": model}
+        entry["score"] = ns.score
         import os
 
         os.environ["RS_TRAINER_CACHE"] = str(tmp / "cache")  # every sample asked, none from an earlier run
@@ -60,7 +64,7 @@ def main() -> None:
             server.stop()
     opinions = [j["reward"] for j in judged]
     truth = [verdict(r) for r in rows]
-    given = [(o, t) for o, t in zip(opinions, truth, strict=True) if o is not None]
+    given = [(float(o >= 0.5), t) for o, t in zip(opinions, truth, strict=True) if o is not None]
     by_prompt = defaultdict(list)
     for r, o in zip(rows, opinions, strict=True):
         by_prompt[r["prompt_id"]].append((o if o is not None else -1.0, verdict(r)))

@@ -228,9 +228,10 @@ class JudgeScorer:
                     f"{self.spec.base_url} does not answer; start the server or fix `base_url`."
                 ) from None
             except openai.APIStatusError as err:
+                hint = fix if err.status_code not in (401, 403, 404) else ""  # not the model, not the key: logprobs?
                 raise ValueError(
                     f"{self.spec.base_url} refused a one-token request for model {model!r} ({err.status_code}: "
-                    f"{str(err.message)[:200]}); fix `model` (or `api_key_env`){fix}."
+                    f"{str(err.message)[:200]}); fix `model` (or `api_key_env`){hint}."
                 ) from None
             if logprobs and not self._alternatives(out):
                 raise ValueError(
