@@ -201,18 +201,28 @@ def sft(model_path: str, kind: str, out: str) -> None:
         torch.save({"losses": losses, "state": state}, out)
 
 
-def timeout(seconds: str) -> None:
+def timeout(seconds: str, folder: str) -> None:
     """`ddp_timeout` reaches the process group: rank 1 arrives at a barrier long after rank 0, which must give up
-    after about `seconds`. Plain MULTI_CPU here: the accelerator is the trainer's own."""
+    after about `seconds`. Plain MULTI_CPU here: the accelerator is the trainer's own.
+
+    The short timeout also bounds the process group's set-up, so both ranks first meet through files in `folder`
+    (no collective): on a loaded machine one rank could start seconds after the other, and the first would then time
+    out while connecting, before the barrier under test (seen once in 3 repetitions with 2 other jobs on 2 cores)."""
     import time
 
     from rs_trainer.config import RSConfig
     from rs_trainer.run.ranks import make_accelerator
 
+    rank = int(os.environ["RANK"])
+    (Path(folder) / f"ready.rank{rank}").touch()
+    deadline = time.monotonic() + 300
+    while not all((Path(folder) / f"ready.rank{r}").exists() for r in (0, 1)):
+        assert time.monotonic() < deadline, "the other rank never started"
+        time.sleep(0.05)
     acc = make_accelerator(RSConfig(ddp_timeout=int(seconds), report_to=["none"]))
     start = time.time()
     if acc.process_index == 1:
-        time.sleep(4 * int(seconds))
+        time.sleep(3 * int(seconds))
     try:
         acc.wait_for_everyone()
     except Exception as err:

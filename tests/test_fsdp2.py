@@ -160,13 +160,14 @@ def test_drift_under_fsdp2_equals_one_process(tiny_model, tmp_path):
 
 
 def test_ddp_timeout_reaches_the_process_group(tmp_path):
-    """`ddp_timeout: 2`: rank 0 gives up at a barrier that rank 1 reaches 8 s later, and gloo's error names the
-    2000 ms it waited, the configured value and not torch's default of 30 minutes. Elapsed time is not compared:
-    on a loaded machine it can run past any window."""
-    proc = torchrun("timeout", 2, check=False)
+    """`ddp_timeout: 5`: rank 0 gives up at a barrier that rank 1 reaches 15 s later, and gloo's error names the
+    5000 ms it waited, the configured value and not torch's default of 30 minutes. Elapsed time is not compared:
+    on a loaded machine it can run past any window. (5 s, not 2: the timeout also bounds the set-up, which two
+    other jobs on the 2 cores once stretched past 2 s.)"""
+    proc = torchrun("timeout", 5, tmp_path, check=False)
     assert proc.returncode != 0
     gave_up = [line for line in proc.stdout.splitlines() if line.startswith("rank 0 gave up")]
-    assert gave_up and "waiting 2000ms" in gave_up[0], proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert gave_up and "waiting 5000ms" in gave_up[0], proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
 def test_rank_without_the_shared_output_dir_is_refused(tmp_path):
