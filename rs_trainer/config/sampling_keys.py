@@ -150,7 +150,11 @@ class TrlVllmKeys:
 
     def _validate_trl_vllm_keys(self):
         """TRL's vLLM keys only with `use_vllm`, and `use_vllm` only without a `generators` list."""
-        set_keys = [f.name for f in dataclasses.fields(TrlVllmKeys)[1:] if getattr(self, f.name) != f.default]
+        set_keys = [
+            f.name
+            for f in dataclasses.fields(TrlVllmKeys)
+            if f.name != "use_vllm" and getattr(self, f.name) != f.default
+        ]
         if set_keys and not self.use_vllm:
             raise ConfigError(
                 f"{', '.join(f'`{k}`' for k in set_keys)} set but `use_vllm` is false; set `use_vllm: true`."
