@@ -47,11 +47,10 @@ def takes(name: str, hint, facts) -> str:
     else:
         words = KINDS.get(kind, kind.__name__)
         words = f"list of {words}s" if is_list and not facts.get("per_round") else words
-        words += " or null" if optional else ""
-        span = facts["range"].span() if "range" in facts else ""
-        words += f", {span}{facts['range'].note}" if span else ""
-        optional = False
-    parts = [words + (" or null" if optional else "")]
+    words += " or null" if optional else ""
+    span = facts["range"].span() if "range" in facts else ""
+    words += f", {span}{facts['range'].note}" if span else ""
+    parts = [words]
     parts += ["per round"] if facts.get("per_round") else []
     parts += ["may change on resume"] if facts.get("resumable") else []
     parts += ["not part of what a run computes"] if facts.get("semantic") is False else []
