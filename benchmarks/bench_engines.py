@@ -108,9 +108,9 @@ def side_vllm(args, lora: bool) -> dict:
 
 def side_server(args) -> dict:
     from rs_trainer.generators.openai_client import OpenAIGenerator
-    from rs_trainer.generators.server import ManagedServer
     from rs_trainer.generators.spec import GeneratorSpec
     from rs_trainer.phases.generation import SamplingParams
+    from rs_trainer.run.servers import ManagedServer
 
     path, tokenizer, prompts, ids = work(args.num_prompts)
     command = (

@@ -4,7 +4,7 @@ Work: the default recipe's arithmetic prompts, M prompts x N samples, T=0.8, up 
 SmolLM2-135M-Instruct in fp32. Sides, each timed from its first request to its last answer (model loading and
 server start-up are excluded and reported apart):
 - `in-process`: `rs_trainer.phases.generation.generate`, as the trainer's `local` engine runs it;
-- `transformers serve`: started with `rs_trainer.generators.server.ManagedServer` on 127.0.0.1, sampled
+- `transformers serve`: started with `rs_trainer.run.servers.ManagedServer` on 127.0.0.1, sampled
   through `rs_trainer.generators.openai_client.OpenAIGenerator` (the `server` engine), `max_concurrency`
   requests at once;
 - `transformers serve --continuous-batching`: the same, with the server batching requests together.
@@ -40,10 +40,10 @@ def main():
 
     from rs_trainer.generators.local import LocalGenerator
     from rs_trainer.generators.openai_client import OpenAIGenerator, check_endpoint
-    from rs_trainer.generators.server import ManagedServer
     from rs_trainer.generators.spec import GeneratorSpec
     from rs_trainer.phases.generation import SamplingParams, encode_prompts
     from rs_trainer.run.models import load_tokenizer, resolve_model_path
+    from rs_trainer.run.servers import ManagedServer
     from rs_trainer.tasks.arithmetic import make_splits
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -251,9 +251,12 @@ def train_main(argv: list[str] | None = None) -> int:
         from rs_trainer.trainer import RejectionSamplingTrainer
 
         trainer = RejectionSamplingTrainer(args, model_args)
-        trainer.setup()
-        trainer.train()
-        trainer.cleanup()
+        try:
+            trainer.setup()
+            trainer.train()
+            trainer.cleanup()
+        finally:
+            trainer.close()  # a judge's server the run started, even when the run failed
 
     return run_command("rs_trainer", body)
 

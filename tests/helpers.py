@@ -83,13 +83,14 @@ def recipe_args(model_path, output_dir, **overrides) -> list[str]:
 
 
 def as_argv(settings: dict) -> list[str]:
-    """Recipe keys as command-line arguments: booleans lower-case, lists spread, None as `none`."""
+    """Recipe keys as command-line arguments: booleans lower-case, lists spread (a mapping in one as JSON, which
+    is YAML), None as `none`."""
     argv = []
     for key, value in settings.items():
         if isinstance(value, bool):
             argv += [f"--{key}", str(value).lower()]
         elif isinstance(value, list):
-            argv += [f"--{key}", *map(str, value)]
+            argv += [f"--{key}", *(json.dumps(v) if isinstance(v, dict) else str(v) for v in value)]
         else:
             argv += [f"--{key}", "none" if value is None else str(value)]
     return argv
@@ -169,10 +170,10 @@ def spawn(cmd: list[str], preexec_fn=None, **kwargs) -> subprocess.Popen:
     """`subprocess.Popen(cmd, **kwargs)` in a session of its own (a group `kill_tree` can end), sent SIGTERM when the
     test process dies, even by SIGKILL, so that no server or run outlives a killed pytest (Linux's PR_SET_PDEATHSIG,
     as the trainer's own servers get it; torchrun passes the SIGTERM on to its workers)."""
-    from rs_trainer.generators.server import _die_with_parent
+    from rs_trainer.run.servers import die_with_parent
 
     def before_exec():
-        _die_with_parent()
+        die_with_parent()
         if preexec_fn is not None:
             preexec_fn()
 
@@ -242,7 +243,7 @@ class Server:
     """A real `transformers serve` on 127.0.0.1, started and stopped by process id."""
 
     def __init__(self, tmp: Path, port: int | None = None):
-        from rs_trainer.generators.server import free_port
+        from rs_trainer.run.servers import free_port
 
         self.port = port or free_port()
         self.tmp = tmp

@@ -12,8 +12,8 @@ import pytest
 from helpers import REPO, SERVE, SERVER_STARTUP_S, Server, recipe_args, run_group, started
 
 from rs_trainer.cli import main
-from rs_trainer.generators.server import free_port
 from rs_trainer.run.io import read_jsonl, read_jsonl_prefix
+from rs_trainer.run.servers import free_port
 from rs_trainer.tools.export import dpo_pairs
 
 pytestmark = pytest.mark.slow

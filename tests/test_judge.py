@@ -3,9 +3,10 @@
 before anything is written; its replies cached so a rerun never asks twice."""
 
 import json
+import sys
 
 import pytest
-from helpers import Server, recipe_args
+from helpers import SERVE, Server, recipe_args
 
 from rs_trainer.cli import main
 from rs_trainer.errors import ConfigError
@@ -37,7 +38,7 @@ def ask(judge, samples: list[dict]) -> list:
 
 
 def test_an_unreachable_judge_stops_the_run_before_anything_is_written(tiny_model, tmp_path, capsys):
-    from rs_trainer.generators.server import free_port
+    from rs_trainer.run.servers import free_port
 
     out = tmp_path / "run"
     dead = f"http://127.0.0.1:{free_port()}/v1"
@@ -56,6 +57,13 @@ def test_an_unreachable_judge_stops_the_run_before_anything_is_written(tiny_mode
         ({"template": "Grade {prompt}."}, "`template` has no `{completion}`"),
         ({"temperature": 0.7}, "unknown keys ['temperature']"),
         ({"max_tokens": 0}, "`max_tokens` must be a whole number >= 1, got 0"),
+        ({"command": "vllm serve {model} --port {port}"}, "give `base_url` (a server that runs already) or `command`"),
+        ({"base_url": "", "command": "vllm serve {model}"}, "`command` has no `{port}`; it may use `{model}`"),
+        ({"base_url": "", "command": "serve --port {port} --gpu {gpu}"}, "`command` has unknown fields ['gpu']"),
+        (
+            {"base_url": "", "command": "vllm serve {model} --port {port}", "model": ["a", "b"]},
+            "`command` serves `{model}`, one model, but `model` lists 2",
+        ),
     ],
 )
 def test_a_wrong_judge_setting_is_one_line_naming_it(tmp_path, capsys, extra, message):
@@ -63,7 +71,7 @@ def test_a_wrong_judge_setting_is_one_line_naming_it(tmp_path, capsys, extra, me
         "--output_dir",
         str(tmp_path / "run"),
         "--reward_funcs",
-        json.dumps(judge_entry("http://h/v1", "m", **extra)),
+        json.dumps({**judge_entry("http://h/v1", "m"), **extra}),
     ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -145,3 +153,40 @@ def test_a_run_ranks_with_the_judge_and_a_rerun_asks_nothing_again(tiny_model, t
         assert [(r["prompt_id"], r["sample_index"], r["completion"], r["rewards"]) for r in rerun] == same
     finally:
         server.stop()
+
+
+def test_a_judge_server_that_does_not_start_stops_the_run_naming_the_judge(tiny_model, tmp_path, capsys):
+    """`command`: the run starts the server last, after every other check; one that exits at once stops the run with
+    the judge's name, the exit code and its log, which the run keeps."""
+    out = tmp_path / "run"
+    command = f"{sys.executable} -c 'import sys; sys.exit(\"no GPU here\")' --port {{port}}"
+    entry = {"kind": "judge", "name": "grader", "command": command, "model": "m"}
+    assert main(recipe_args(tiny_model, out, reward_funcs=["numeric_answer", entry])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rs_trainer: error: `reward_funcs`: judge 'grader': `"), err
+    assert "exited with code 1 before answering" in err and "no GPU here" in err
+    assert (out / "judge-grader.log").read_text().strip() == "no GPU here"
+    assert sorted(p.name for p in out.iterdir()) == ["judge-grader.log"]  # nothing else was written
+
+
+@pytest.mark.slow
+def test_a_run_serves_its_judge_itself_and_stops_it(tiny_model, tmp_path, embedded_path, monkeypatch):
+    """`command` in place of `base_url`: a real `transformers serve` started by the run, asked for every sample, its
+    log in `output_dir`, and gone when the run returns."""
+    import psutil
+
+    monkeypatch.setenv("RS_TRAINER_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    hub = tmp_path / "hub"
+    command = f"env HF_HUB_CACHE={hub} OMP_NUM_THREADS=1 {SERVE} serve --host {{host}} --port {{port}} --device cpu"
+    entry = {"kind": "judge", "name": "grader", "command": command, "model": str(embedded_path), "max_tokens": 4}
+    before = {c.pid for c in psutil.Process().children(recursive=True)}
+    argv = recipe_args(tiny_model, out, reward_funcs=[entry, "numeric_answer"], eval_reward_funcs=["numeric_answer"])
+    assert main(argv) == 0
+    generated = read_jsonl(out / "round_0" / "generations.jsonl")
+    asked = [row for path in cache_root().rglob("*.jsonl") for row in read_jsonl(path)]
+    assert len(asked) == len({(r["prompt_id"], r["completion"]) for r in generated}) > 0
+    assert all("grader" in r["rewards"] for r in generated)
+    assert "serve" in (out / "judge-grader.log").read_text().lower()  # the server's own log, kept with the run
+    left = [c for c in psutil.Process().children(recursive=True) if c.pid not in before and c.is_running()]
+    assert not [c for c in left if c.status() != psutil.STATUS_ZOMBIE], [c.cmdline() for c in left]

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from helpers import REPO, assert_rows_match, kill_tree, spawn, two_rank_run_args
 
-from rs_trainer.generators.server import free_port
 from rs_trainer.run.io import read_jsonl
+from rs_trainer.run.servers import free_port
 
 pytestmark = pytest.mark.slow
 KILL_AT = str(REPO / "tests" / "kill_at.py")

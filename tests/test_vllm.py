@@ -334,7 +334,7 @@ class VLLMServer:
     process id."""
 
     def __init__(self, model: Path, log: Path):
-        from rs_trainer.generators.server import free_port
+        from rs_trainer.run.servers import free_port
 
         self.model, self.log, self.port = str(model), log, free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"

@@ -228,8 +228,8 @@ class ScoringKeys:
             "Scorers: built-in names (numeric_answer, math_answer, code_tests), `reward_model:<hub id, "
             "folder or embedded:name>`, dotted paths to functions with TRL's reward signature "
             "`fn(prompts, completions, **columns) -> list[float | None]`, or an LLM judge as a mapping "
-            "`{kind: judge, name, base_url, model, template, score}` (docs/options.md). Default: the verifier of "
-            "the default dataset, builtin:arithmetic (numeric_answer)."
+            "`{kind: judge, name, base_url or command, model, template, score}` (docs/options.md). Default: the "
+            "verifier of the default dataset, builtin:arithmetic (numeric_answer)."
         ),
     )
     reward_weights: list[float] | None = field(

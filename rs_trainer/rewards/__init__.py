@@ -82,7 +82,8 @@ def resolve_scorer(name: str | dict, reward_model_device: str | None = None) -> 
 
         if isinstance(spec, JudgeSpec):
             judge = JudgeScorer(spec)
-            judge.check()
+            if not spec.command:  # a server the run starts is checked once started (`Scoring.serve_judges`)
+                judge.check()
             return judge
         if (spec, reward_model_device) not in _REWARD_MODELS:
             _REWARD_MODELS[spec, reward_model_device] = PRMScorer(spec, device=reward_model_device)

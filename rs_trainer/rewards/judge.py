@@ -27,6 +27,12 @@ A `reward_funcs` entry is a mapping (`kind: judge`) instead of a name:
   never asks twice.
 - The endpoint is checked when the scorer is built, before anything is written: one that does not answer, or does
   not serve the model, stops the run in one line that names the entry.
+- With `command` instead of `base_url`, the run serves the judge itself: `command: vllm serve {model} --host {host}
+  --port {port}` (or `transformers serve --host {host} --port {port}`) is started once, after every other check,
+  by the main process on a free loopback port, logged to `output_dir/judge-<name>.log`, checked as above, used by
+  every rank, and stopped when the run ends or fails. `{model}` is the judge's one model; a server the run starts is
+  on its main node's loopback, so a run over several nodes is refused: serve the judge where every node reaches it
+  and give `base_url`.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rs_trainer.errors import ConfigError
+from rs_trainer.run.servers import ManagedServer, tail
 
 JUDGE = "judge"
 SCORE_MODES = ("yes_no", "number", "yes_prob")
@@ -61,8 +68,10 @@ class JudgeSpec:
     read the answer."""
 
     name: str
-    base_url: str
     model: tuple[str, ...]
+    base_url: str = ""
+    command: str | None = None  # the run serves the judge itself (module docstring)
+    startup_timeout: float = 600.0
     template: str = DEFAULT_TEMPLATE
     score: str = "yes_no"
     scale: float = 1.0
@@ -101,9 +110,16 @@ def parse_judge_entry(entry: dict, where: str) -> JudgeSpec:
     label = f"{where} (judge {entry.get('name', '?')})"
     if unknown:
         raise ConfigError(f"{label}: unknown keys {unknown}; the keys are {sorted(known)}.")
-    for key in ("name", "base_url", "model"):
+    for key in ("name", "model"):
         if not entry.get(key):
-            raise ConfigError(f"{label}: `{key}` is missing; a judge needs `name`, `base_url` and `model`.")
+            raise ConfigError(
+                f"{label}: `{key}` is missing; a judge needs `name`, `model`, and `base_url` or `command`."
+            )
+    if bool(entry.get("base_url")) == bool(entry.get("command")):
+        raise ConfigError(
+            f"{label}: give `base_url` (a server that runs already) or `command` (one the run starts, e.g. "
+            "`vllm serve {model} --host {host} --port {port}`), not both nor neither."
+        )
     models = entry["model"]
     models = tuple([models] if isinstance(models, str) else models)
     if not models or not all(isinstance(m, str) and m for m in models):
@@ -115,7 +131,9 @@ def parse_judge_entry(entry: dict, where: str) -> JudgeSpec:
         raise ConfigError(f"{label}: `combine` {spec.combine!r} is unknown; choose one of {COMBINE}.")
     if "completion" not in spec.fields:
         raise ConfigError(f"{label}: `template` has no `{{completion}}`; the judge would not see what it grades.")
-    for key in ("scale", "timeout"):
+    if spec.command:
+        check_command(spec, label)
+    for key in ("scale", "timeout", "startup_timeout"):
         if not isinstance(getattr(spec, key), (int, float)) or getattr(spec, key) <= 0:
             raise ConfigError(f"{label}: `{key}` must be a number > 0, got {getattr(spec, key)!r}.")
     for key in ("max_tokens", "max_retries", "max_concurrency"):
@@ -123,6 +141,24 @@ def parse_judge_entry(entry: dict, where: str) -> JudgeSpec:
         if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "max_retries" else 1):
             raise ConfigError(f"{label}: `{key}` must be a whole number >= 1, got {value!r}.")
     return spec
+
+
+def check_command(spec: JudgeSpec, label: str) -> None:
+    """A `command` template the run can start: `{port}` present (the run picks a free one), no field but `{model}`,
+    `{host}` and `{port}`, and `{model}` only with one model."""
+    fields = {f for _, f, _, _ in string.Formatter().parse(spec.command) if f is not None}
+    unknown = sorted(fields - {"model", "host", "port"})
+    if unknown or "port" not in fields:
+        what = f"has unknown fields {unknown}" if unknown else "has no `{port}`"
+        raise ConfigError(
+            f"{label}: `command` {what}; it may use `{{model}}`, `{{host}}` and `{{port}}`, and needs `{{port}}`, "
+            "e.g. `vllm serve {model} --host {host} --port {port}`."
+        )
+    if "model" in fields and len(spec.model) > 1:
+        raise ConfigError(
+            f"{label}: `command` serves `{{model}}`, one model, but `model` lists {len(spec.model)}; give one model, "
+            "or a server that serves them all (`transformers serve`) with no `{model}` in `command`."
+        )
 
 
 def parse_reply(text: str, mode: str, scale: float = 1.0) -> float | None:
@@ -196,6 +232,8 @@ class JudgeScorer:
         self.unparsed: list[int] = []
         self._cache: dict[str, str] | None = None
         self._client = None
+        self.base_url = spec.base_url  # with `command`: the server's, once `serve` started it (on any rank: `use`)
+        self.server = None  # the `ManagedServer` this process started for `command`
 
     @property
     def needs_columns(self) -> set[str]:
@@ -208,7 +246,7 @@ class JudgeScorer:
             from rs_trainer.run.openai_api import openai_client
 
             spec = self.spec
-            self._client = openai_client(spec.base_url, spec.api_key_env, spec.timeout, spec.max_retries)
+            self._client = openai_client(self.base_url, spec.api_key_env, spec.timeout, spec.max_retries)
         return self._client
 
     def check(self) -> None:
@@ -224,20 +262,46 @@ class JudgeScorer:
                     model=model, messages=[{"role": "user", "content": "Hi"}], **self._request(1)
                 )
             except openai.APIConnectionError:
-                raise ValueError(
-                    f"{self.spec.base_url} does not answer; start the server or fix `base_url`."
-                ) from None
+                raise ValueError(f"{self.base_url} does not answer; start the server or fix `base_url`.") from None
             except openai.APIStatusError as err:
                 hint = fix if err.status_code not in (401, 403, 404) else ""  # not the model, not the key: logprobs?
                 raise ValueError(
-                    f"{self.spec.base_url} refused a one-token request for model {model!r} ({err.status_code}: "
+                    f"{self.base_url} refused a one-token request for model {model!r} ({err.status_code}: "
                     f"{str(err.message)[:200]}); fix `model` (or `api_key_env`){hint}."
                 ) from None
             if logprobs and not self._alternatives(out):
                 raise ValueError(
-                    f"{self.spec.base_url} returns no log-probabilities for model {model!r}, which `score: yes_prob` "
+                    f"{self.base_url} returns no log-probabilities for model {model!r}, which `score: yes_prob` "
                     "reads; use `score: yes_no`, or a server that returns them (vLLM, SGLang)."
                 )
+
+    def serve(self, log_path: Path) -> str:
+        """`command`: start the judge's server (in this process's care) and check it as a `base_url` would be; its
+        address, or a `ConfigError` naming the entry with the end of the server's log."""
+        spec = self.spec
+        label = f"`reward_funcs`: judge {spec.name!r}"
+        server = ManagedServer(
+            spec.command, spec.model[0], log_path, spec.startup_timeout, spec.name, label=label, error=ConfigError
+        )
+        server.start()
+        self.server = server
+        self.use(server.base_url)
+        try:
+            self.check()
+        except ValueError as err:
+            self.stop()
+            raise ConfigError(f"{label}: {err} Its log ({log_path}) ends:\n{tail(log_path)}") from None
+        return server.base_url
+
+    def use(self, base_url: str) -> None:
+        """Ask the server at `base_url` from now on (a `command` judge's, started by the main process)."""
+        self.base_url, self._client = base_url, None
+
+    def stop(self) -> None:
+        """Stop the server `serve` started, if any; idempotent."""
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
 
     def _request(self, max_tokens: int) -> dict:
         """Greedy; with `yes_prob`, one token and its most likely alternatives."""

@@ -3,11 +3,15 @@ held-out accuracy and pass@k, so that a reward model can train while the verifie
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rs_trainer.errors import ConfigError
 from rs_trainer.rewards import resolve_scorers, score
+from rs_trainer.rewards.judge import JudgeScorer
 from rs_trainer.rewards.verifiers import VERIFIER_POOL
+from rs_trainer.run.ranks import on_main
 from rs_trainer.samples import with_scores
 
 
@@ -32,6 +36,33 @@ class Scoring:
             "eval_reward_funcs", args.eval_reward_funcs, None, device, prompts, args.dataset_name
         )
         return cls(scorers, weights, eval_scorers, eval_weights)
+
+    def served_judges(self) -> list:
+        """The `kind: judge` scorers whose server the run starts (`command`), each once."""
+        found = {id(fn): fn for fn in [*self.scorers.values(), *self.eval_scorers.values()]}
+        return [fn for fn in found.values() if isinstance(fn, JudgeScorer) and fn.spec.command]
+
+    def serve_judges(self, accelerator, log_for: Callable) -> None:
+        """Start each `command` judge's server on the main process (its log at `log_for(name)`), check it, and point
+        every rank at it; a server that does not start or answer stops the run on every rank, in one error."""
+        judges = self.served_judges()
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        if judges and accelerator.num_processes > local:
+            raise ConfigError(
+                f"`reward_funcs`: judge {judges[0].spec.name!r}: `command` serves it on the main node's loopback, "
+                "which the other nodes cannot reach; serve the judge where every node reaches it and give `base_url`."
+            )
+        try:
+            for judge in judges:
+                name = judge.spec.name
+                judge.use(on_main(accelerator, lambda j=judge, n=name: j.serve(log_for(n)), ConfigError))
+        except BaseException:
+            self.stop_judges()
+            raise
+
+    def stop_judges(self) -> None:
+        for judge in self.served_judges():
+            judge.stop()
 
     def score(self, rows: list[dict]) -> list[dict]:
         """`rows` with `reward` and `rewards` from `reward_funcs`; with `eval_reward_funcs` also `verified_reward`,

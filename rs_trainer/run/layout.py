@@ -95,6 +95,10 @@ class RunLayout:
     def server_log(self, r: int, generator: str) -> Path:
         return self.round(r) / f"server-{generator}.log"
 
+    def judge_log(self, judge: str) -> Path:
+        """The log of a judge's server that the run started (`kind: judge` with `command`), for the whole run."""
+        return self.root / f"judge-{judge}.log"
+
     def sft_set(self, r: int) -> Path:
         return self.round(r) / "sft.jsonl"
 

@@ -31,6 +31,7 @@ from rs_trainer.phases.estimators import best_of_n_curve, kl_bound
 from rs_trainer.run import data, seeds
 from rs_trainer.run.browser import write_best_of_n_page
 from rs_trainer.run.io import write_json, write_jsonl
+from rs_trainer.run.layout import RunLayout
 from rs_trainer.samples import key, with_prompt, with_scores
 
 # ---------------------------------------------------------------- sampling and scoring
@@ -157,6 +158,7 @@ def run(args, model_args, candidate_models: list[str] | None = None) -> dict:
     from accelerate import PartialState
 
     from rs_trainer.rewards import resolve_scorers, score
+    from rs_trainer.rewards.scoring import Scoring
 
     if PartialState().num_processes > 1:
         raise ConfigError("best_of_n runs in one process; start it with `python -m rs_trainer best-of-n`.")
@@ -177,7 +179,12 @@ def run(args, model_args, candidate_models: list[str] | None = None) -> dict:
     timings["timing/generate"] = time.perf_counter() - start
     start = time.perf_counter()
     samples = with_prompt(samples, {p["prompt_id"]: p for p in prompts})
-    samples = with_scores(samples, score(samples, scorers, weights))
+    scoring = Scoring(scorers, weights, scorers, weights)
+    try:  # a judge whose server this tool starts (`command`) is served for the scoring alone, after sampling
+        scoring.serve_judges(PartialState(), RunLayout(Path(args.output_dir)).judge_log)
+        samples = with_scores(samples, score(samples, scorers, weights))
+    finally:
+        scoring.stop_judges()
     timings["timing/score"] = time.perf_counter() - start
 
     rows = prompt_rows(prompts, samples, args.seed, args.prefer_shorter)

@@ -240,4 +240,11 @@ class RejectionSamplingTrainer:
         return {**saved, **evaluation}
 
     def cleanup(self) -> None:
+        self.close()
         self.accelerator.end_training()  # closes the trackers
+
+    def close(self) -> None:
+        """Stop the servers the run started for its judges (`kind: judge` with `command`); idempotent, and safe on a
+        run whose setup failed."""
+        if self.inputs is not None:
+            self.inputs.scoring.stop_judges()

@@ -108,6 +108,7 @@ def prepare_run(args, model_args, accelerator) -> RunInputs:
     )
     check_shared_storage(accelerator, files.root)  # every later decision reads `output_dir`, on every rank
     check_output_dir(args, model_args, accelerator, files)
+    scoring.serve_judges(accelerator, files.judge_log)  # last: a judge's server the run starts (minutes on a GPU)
     return RunInputs(
         args=args,
         model_args=model_args,
