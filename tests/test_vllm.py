@@ -286,8 +286,9 @@ def rows(out: Path, r: int) -> list[tuple]:
 
 def test_a_whole_run_on_the_colocated_engine_killed_and_resumed(embedded_path, tmp_path):
     """`engine: vllm` through the trainer: 2 LoRA rounds, and the same run killed just before round 0's checkpoint
-    appears and resumed (round 0's rows are read back, its SFT runs again, and the new engine starts in round 1, on
-    round 0's adapter): the same rows and held-out accuracy, every row's logprob recorded, no key twice."""
+    appears and resumed (round 0's rows are read back, its SFT runs again, and the new engine starts for round 0's
+    evaluation, on round 0's adapter): the same rows and held-out accuracy, every row's logprob recorded, no key
+    twice, and every evaluation decoded by the engine."""
     config = recipe(tmp_path, [{"name": "policy", "engine": "vllm"}])
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     done = rs_trainer(["--config", str(config), *run_args(embedded_path, whole)], tmp_path)
@@ -307,17 +308,26 @@ def test_a_whole_run_on_the_colocated_engine_killed_and_resumed(embedded_path, t
     metrics = [json.loads((out / "summary.json").read_text()) for out in (whole, resumed)]
     assert [m["eval/accuracy"] for m in metrics[0]] == [m["eval/accuracy"] for m in metrics[1]]  # k/4: exact
 
+    # Evaluation decodes in the engine too (issue 38): by vLLM's own request counter, one request per held-out
+    # prompt for the base model and after each round; the resumed run's evaluation of round 1 alike.
+    base = json.loads((whole / "base_eval.json").read_text())
+    assert base["eval/engine_requests"] == 4 and [m["eval/engine_requests"] for m in metrics[0]] == [4, 4]
+    assert [m["eval/engine_requests"] for m in metrics[1]] == [4, 4]
+
     # The engine is sized to the run, not to SmolLM2's 8192-token context: vLLM's own max_model_len is the
-    # longest training prompt (as rendered for generation) plus max_completion_length.
+    # longest prompt it is asked for (training or evaluation, as rendered for generation) plus its completion
+    # (16 tokens for both).
     from rs_trainer.phases.generation import encode_prompts
     from rs_trainer.run.models import load_tokenizer
 
+    tokenizer = load_tokenizer(str(embedded_path))
     prompts = list({row["prompt_id"]: row for row in lines}.values())
-    longest = max(map(len, encode_prompts(load_tokenizer(str(embedded_path)), prompts)))
+    evaluated = [json.loads(line) for line in (whole / "base_eval.jsonl").read_text().splitlines()]
+    longest = max(map(len, encode_prompts(tokenizer, prompts + evaluated)))
     sized = [line for line in done.stdout.splitlines() + done.stderr.splitlines() if "max_model_len" in line]
     assert sized == [
-        f"generator 'policy': vLLM engine with max_model_len {longest + 16} (the run's longest "
-        f"training prompt plus its longest completion: {longest + 16} tokens)"
+        f"generator 'policy': vLLM engine with max_model_len {longest + 16} (the run's longest prompt, "
+        f"training, evaluation or hinted, plus its longest completion: {longest + 16} tokens)"
     ], sized
 
 

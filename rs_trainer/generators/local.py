@@ -16,6 +16,8 @@ class LocalGenerator:
     and chat template (a teacher of another family); the completion text is what travels on. As the policy's
     generator (`for_policy`), each round samples the live model, on full weights, for as long as it is open."""
 
+    in_process = True  # decodes in the training process: the run's evaluation and rationalization go through it
+
     def __init__(
         self,
         model,
@@ -81,9 +83,9 @@ class FrozenGenerator(LocalGenerator):
 
     @contextlib.contextmanager
     def open(self, weights: PolicyWeights, params: SamplingParams):
-        from rs_trainer.run.deepspeed import outside_zero3_init
+        from rs_trainer.run.sharding import Sharding
 
-        with outside_zero3_init():
+        with Sharding.frozen_load():
             self.model, self.tokenizer = load_frozen(self.name, self.run.model_args, self.run.accelerator.device)
         try:
             yield self

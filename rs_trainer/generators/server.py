@@ -59,11 +59,11 @@ class ServedGenerator:
     def _served_folder(self, weights: PolicyWeights, params: SamplingParams) -> str:
         """The policy for round `weights.round` as a plain model folder a server can load."""
         from rs_trainer.generators.checks import write_served_model
-        from rs_trainer.run.deepspeed import outside_zero3_init
         from rs_trainer.run.models import torch_dtype
+        from rs_trainer.run.sharding import Sharding
 
         run = self.run
-        with outside_zero3_init():  # rank 0 alone loads it: no collective partitioning
+        with Sharding.frozen_load():  # rank 0 alone loads it: no collective partitioning
             return write_served_model(
                 run.served_model(weights.round),
                 run.model_path,

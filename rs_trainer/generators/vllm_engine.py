@@ -53,6 +53,8 @@ def vllm_available() -> bool:
 class VLLMGenerator:
     """A `vllm.LLM` in this process, created on the first round it samples and refreshed every round after."""
 
+    in_process = True  # an engine in the training process: the run's evaluation and rationalization use it
+
     def __init__(self, spec: GeneratorSpec, run: RunContext):
         self.spec, self.run = spec, run
         self.llm = None
@@ -62,6 +64,12 @@ class VLLMGenerator:
         self.asleep_level = 0
         self.max_model_len: int | None = None  # the engine's, once started
         self.timings = {"start_s": 0.0, "refresh_s": 0.0}  # the last start and weight refresh, for benchmarks
+
+    @property
+    def engine_requests(self) -> int | None:
+        """The requests the engine has taken so far, by vLLM's own counter (`LLM.request_counter`); None before it
+        started. The run reports those of its evaluation (`eval/engine_requests`)."""
+        return self.llm.request_counter.counter if self.llm is not None else None
 
     @property
     def lora(self) -> bool:

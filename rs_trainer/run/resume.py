@@ -58,8 +58,9 @@ def generated_rows(files: RunLayout, r: int, sample_ranges: dict[str, range]) ->
     return done
 
 
-def load_weights(model, checkpoint: Path) -> None:
-    """Load a round's saved adapter (LoRA) or full weights into `model` (unwrapped, possibly a PeftModel)."""
+def load_weights(model, checkpoint: Path, sharding) -> None:
+    """Load a round's saved adapter (LoRA) or full weights into `model` (unwrapped, possibly a PeftModel), laid out
+    as `sharding` (`rs_trainer.run.sharding.Sharding`) says."""
     from safetensors.torch import load_file
 
     if (checkpoint / "adapter_model.safetensors").exists():
@@ -73,29 +74,10 @@ def load_weights(model, checkpoint: Path) -> None:
             raise RuntimeError(f"{checkpoint}: adapter keys do not match the model: {result.unexpected_keys[:3]}")
         return
     state = load_file(checkpoint / "model.safetensors")
-    missing, unexpected = load_full_state(model, state)
+    missing, unexpected = sharding.load_full_state(model, state)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
     if missing or unexpected:
         raise RuntimeError(
             f"{checkpoint} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
-
-
-def load_full_state(model, state: dict) -> tuple[list[str], list[str]]:
-    """Load a full (unsharded) state dict into `model`, whose parameters may be sharded; returns (missing,
-    unexpected) keys. FSDP2's DTensor parameters take it through torch's `set_model_state_dict`, which shards
-    each tensor; a plain `load_state_dict` would mix tensors and DTensors. Every rank calls this."""
-    from rs_trainer.run.sharding import fsdp_units
-
-    if fsdp_units(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        result = set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
-        return list(result.missing_keys), list(result.unexpected_keys)
-    from rs_trainer.run.deepspeed import is_zero3
-    from rs_trainer.run.deepspeed import load_full_state as load_zero3
-
-    if is_zero3(model):
-        return load_zero3(model, state)
-    return model.load_state_dict(state, strict=False)

@@ -19,8 +19,6 @@ One process: do not launch it with several.
 
 from __future__ import annotations
 
-import dataclasses
-import gc
 import statistics
 import time
 from pathlib import Path
@@ -38,41 +36,45 @@ from rs_trainer.samples import key, with_prompt, with_scores
 
 
 def _sample_model(name: str, index: int, prompts: list[dict], args, model_args) -> list[dict]:
-    """N completions per prompt from model `name` (the `index`-th competitor), with round 0's sampling settings.
-    The model is loaded, used and released, so competitors never share memory."""
-    import torch
+    """N completions per prompt from model `name` (the `index`-th competitor), with round 0's sampling settings,
+    through the `Generator` protocol: a `FrozenGenerator` loads it when opened and releases it after, so
+    competitors never share memory, and it decodes as a run's teacher does (`generation_batch_size`,
+    `generation_engine`, `generation_token_budget`)."""
     from accelerate import PartialState
 
-    from rs_trainer.phases.generation import SamplingParams, check_prompt_lengths, encode_prompts, generate
-    from rs_trainer.run.models import load_policy, load_tokenizer, resolve_model_path
+    from rs_trainer.generators import PolicyWeights, RunContext
+    from rs_trainer.generators.local import FrozenGenerator
+    from rs_trainer.phases.generation import SamplingParams, check_prompt_lengths, encode_prompts
     from rs_trainer.run.progress import progress_bar
 
     n = args.num_generations
-    tokenizer = load_tokenizer(resolve_model_path(name))
-    model, _ = load_policy(dataclasses.replace(model_args, model_name_or_path=name))
-    if not (model_args.load_in_4bit or model_args.load_in_8bit):  # quantised models are placed by their device_map
-        model.to(PartialState().device)
-    prompt_ids = encode_prompts(tokenizer, prompts)
-    context = getattr(model.config, "max_position_embeddings", None)
     params = SamplingParams.for_round(args, 0)
-    check_prompt_lengths(prompts, prompt_ids, params.max_new_tokens, context)
-    with progress_bar(len(prompts) * n, f"best-of-n sample {name}", "samples") as bar:
-        rows = generate(
-            model,
-            tokenizer,
-            prompts,
-            n,
-            params,
-            batch_size=args.generation_batch_size,
-            seed=seeds.sampling_seed(args.seed, 0, stream=index),
-            prompt_ids=prompt_ids,
-            on_batch=lambda batch: bar.update(len(batch)),
-            engine=args.generation_engine,
-        )
-    del model
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    run = RunContext(
+        accelerator=PartialState(),
+        tokenizer=None,  # each competitor renders its prompts with its own tokenizer
+        model_args=model_args,
+        model_path=name,
+        batch_size=args.generation_batch_size,
+        local_engine=args.generation_engine,
+        token_budget=args.generation_token_budget,
+        max_model_len=0,  # in-process transformers decoding: no engine to size
+        server_log=None,
+        served_model=None,
+    )
+    generator = FrozenGenerator(name, run)
+    with generator.open(PolicyWeights(round=0, checkpoint=None, live=None, lora=False), params):
+        prompt_ids = encode_prompts(generator.tokenizer, prompts)
+        context = getattr(generator.model.config, "max_position_embeddings", None)
+        check_prompt_lengths(prompts, prompt_ids, params.max_new_tokens, context)
+        with progress_bar(len(prompts) * n, f"best-of-n sample {name}", "samples") as bar:
+            rows = generator.generate(
+                prompts,
+                prompt_ids,
+                n,
+                params,
+                seed=seeds.sampling_seed(args.seed, 0, stream=index),
+                on_batch=lambda batch: bar.update(len(batch)),
+            )
     return [{**row, "sample_index": index * n + row["sample_index"], "model": name} for row in rows]
 
 

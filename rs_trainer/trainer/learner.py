@@ -8,7 +8,7 @@ from pathlib import Path
 
 from accelerate.utils import gather_object
 
-from rs_trainer.phases.generation import SamplingParams, generate
+from rs_trainer.phases.generation import SamplingParams
 from rs_trainer.phases.sft import (
     IGNORE,
     build_example,
@@ -18,26 +18,21 @@ from rs_trainer.phases.sft import (
     train_steps,
 )
 from rs_trainer.run import data, resume, seeds
-from rs_trainer.run.deepspeed import (
-    full_state_gathered,
-    is_zero3,
-    restore_trainable_gathered,
-    trainable_state_gathered,
-)
+from rs_trainer.run.deepspeed import restore_trainable_gathered
 from rs_trainer.run.io import atomic_dir, write_json, write_jsonl
 from rs_trainer.run.layout import TRAIN_METRICS
 from rs_trainer.run.metrics import eval_metrics
 from rs_trainer.run.models import release
 from rs_trainer.run.ranks import log, progress
-from rs_trainer.run.sharding import fsdp_units, full_weights, trainable_full_state
 from rs_trainer.samples import with_prompt
 
 
 class Learner:
     """Trains and measures the policy for the trainer; reads `RunInputs`, holds nothing but the `Policy`."""
 
-    def __init__(self, inputs, policy):
+    def __init__(self, inputs, policy, serving):
         self.inputs, self.policy = inputs, policy
+        self.serving = serving  # evaluation decodes through the policy's generator (`Serving.open_decoder`)
         # Optimizer steps over the whole run (on each rank alike): the trackers' step, which SFT's per-step loss and
         # learning rate and each round's metrics share, so that it only ever grows (wandb drops a step that goes
         # back). A resumed run starts it at its finished rounds' steps.
@@ -164,7 +159,7 @@ class Learner:
                 given["entropy_sums"] = [s["entropy"] for s, _ in pairs]
         ref = None if policy.kl_reference == "adapter" else policy.kl_reference
         pad = inputs.tokenizer.pad_token_id
-        with full_weights(acc.unwrap_model(policy.model)) as model:  # ranks run different numbers of batches
+        with policy.sharding.full_weights(acc.unwrap_model(policy.model)) as model:  # ranks: unequal batches
             sums = kl_and_entropy(model, examples, pad, ref_model=ref, **given) if examples else {}
         parts = gather_object([sums])
         total = {k: sum(part.get(k) or 0 for part in parts) for k in ("kl_sum", "entropy_sum", "tokens", "samples")}
@@ -179,14 +174,19 @@ class Learner:
             "rs/kl_from_sampler": float(from_sampler),
         }
 
-    def evaluate(self, splits: list[str] | None = None, clock=None, rows_to: Path | None = None) -> dict:
-        """Greedy decoding of each evaluation set of `splits` (default: all of `eval_splits`), judged by the eval
-        scorers: its accuracy, the fraction of its prompts whose completion reaches `pass_threshold`, and its reward,
+    def evaluate(
+        self, policy_round: int, splits: list[str] | None = None, clock=None, rows_to: Path | None = None
+    ) -> dict:
+        """Greedy decoding of each evaluation set of `splits` (default: all of `eval_splits`) by the policy that
+        samples round `policy_round` (0: the base model; r + 1: round r's, trained), judged by the eval scorers:
+        its accuracy, the fraction of its prompts whose completion reaches `pass_threshold`, and its reward,
         the mean reward of those that got one (`eval/accuracy` and `eval/reward` for the held-out set,
-        `eval/<split>/...` for the others: `run.metrics.eval_key`). Each set is spread over the ranks and decoded
-        on its own, so the held-out numbers are those a run without the other sets gets; `clock` times each
-        (`timing/eval/<split>`). With `rows_to`, every set's completions go there too, one row per prompt with its
-        set (`split`), prompt, answer, completion and reward, in the sets' prompt order (`eval_rows`)."""
+        `eval/<split>/...` for the others: `run.metrics.eval_key`). The policy's own generator decodes where it runs
+        in this process (a colocated vLLM evaluates in vLLM), else the in-process sampler (`Serving.open_decoder`).
+        Each set is spread over the ranks and decoded on its own, so the held-out numbers are those a run without
+        the other sets gets; `clock` times each (`timing/eval/<split>`). With `rows_to`, every set's completions go
+        there too, one row per prompt with its set (`split`), prompt, answer, completion and reward, in the sets'
+        prompt order (`eval_rows`)."""
         inputs = self.inputs
         args, acc = inputs.args, inputs.accelerator
         splits = list(inputs.eval_sets) if splits is None else splits
@@ -194,21 +194,16 @@ class Learner:
             return {}
         local = {s: data.shard(inputs.eval_sets[s], acc.process_index, acc.num_processes) for s in splits}
         completions = {}
-        with full_weights(acc.unwrap_model(self.policy.model)) as model:
+        greedy = SamplingParams(temperature=0.0, max_new_tokens=args.eval_max_new_tokens)
+        with self.serving.open_decoder(policy_round, greedy) as decoder:
+            counted = getattr(decoder, "engine_requests", None)  # an engine that counts its requests (vLLM)
             for split, prompts in local.items():
                 with clock.phase(f"eval/{split}") if clock else contextlib.nullcontext():
-                    completions[split] = generate(
-                        model,
-                        inputs.tokenizer,
-                        prompts,
-                        1,
-                        SamplingParams(temperature=0.0, max_new_tokens=args.eval_max_new_tokens),
-                        batch_size=args.generation_batch_size,
-                        prompt_ids=[inputs.eval_prompt_ids[p["prompt_id"]] for p in prompts],
-                        engine=args.generation_engine,
-                        token_budget=args.generation_token_budget,
-                    )
-        out, rows = {}, []
+                    ids = [inputs.eval_prompt_ids[p["prompt_id"]] for p in prompts]
+                    completions[split] = decoder.generate(prompts, ids, 1, greedy)
+            if counted is not None:  # every rank alike: the decoder is the same kind on each
+                requests = sum(gather_object([decoder.engine_requests - counted]))
+        out, rows = ({"eval/engine_requests": requests} if counted is not None else {}), []
         for split, prompts in local.items():
             by_id = {p["prompt_id"]: p for p in prompts}
             judged = with_prompt(completions[split], by_id)
@@ -232,12 +227,7 @@ class Learner:
             return
         acc.wait_for_everyone()
         main, lora = acc.is_main_process, inputs.model_args.use_peft
-        if is_zero3(model):  # partitions, gathered one parameter at a time
-            state = trainable_state_gathered(model, keep=main) if lora else full_state_gathered(model, keep=main)
-        elif lora and fsdp_units(acc.unwrap_model(model)):
-            state = trainable_full_state(acc.unwrap_model(model), keep=main)  # the adapter only
-        else:
-            state = acc.get_state_dict(model)
+        state = self.policy.sharding.state_to_save(acc, model, lora, keep=main)
         if main:
             with atomic_dir(path) as tmp:
                 acc.unwrap_model(model).save_pretrained(tmp, state_dict=state, safe_serialization=True)
@@ -247,7 +237,7 @@ class Learner:
 
     def load_checkpoint(self, path: Path) -> None:
         """A saved round's adapter or full weights, back into the (possibly sharded) policy, on every rank."""
-        resume.load_weights(self.inputs.accelerator.unwrap_model(self.policy.model), path)
+        resume.load_weights(self.inputs.accelerator.unwrap_model(self.policy.model), path, self.policy.sharding)
 
 
 EVAL_ROW_KEYS = ("prompt_id", "prompt", "answer", "completion", "completion_tokens", "finished")

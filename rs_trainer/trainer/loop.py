@@ -64,7 +64,7 @@ class RejectionSamplingTrainer:
         self.policy = build_policy(self.inputs)
         serving = Serving(self.inputs, self.policy)
         self.sampler = RoundSampler(self.inputs, self.policy, serving)
-        self.learner = Learner(self.inputs, self.policy)
+        self.learner = Learner(self.inputs, self.policy, serving)
         write_run_config(self.inputs)
 
     def train(self) -> list[dict]:
@@ -119,7 +119,7 @@ class RejectionSamplingTrainer:
         train_set = self.pool if args.pool_previous_rounds else selected
         sft_stats = self.sft_round(r, train_set, clock)
         with clock.phase("eval"):
-            scores = self.learner.evaluate(clock=clock, rows_to=self.inputs.files.eval_rows(r))
+            scores = self.learner.evaluate(r + 1, clock=clock, rows_to=self.inputs.files.eval_rows(r))
             evaluation = {"eval/accuracy": None, "eval/reward": None, **scores}
         before = self.history[-1]["eval/accuracy"] if self.history else self.base_eval.get("eval/accuracy")
         measured = {**sft_stats, **drift, **evaluation}
@@ -231,7 +231,7 @@ class RejectionSamplingTrainer:
         if not missing:
             return saved
         rows_to = None if saved else self.inputs.files.base_eval_rows  # a set added later: its numbers only
-        evaluation = self.learner.evaluate(missing, rows_to=rows_to)
+        evaluation = self.learner.evaluate(0, missing, rows_to=rows_to)
         accuracies = ", ".join(f"{s} {evaluation[eval_key(s, 'accuracy')]:.3f}" for s in missing)
         log(self.accelerator, f"base model: greedy accuracy {accuracies}")
         self.accelerator.log({k: v for k, v in evaluation.items() if v is not None}, step=0)

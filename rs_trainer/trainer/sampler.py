@@ -16,7 +16,6 @@ from rs_trainer.phases.temperature import choose_temperature, probe_prompts
 from rs_trainer.run import data, resume, seeds
 from rs_trainer.run.io import append_jsonl, write_json
 from rs_trainer.run.ranks import log, progress
-from rs_trainer.run.sharding import full_weights
 from rs_trainer.samples import group_by_prompt, in_key_order, key, passes, with_prompt
 
 
@@ -204,10 +203,9 @@ class RoundSampler:
         return rows
 
     def _hinted_samples(self, failed: list[dict], r: int) -> list[dict]:
-        """The policy's samples of `failed` prompts with their hints; a hint that overflows the context is skipped.
-        Ranks hold different numbers of failed prompts: the policy samples on full weights."""
-        from rs_trainer.generators.local import LocalGenerator
-
+        """The policy's samples of `failed` prompts with their hints, decoded by the policy's generator where it runs
+        in this process (`Serving.open_decoder`); a hint that overflows the context is skipped. Ranks hold different
+        numbers of failed prompts: the policy samples on full weights."""
         inputs = self.inputs
         args, acc = inputs.args, inputs.accelerator
         hinted = hinted_prompts(failed, args.rationalization_hint)
@@ -216,12 +214,5 @@ class RoundSampler:
         fits = [i for i, seq in enumerate(ids) if len(seq) + params.max_new_tokens <= inputs.context]
         hinted, ids = [hinted[i] for i in fits], [ids[i] for i in fits]
         seed = seeds.sampling_seed(args.seed, r, seeds.RATIONALIZATION_STREAM, acc.process_index)
-        with full_weights(acc.unwrap_model(self.policy.model)) as model:
-            policy = LocalGenerator(
-                model,
-                inputs.tokenizer,
-                args.generation_batch_size,
-                args.generation_engine,
-                token_budget=args.generation_token_budget,
-            )
-            return policy.generate(hinted, ids, args.rationalization_samples, params, seed=seed)
+        with self.serving.open_decoder(r, params) as decoder:
+            return decoder.generate(hinted, ids, args.rationalization_samples, params, seed=seed)

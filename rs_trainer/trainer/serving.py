@@ -7,10 +7,10 @@ import contextlib
 import json
 
 from rs_trainer.generators import PolicyWeights, RunContext, build_generator
+from rs_trainer.generators.local import LocalGenerator
 from rs_trainer.phases.generation import SamplingParams
 from rs_trainer.phases.temperature import AUTO
 from rs_trainer.run.ranks import log
-from rs_trainer.run.sharding import full_weights
 
 
 def round_temperature(args, files, r: int) -> float:
@@ -62,6 +62,12 @@ class Serving:
             spec.name: build_generator(spec, self.run, inputs.endpoints.get(spec.name))
             for spec in inputs.generator_specs
         }
+        policy = next((spec.name for spec in inputs.generator_specs if spec.is_policy), None)
+        own = self.generators.get(policy)
+        if getattr(own, "in_process", False):
+            self.decoder, self.decoder_name = own, policy
+        else:
+            self.decoder, self.decoder_name = LocalGenerator.for_policy(self.run), "in-process"
 
     def params(self, spec, r: int, temperature: float | None = None) -> SamplingParams:
         return sampling_params(self.inputs.args, self.inputs.files, spec, r, temperature)
@@ -72,7 +78,7 @@ class Serving:
         return PolicyWeights(
             round=r,
             checkpoint=files.checkpoint(r - 1) if r > 0 else None,
-            live=lambda: full_weights(acc.unwrap_model(self.policy.model)),
+            live=lambda: self.policy.sharding.full_weights(acc.unwrap_model(self.policy.model)),
             lora=bool(self.inputs.model_args.use_peft),
         )
 
@@ -81,12 +87,25 @@ class Serving:
         """The generator `spec` for round `r`, ready to sample on every rank, and released afterwards."""
         generator = self.generators[spec.name]
         with generator.open(self.weights(r), self.params(spec, r, temperature)):
-            size = getattr(generator, "max_model_len", None)  # an in-process vLLM engine, once started
-            if size is not None and spec.name not in self.sized:
-                self.sized.add(spec.name)
-                log(
-                    self.inputs.accelerator,
-                    f"generator {spec.name!r}: vLLM engine with max_model_len {size} (the run's longest training "
-                    f"prompt plus its longest completion: {self.run.max_model_len} tokens)",
-                )
+            self._log_size(spec.name, generator)
             yield generator
+
+    @contextlib.contextmanager
+    def open_decoder(self, r: int, params: SamplingParams):
+        """Round `r`'s policy (0: the base model; r + 1 after round r's SFT), ready to decode on every rank with
+        `params` (evaluation's greedy ones, rationalization's): the recipe's policy generator where it decodes in
+        this process (`in_process`: the live model, a colocated vLLM), else the in-process sampler of the live
+        model, since a server started or hot-loaded for every evaluation would cost more than it saves."""
+        with self.decoder.open(self.weights(r), params):
+            self._log_size(self.decoder_name, self.decoder)
+            yield self.decoder
+
+    def _log_size(self, name: str, generator) -> None:
+        size = getattr(generator, "max_model_len", None)  # an in-process vLLM engine, once started
+        if size is not None and name not in self.sized:
+            self.sized.add(name)
+            log(
+                self.inputs.accelerator,
+                f"generator {name!r}: vLLM engine with max_model_len {size} (the run's longest prompt, training, "
+                f"evaluation or hinted, plus its longest completion: {self.run.max_model_len} tokens)",
+            )

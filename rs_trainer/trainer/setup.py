@@ -17,16 +17,11 @@ from accelerate.utils import DistributedType
 from rs_trainer.config import resume_blockers, run_config
 from rs_trainer.errors import ConfigError, first_line
 from rs_trainer.phases.generation import check_prompt_lengths, encode_prompts
+from rs_trainer.phases.rationalization import hinted_prompts
 from rs_trainer.phases.temperature import AUTO
 from rs_trainer.rewards.scoring import Scoring
 from rs_trainer.run import data
-from rs_trainer.run.deepspeed import (
-    configure_batch_sizes,
-    configure_gradient_clipping,
-    is_zero3,
-    outside_zero3_init,
-    trainable_state_gathered,
-)
+from rs_trainer.run.deepspeed import configure_batch_sizes, configure_gradient_clipping
 from rs_trainer.run.layout import RunLayout
 from rs_trainer.run.metrics import HELDOUT
 from rs_trainer.run.models import (
@@ -37,6 +32,7 @@ from rs_trainer.run.models import (
     resolve_model_path,
 )
 from rs_trainer.run.ranks import check_shared_storage, local_device
+from rs_trainer.run.sharding import Sharding
 from rs_trainer.trainer.serving import sampling_params
 
 
@@ -72,6 +68,7 @@ class Policy:
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
+    sharding: Sharding  # plain, FSDP2 or ZeRO-3: what every phase asks for full weights, checkpoints and loads
     kl_reference: object = None
     base_state: dict | None = None
 
@@ -94,7 +91,7 @@ def prepare_run(args, model_args, accelerator) -> RunInputs:
     if args.reward_model_refresh:
         check_refresh_recipe(args, accelerator.num_processes)
     reward_device = local_device(args.reward_model_device, accelerator.num_processes, accelerator.device)
-    with outside_zero3_init():  # reward models are whole on each rank, never ZeRO-3 partitions
+    with Sharding.frozen_load():  # reward models are whole on each rank, never ZeRO-3 partitions
         scoring = Scoring.from_recipe(args, reward_device, train_prompts + eval_prompts)
     model_path, tokenizer = load_model_tokenizer(model_args.model_name_or_path)
     specs, ranges, endpoints = setup_generators(args, files, tokenizer, model_args.use_peft)
@@ -106,6 +103,8 @@ def prepare_run(args, model_args, accelerator) -> RunInputs:
     (prompt_ids, eval_prompt_ids), context, max_len = encode_and_check_lengths(
         args, tokenizer, model_path, train_prompts, eval_prompts
     )
+    hinted = hinted_prompts(train_prompts, args.rationalization_hint) if args.rationalize else []
+    hinted_ids = encode_prompts(tokenizer, hinted)
     check_shared_storage(accelerator, files.root)  # every later decision reads `output_dir`, on every rank
     check_output_dir(args, model_args, accelerator, files)
     scoring.serve_judges(accelerator, files.judge_log)  # last: a judge's server the run starts (minutes on a GPU)
@@ -123,7 +122,7 @@ def prepare_run(args, model_args, accelerator) -> RunInputs:
         eval_prompt_ids=eval_prompt_ids,
         context=context,
         max_len=max_len,
-        sampling_len=sampling_length(args, specs, prompt_ids, context),
+        sampling_len=sampling_length(args, specs, prompt_ids, context, eval_prompt_ids.values(), hinted_ids),
         scoring=scoring,
         generator_specs=specs,
         sample_ranges=ranges,
@@ -164,7 +163,8 @@ def build_policy(inputs: RunInputs) -> Policy:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     model, optimizer = acc.prepare(model, optimizer)
-    with outside_zero3_init():
+    sharding = Sharding.of(model)
+    with Sharding.frozen_load():
         reference = kl_reference(args, model_args, acc.device)
     measured = any(spec.samples_training_weights for spec in inputs.generator_specs)
     if args.max_kl is not None and (reference is None or not measured):
@@ -174,8 +174,8 @@ def build_policy(inputs: RunInputs) -> Policy:
         )
     base_state = None
     if args.sft_from == "base":  # ZeRO-3 partitions are gathered, and rank 0 keeps the copy; else every rank does
-        base_state = trainable_state_gathered(model, keep=acc.is_main_process or not is_zero3(model))
-    return Policy(model, optimizer, reference, base_state)
+        base_state = sharding.trainable_copy(model, acc.is_main_process)
+    return Policy(model, optimizer, sharding, reference, base_state)
 
 
 def tracker_config(args, model_args) -> dict:
@@ -333,21 +333,27 @@ def encode_and_check_lengths(args, tokenizer, model_path, *prompt_lists) -> tupl
     return encoded, context or 10**9, max_len
 
 
-def sampling_length(args, specs, prompt_ids: dict[str, list[int]], context: int) -> int:
-    """The longest sequence the run asks a generator for: its longest training prompt plus the longest completion
-    of any round or generator (`max_completion_length`), at most the model's context. An in-process vLLM engine is
-    sized to it (`max_model_len`): sized to the context instead, a Llama-3.1 engine would reserve KV cache for
-    131,072 tokens before its first request.
+def sampling_length(args, specs, prompt_ids: dict[str, list[int]], context: int, eval_ids=(), hinted_ids=()) -> int:
+    """The longest sequence the run asks a generator for, at most the model's context: its longest training prompt
+    plus the longest completion of any round or generator (`max_completion_length`), its longest evaluation prompt
+    (`eval_ids`) plus `eval_max_new_tokens`, and its longest hinted prompt (`hinted_ids`, STaR's rationalization)
+    plus the longest completion, since evaluation and rationalization decode through the policy's generator. An
+    in-process vLLM engine is sized to it (`max_model_len`): sized to the context instead, a Llama-3.1 engine would
+    reserve KV cache for 131,072 tokens before its first request.
 
     >>> from types import SimpleNamespace as NS
     >>> sampling_length(NS(max_completion_length=[64, 256]), [NS(max_completion_length=None)], {"a": [1] * 30}, 4096)
     286
     >>> sampling_length(NS(max_completion_length=[64]), [NS(max_completion_length=512)], {"a": [1] * 30}, 300)
     300
+    >>> sampling_length(NS(max_completion_length=[64], eval_max_new_tokens=32), [], {"a": [1] * 30}, 4096, [[1] * 90])
+    122
     """
-    longest_prompt = max((len(ids) for ids in prompt_ids.values()), default=0)
     completions = [*args.max_completion_length, *(s.max_completion_length for s in specs if s.max_completion_length)]
-    return min(longest_prompt + max(completions), context)
+    longest = max((len(ids) for ids in [*prompt_ids.values(), *hinted_ids]), default=0) + max(completions)
+    if eval_ids:
+        longest = max(longest, max(len(ids) for ids in eval_ids) + args.eval_max_new_tokens)
+    return min(longest, context)
 
 
 def check_output_dir(args, model_args, accelerator, files: RunLayout) -> None:
