@@ -288,15 +288,16 @@ def test_a_whole_run_on_the_colocated_engine_killed_and_resumed(embedded_path, t
     """`engine: vllm` through the trainer: 2 LoRA rounds, and the same run killed just before round 0's checkpoint
     appears and resumed (round 0's rows are read back, its SFT runs again, and the new engine starts for round 0's
     evaluation, on round 0's adapter): the same rows and held-out accuracy, every row's logprob recorded, no key
-    twice, and every evaluation decoded by the engine."""
+    twice, every evaluation decoded by the engine, and `max_kl` taken with the drift measured on the engine's rows."""
     config = recipe(tmp_path, [{"name": "policy", "engine": "vllm"}])
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    done = rs_trainer(["--config", str(config), *run_args(embedded_path, whole)], tmp_path)
+    done = rs_trainer(["--config", str(config), *run_args(embedded_path, whole, max_kl=1000.0)], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    killed = rs_trainer(["--config", str(config), *run_args(embedded_path, resumed)], tmp_path, kill_at="checkpoint")
+    argv = ["--config", str(config), *run_args(embedded_path, resumed, max_kl=1000.0)]
+    killed = rs_trainer(argv, tmp_path, kill_at="checkpoint")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert (resumed / "round_0" / "generations.jsonl").exists() and not (resumed / "round_1").exists()
-    again = rs_trainer(["--config", str(config), *run_args(embedded_path, resumed)], tmp_path)
+    again = rs_trainer(argv, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
 
     for r in (0, 1):  # exact: round 0's rows are read back; round 1's sampled alike from the same adapter bits
@@ -307,6 +308,8 @@ def test_a_whole_run_on_the_colocated_engine_killed_and_resumed(embedded_path, t
     assert all(isinstance(row["logprob"], float) and row["logprob"] <= 0 for row in lines)
     metrics = [json.loads((out / "summary.json").read_text()) for out in (whole, resumed)]
     assert [m["eval/accuracy"] for m in metrics[0]] == [m["eval/accuracy"] for m in metrics[1]]  # k/4: exact
+    # `max_kl` is taken with the colocated engine, and the drift measured on its own rows (the sampler's logprobs).
+    assert all(m["rs/kl_from_sampler"] == 1.0 and isinstance(m["rs/kl_ref"], float) for m in metrics[0]), metrics[0]
 
     # Evaluation decodes in the engine too (issue 38): by vLLM's own request counter, one request per held-out
     # prompt for the base model and after each round; the resumed run's evaluation of round 1 alike.
