@@ -166,6 +166,17 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 COLLECTIVE_TIMEOUT_S = 120
 
 
+def leave_together() -> None:
+    """End a torchrun worker as `Accelerator.end_training` ends a run: a barrier (every rank's collectives done,
+    gloo's queued work with them), then the process group destroyed (its threads joined) before the interpreter
+    shuts down. A rank that left right after its last collective could abort with "terminate called without an
+    active exception" when gloo's thread dropped a tensor during shutdown (pytorch/pytorch#190489; seen in CI in
+    `test_zero3.py`'s restore case, see docs/LOG.md of 2026-12-08)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def spawn(cmd: list[str], preexec_fn=None, **kwargs) -> subprocess.Popen:
     """`subprocess.Popen(cmd, **kwargs)` in a session of its own (a group `kill_tree` can end), sent SIGTERM when the
     test process dies, even by SIGKILL, so that no server or run outlives a killed pytest (Linux's PR_SET_PDEATHSIG,

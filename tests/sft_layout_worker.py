@@ -61,4 +61,7 @@ def main(model_path: str, out: str, batch_size: int, accum: int) -> None:
 
 
 if __name__ == "__main__":
+    from helpers import leave_together
+
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    leave_together()

@@ -276,3 +276,6 @@ if __name__ == "__main__":
     if case == "run":
         sys.exit(run_case(*rest))
     {"prepare": prepare_case, "generate": generate_case, "load": load_case, "restore": restore_case}[case](*rest)
+    from helpers import leave_together
+
+    leave_together()
