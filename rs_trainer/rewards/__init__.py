@@ -38,28 +38,34 @@ def scorer_name(entry) -> str:
 
     >>> scorer_name("numeric_answer"), scorer_name({"kind": "judge", "name": "grader"})
     ('numeric_answer', 'grader')
-    >>> scorer_name({"kind": "prm", "model": "outputs/prm"})
-    'prm:outputs/prm'
+    >>> scorer_name({"kind": "prm", "model": "outputs/prm"}), scorer_name({"kind": "likelihood", "model": "m"})
+    ('prm:outputs/prm', 'likelihood:m')
     """
     if isinstance(entry, str):
         return entry
-    if entry.get("kind") == "prm" and not entry.get("name"):
-        return f"{PRM_PREFIX}{entry.get('model', '')}"
+    if entry.get("kind") in ("prm", "likelihood") and not entry.get("name"):
+        return f"{entry['kind']}:{entry.get('model', '')}"
     return str(entry.get("name", ""))
 
 
 def parse_scorer_entry(entry: str | dict, where: str):
     """Check a `reward_funcs` entry that carries options, before anything loads: a `kind: judge` mapping
-    (`rewards.judge.JudgeSpec`), a `kind: prm` mapping or `prm:<model>` (`rewards.prm.PRMSpec`); other names pass
-    through. A mistake is a `ConfigError` naming `where` (`reward_funcs[1]`), the key and the fix."""
+    (`rewards.judge.JudgeSpec`), a `kind: prm` mapping or `prm:<model>` (`rewards.prm.PRMSpec`), a `kind: likelihood`
+    mapping (`rewards.likelihood.LikelihoodSpec`); other names pass through. A mistake is a `ConfigError` naming
+    `where` (`reward_funcs[1]`), the key and the fix."""
     if isinstance(entry, dict):
         if entry.get("kind") == "judge":
             from rs_trainer.rewards.judge import parse_judge_entry
 
             return parse_judge_entry(entry, where)
+        if entry.get("kind") == "likelihood":
+            from rs_trainer.rewards.likelihood import parse_likelihood_entry
+
+            return parse_likelihood_entry(entry, where)
         if entry.get("kind") != "prm":
             raise ConfigError(
-                f"{where}: a mapping entry needs `kind: judge` or `kind: prm`, got kind {entry.get('kind')!r}."
+                f"{where}: a mapping entry needs `kind: judge`, `kind: prm` or `kind: likelihood`, got kind "
+                f"{entry.get('kind')!r}."
             )
     elif not entry.startswith(PRM_PREFIX):
         return entry
@@ -71,13 +77,15 @@ def parse_scorer_entry(entry: str | dict, where: str):
 def resolve_scorer(name: str | dict, reward_model_device: str | None = None) -> Callable:
     """A built-in name, `reward_model:<hub id or local path>`, a dotted path `package.module.function`, a
     `kind: judge` mapping (`rs_trainer.rewards.judge`, its endpoint checked here), or a process reward model,
-    `prm:<path>` or a `kind: prm` mapping (`rs_trainer.rewards.prm`).
+    `prm:<path>` or a `kind: prm` mapping (`rs_trainer.rewards.prm`), or a generative reward model, a `kind:
+    likelihood` mapping (`rs_trainer.rewards.likelihood`).
 
     A reward model (or PRM) is loaded once per (entry, device) on `reward_model_device` (default: this process's
     GPU, else the CPU), so it can live on another GPU than the policy."""
     spec = parse_scorer_entry(name, "scorer")
     if not isinstance(spec, str):
         from rs_trainer.rewards.judge import JudgeScorer, JudgeSpec
+        from rs_trainer.rewards.likelihood import LikelihoodScorer, LikelihoodSpec
         from rs_trainer.rewards.prm import PRMScorer
 
         if isinstance(spec, JudgeSpec):
@@ -86,7 +94,8 @@ def resolve_scorer(name: str | dict, reward_model_device: str | None = None) -> 
                 judge.check()
             return judge
         if (spec, reward_model_device) not in _REWARD_MODELS:
-            _REWARD_MODELS[spec, reward_model_device] = PRMScorer(spec, device=reward_model_device)
+            kind = LikelihoodScorer if isinstance(spec, LikelihoodSpec) else PRMScorer
+            _REWARD_MODELS[spec, reward_model_device] = kind(spec, device=reward_model_device)
         return _REWARD_MODELS[spec, reward_model_device]
     if name in BUILTIN_SCORERS:
         needs = BUILTIN_NEEDS.get(name)
