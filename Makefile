@@ -16,7 +16,7 @@ HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_OFFLINE HF_DATASETS_OFFLINE
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install vllm-cpu demo-vllm demo-vllm-served check-accelerate-config demo demo-distill demo-served demo-multi-cpu reward-model demo-reward-model best-of-n browser test test-repeat quality format clean
+.PHONY: install vllm-cpu demo-vllm demo-vllm-served check-accelerate-config demo demo-distill demo-served demo-multi-cpu reward-model demo-reward-model demo-generative-rm best-of-n browser test test-repeat quality format clean
 
 install: $(VENV)/.installed
 
@@ -77,6 +77,12 @@ demo-reward-model: install
 	test -f $(REWARD_MODEL) || $(MAKE) reward-model ARGS=
 	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) $(LAUNCH_THREADS) -m rs_trainer \
 		--config recipes/smollm2/arithmetic_reward_model.yaml $(ARGS)
+
+# A generative reward model: the default run's round-1 policy scores each sample by its log-probability of the answer
+# the sample states (`kind: likelihood`), in place of the scalar reward model.
+demo-generative-rm: install $(DEMO_RUN)
+	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) $(LAUNCH_THREADS) -m rs_trainer \
+		--config recipes/smollm2/arithmetic_generative_rm.yaml $(ARGS)
 
 # A teacher (the default run's round-1 adapter) and the student sample side by side; the verifier filters.
 demo-distill: install $(DEMO_RUN)

@@ -33,10 +33,11 @@ def tiny_lm(tmp_path_factory, embedded_path):
     return path
 
 
-def by_hand(model_dir, text: str, whole: bool) -> tuple[float, int] | None:
+def by_hand(model_dir, text: str, whole: bool, alone: bool = False) -> tuple[float, int] | None:
     """The summed log-probability of the tokens of `text`'s last number (or of all of `text`) after the prompt's
-    chat template, and their count, from one unbatched forward pass. Which characters a token covers is found by
-    decoding the ids one more at a time, not from the tokenizer's offsets (what the scorer reads)."""
+    chat template, and their count, from one unbatched forward pass; `alone`: the number without the rest of
+    `text`. Which characters a token covers is found by decoding the ids one more at a time, not from the
+    tokenizer's offsets (what the scorer reads)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -44,6 +45,8 @@ def by_hand(model_dir, text: str, whole: bool) -> tuple[float, int] | None:
     span = (0, len(text)) if whole else answer_span(text)
     if span is None:
         return None
+    if alone:
+        text, span = text[span[0] : span[1]], (0, span[1] - span[0])
     lo, hi = len(head) + span[0], len(head) + span[1]
     ids = tok.encode(head + text, add_special_tokens=False)
     ends = [len(tok.decode(ids[: k + 1])) for k in range(len(ids))]
@@ -54,12 +57,21 @@ def by_hand(model_dir, text: str, whole: bool) -> tuple[float, int] | None:
     return sum(logp[k - 1, ids[k]].item() for k in chosen), len(chosen)
 
 
-@pytest.mark.parametrize(("span", "reduce"), [("answer", "sum"), ("completion", "sum"), ("answer", "mean")])
-def test_the_score_is_the_log_probability_of_the_answers_tokens(tiny_lm, span, reduce):
-    scorer = LikelihoodScorer(LikelihoodSpec(model=str(tiny_lm), span=span, reduce=reduce, max_tokens_per_batch=40))
+@pytest.mark.parametrize(
+    ("span", "context", "reduce"),
+    [
+        ("answer", "prompt", "sum"),
+        ("answer", "completion", "sum"),
+        ("completion", "completion", "sum"),
+        ("answer", "completion", "mean"),
+    ],
+)
+def test_the_score_is_the_log_probability_of_the_answers_tokens(tiny_lm, span, context, reduce):
+    spec = LikelihoodSpec(model=str(tiny_lm), span=span, context=context, reduce=reduce, max_tokens_per_batch=40)
+    scorer = LikelihoodScorer(spec)
     scores = scorer([PROMPT] * len(TEXTS), [[{"role": "assistant", "content": t}] for t in TEXTS])
     for text, got in zip(TEXTS, scores, strict=True):
-        expected = by_hand(tiny_lm, text, whole=span == "completion")
+        expected = by_hand(tiny_lm, text, whole=span == "completion", alone=context == "prompt")
         if expected is None:
             assert got is None, text
             continue
@@ -67,6 +79,19 @@ def test_the_score_is_the_log_probability_of_the_answers_tokens(tiny_lm, span, r
         # float32 sums of the same products in another order (a batch of 2 rows, padded, against 1 row)
         assert got == pytest.approx(total / count if reduce == "mean" else total, rel=1e-4, abs=1e-4), text
     assert scorer.__name__ == f"likelihood:{tiny_lm}"
+
+
+def test_read_after_the_prompt_alone_a_copied_number_gains_nothing(tiny_lm):
+    """`context: prompt` scores the answer as the model would give it itself: the rest of the completion, where a
+    wrong answer written twice or a number copied from the question would make it likely, is never read."""
+    alone = LikelihoodScorer(LikelihoodSpec(model=str(tiny_lm)))
+    in_place = LikelihoodScorer(LikelihoodSpec(model=str(tiny_lm), context="completion"))
+    texts = ["20", "13 + 7 = 20.", "13 + 7 = 20. The answer is 20", "13 + 7 = 21", "13 + 7 ="]
+    completions = [[{"role": "assistant", "content": t}] for t in texts]
+    got = alone([PROMPT] * len(texts), completions)
+    assert got[0] == got[1] == got[2] and got[3] != got[0], got  # the same input: the prompt, then "20"
+    assert got[4] == alone([PROMPT], [[{"role": "assistant", "content": "7"}]])[0]  # the copied operand, alone
+    assert in_place([PROMPT] * 3, completions[:3]) != [got[0]] * 3  # in place, the context does change the score
 
 
 def test_a_lora_adapter_scores_as_its_merged_model(tiny_lm, tmp_path):
@@ -92,9 +117,10 @@ def test_a_lora_adapter_scores_as_its_merged_model(tiny_lm, tmp_path):
 
 
 def test_the_embedded_model_ranks_right_sums_above_the_same_sums_off_by_one(embedded_path):
-    """Easy sums written out: SmolLM2-135M-Instruct predicts each one's result, so the right answer outscores
-    the same text off by one by a wide margin (every pair below by more than 1 nat when this was written)."""
-    scorer = resolve_scorer({"kind": "likelihood", "model": str(embedded_path)})
+    """Easy sums written out, the answer read in place: SmolLM2-135M-Instruct predicts each one's result after
+    "a + b =", so the right answer outscores the same text off by one by a wide margin (every pair below by more
+    than 4 nats when this was written)."""
+    scorer = resolve_scorer({"kind": "likelihood", "model": str(embedded_path), "context": "completion"})
     sums = [(2, 3), (4, 4), (10, 5), (6, 3), (7, 2)]
     prompts, completions = [], []
     for a, b in sums:
@@ -113,6 +139,11 @@ def test_the_embedded_model_ranks_right_sums_above_the_same_sums_off_by_one(embe
             "`span` 'last' is unknown; choose answer or completion",
         ),
         ({"kind": "likelihood", "model": "m", "reduce": "max"}, "`reduce` 'max' is unknown; choose sum or mean"),
+        (
+            {"kind": "likelihood", "model": "m", "context": "x"},
+            "`context` 'x' is unknown; choose prompt or completion",
+        ),
+        ({"kind": "likelihood", "model": "m", "span": "completion", "context": "prompt"}, "is read in place"),
         ({"kind": "likelihood", "span": "answer"}, "`model` is missing"),
         ({"kind": "likelihood", "model": "m", "tag": "x"}, "unknown keys ['tag']"),
         ({"kind": "grader", "model": "m"}, "needs `kind: judge`, `kind: prm` or `kind: likelihood`"),

@@ -62,3 +62,14 @@ def test_the_proxy_rising_while_the_gold_falls_is_named():
     assert proxy_gold_turn(first, both_up) is None
     assert proxy_gold_turn(None, up_down) is None
     assert proxy_gold_turn(first, {**up_down, "watch/gold_selected_mean": None}) is None
+
+
+def test_a_selected_sample_without_a_reward_is_counted_but_not_averaged():
+    """A matched-random control draws among all of a prompt's samples, so it may keep one its scorer had no opinion
+    on (reward None: a generative reward model's completion without a number): a real run stopped on it."""
+    table = {"a": [(None, 0.0), (-0.5, 1.0)], "b": [(-2.0, 0.0), (-1.0, 1.0)]}
+    got = round_metrics(rows(table), {("a", 0), ("b", 1)}, pass_threshold=1.0)
+    assert got["rs/num_selected"] == 2 and got["rs/acceptance_rate"] == 0.5
+    assert got["rs/selected_reward_mean"] == -1.0 and got["rs/selected_reward_max"] == -1.0
+    assert got["rs/reward_mean"] == pytest.approx(-3.5 / 3, abs=1e-12)  # the three rewards given, float rounding
+    assert got["rs/selected_pass_rate"] == 0.5

@@ -228,7 +228,9 @@ class ScoringKeys:
             "Scorers: built-in names (numeric_answer, math_answer, code_tests), `reward_model:<hub id, "
             "folder or embedded:name>`, dotted paths to functions with TRL's reward signature "
             "`fn(prompts, completions, **columns) -> list[float | None]`, or an LLM judge as a mapping "
-            "`{kind: judge, name, base_url or command, model, template, score}` (docs/options.md). Default: the "
+            "`{kind: judge, name, base_url or command, model, template, score}`, a process reward model `prm:<model>` "
+            "or `{kind: prm, ...}`, or a generative reward model `{kind: likelihood, model, span, reduce}` "
+            "(docs/options.md). Default: the "
             "verifier of the default dataset, builtin:arithmetic (numeric_answer)."
         ),
     )

@@ -11,13 +11,20 @@ not the form. A `reward_funcs` entry:
         model: outputs/smollm2-arithmetic-lora/round_1/checkpoint   # a causal LM, or a LoRA adapter folder
         name: answer_likelihood     # the scorer's name in rows and metrics (default `likelihood:<model>`)
         span: answer                # answer: the completion's last number; completion: all of its text
+        context: prompt             # prompt: the answer alone after the prompt; completion: the answer in place
         reduce: sum                 # sum or mean of the span's token log-probabilities
 
-The model reads the prompt through its own chat template with the generation prompt, then the completion, in one
-forward pass per batch (length-sorted under a padded-token budget, halved on out-of-memory, as a reward model).
-The score is the log-probability of the tokens that overlap the span, so it is at most 0. A completion without a
-number (`span: answer`) or with an empty span scores None (no opinion). A LoRA adapter folder is merged into the
-base model its `adapter_config.json` names.
+The model reads the prompt through its own chat template with the generation prompt, then the answer alone
+(`context: prompt`, the default for `span: answer`: how likely the model is to give this answer itself) or the
+completion with the answer in its place (`context: completion`), in one forward pass per batch (length-sorted under
+a padded-token budget, halved on out-of-memory, as a reward model). The score is the log-probability of the tokens
+that overlap the span, so it is at most 0. A completion without a number (`span: answer`) or with an empty span
+scores None (no opinion). A LoRA adapter folder is merged into the base model its `adapter_config.json` names.
+
+Read in place, the answer can be gamed: a completion that ends on a number it copied (the question's "1 + 19 =",
+or a wrong sum written twice, "= 22. The answer is 22.") makes that number near certain. In a whole run the policy
+learned exactly that in one round (docs/results.md); `context: prompt` never shows the model the rest of the
+completion.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from rs_trainer.rewards.reward_model import RewardModelScorer, _joined, _message
 
 LIKELIHOOD = "likelihood"
 SPANS = ("answer", "completion")
+CONTEXTS = ("prompt", "completion")
 REDUCTIONS = ("sum", "mean")
 _LAST_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?!.*\d)", re.S)
 
@@ -43,6 +51,7 @@ class LikelihoodSpec:
     model: str
     name: str = ""
     span: str = "answer"
+    context: str = "prompt"
     reduce: str = "sum"
     max_tokens_per_batch: int = 16384
     max_length: int | None = None
@@ -70,11 +79,15 @@ completion.
     if not isinstance(entry.get("model"), str) or not entry["model"]:
         raise ConfigError(f"{label}: `model` is missing; name a causal LM or a LoRA adapter folder.")
     spec = LikelihoodSpec(**{k: v for k, v in entry.items() if k != "kind"})
-    for key, allowed in (("span", SPANS), ("reduce", REDUCTIONS)):
+    for key, allowed in (("span", SPANS), ("context", CONTEXTS), ("reduce", REDUCTIONS)):
         if getattr(spec, key) not in allowed:
             raise ConfigError(f"{label}: `{key}` {getattr(spec, key)!r} is unknown; choose {' or '.join(allowed)}.")
     if not isinstance(spec.max_tokens_per_batch, int) or spec.max_tokens_per_batch < 1:
         raise ConfigError(f"{label}: `max_tokens_per_batch` must be a whole number >= 1.")
+    if spec.span == "completion" and "context" in entry and spec.context == "prompt":
+        raise ConfigError(
+            f"{label}: `span: completion` is read in place; drop `context: prompt` (or set `span: answer`)."
+        )
     return spec
 
 
@@ -119,6 +132,8 @@ class LikelihoodScorer(RewardModelScorer):
             else:
                 head = _joined(messages) + "\n\n"
             chars = (0, len(text)) if self.spec.span == "completion" else answer_span(text)
+            if chars is not None and self.spec.span == "answer" and self.spec.context == "prompt":
+                text, chars = text[chars[0] : chars[1]], (0, chars[1] - chars[0])  # the answer alone
             enc = self.tokenizer(head + text, add_special_tokens=False, return_offsets_mapping=True)
             ids = enc["input_ids"][: self.max_length]
             span = []

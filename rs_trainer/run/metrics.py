@@ -63,14 +63,14 @@ def round_metrics(samples: list[dict], selected: set, pass_threshold: float) -> 
     """
     rewards = [s["reward"] for s in samples if s["reward"] is not None]
     picked = [s for s in samples if key(s) in selected]
-    chosen = [s["reward"] for s in picked]
+    chosen = [s["reward"] for s in picked if s["reward"] is not None]  # a matched-random draw may keep a None
     by_prompt = {pid: [passes(s, pass_threshold) for s in group] for pid, group in group_by_prompt(samples).items()}
     unique = {(s["prompt_id"], normalise_completion(s["completion"])) for s in samples}
     out = {
         "rs/num_prompts": len(by_prompt),
         "rs/num_samples": len(samples),
-        "rs/num_selected": len(chosen),
-        "rs/acceptance_rate": len(chosen) / len(samples) if samples else 0.0,
+        "rs/num_selected": len(picked),
+        "rs/acceptance_rate": len(picked) / len(samples) if samples else 0.0,
         "rs/pass@1": statistics.fmean(sum(v) / len(v) for v in by_prompt.values()) if by_prompt else 0.0,
         "rs/pass@n": statistics.fmean(any(v) for v in by_prompt.values()) if by_prompt else 0.0,
         "rs/completion_len": statistics.fmean(s["completion_tokens"] for s in samples) if samples else 0.0,
