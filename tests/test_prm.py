@@ -161,7 +161,7 @@ def test_a_one_label_head_scores_by_sigmoid_and_a_three_label_head_is_refused(tm
         ({"kind": "prm", "model": "m", "step_tag": ""}, "`step_tag` '' marks no position to read"),
         ({"kind": "prm", "aggregate": "min"}, "`model` is missing"),
         ({"kind": "prm", "model": "m", "sep": "\n"}, "unknown keys ['sep']"),
-        ({"kind": "grader", "model": "m"}, "needs `kind: judge` or `kind: prm`"),
+        ({"kind": "grader", "model": "m"}, "needs `kind: judge`, `kind: prm` or `kind: likelihood`"),
     ],
 )
 def test_a_wrong_prm_entry_is_refused_by_name(entry, message):
