@@ -33,10 +33,10 @@ def tiny_lm(tmp_path_factory, embedded_path):
     return path
 
 
-def by_hand(model_dir, text: str, whole: bool, alone: bool = False) -> tuple[float, int] | None:
+def by_hand(model_dir, text: str, whole: bool, alone: str | None = None) -> tuple[float, int] | None:
     """The summed log-probability of the tokens of `text`'s last number (or of all of `text`) after the prompt's
-    chat template, and their count, from one unbatched forward pass; `alone`: the number without the rest of
-    `text`. Which characters a token covers is found by decoding the ids one more at a time, not from the
+    chat template, and their count, from one unbatched forward pass; `alone`: the number after that prefix, without
+    the rest of `text`. Which characters a token covers is found by decoding the ids one more at a time, not from the
     tokenizer's offsets (what the scorer reads)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -45,8 +45,8 @@ def by_hand(model_dir, text: str, whole: bool, alone: bool = False) -> tuple[flo
     span = (0, len(text)) if whole else answer_span(text)
     if span is None:
         return None
-    if alone:
-        text, span = text[span[0] : span[1]], (0, span[1] - span[0])
+    if alone is not None:
+        text, span = alone + text[span[0] : span[1]], (len(alone), len(alone) + span[1] - span[0])
     lo, hi = len(head) + span[0], len(head) + span[1]
     ids = tok.encode(head + text, add_special_tokens=False)
     ends = [len(tok.decode(ids[: k + 1])) for k in range(len(ids))]
@@ -61,17 +61,22 @@ def by_hand(model_dir, text: str, whole: bool, alone: bool = False) -> tuple[flo
     ("span", "context", "reduce"),
     [
         ("answer", "prompt", "sum"),
+        ("answer", "", "sum"),  # context prompt, no answer prefix
         ("answer", "completion", "sum"),
         ("completion", "completion", "sum"),
         ("answer", "completion", "mean"),
     ],
 )
 def test_the_score_is_the_log_probability_of_the_answers_tokens(tiny_lm, span, context, reduce):
-    spec = LikelihoodSpec(model=str(tiny_lm), span=span, context=context, reduce=reduce, max_tokens_per_batch=40)
+    prefix, context = ("The answer is ", context) if context else ("", "prompt")
+    spec = LikelihoodSpec(
+        model=str(tiny_lm), span=span, context=context, answer_prefix=prefix, reduce=reduce, max_tokens_per_batch=40
+    )
     scorer = LikelihoodScorer(spec)
     scores = scorer([PROMPT] * len(TEXTS), [[{"role": "assistant", "content": t}] for t in TEXTS])
     for text, got in zip(TEXTS, scores, strict=True):
-        expected = by_hand(tiny_lm, text, whole=span == "completion", alone=context == "prompt")
+        alone = prefix if span == "answer" and context == "prompt" else None
+        expected = by_hand(tiny_lm, text, whole=span == "completion", alone=alone)
         if expected is None:
             assert got is None, text
             continue
@@ -82,14 +87,15 @@ def test_the_score_is_the_log_probability_of_the_answers_tokens(tiny_lm, span, c
 
 
 def test_read_after_the_prompt_alone_a_copied_number_gains_nothing(tiny_lm):
-    """`context: prompt` scores the answer as the model would give it itself: the rest of the completion, where a
-    wrong answer written twice or a number copied from the question would make it likely, is never read."""
+    """`context: prompt` scores the answer as the model would give it itself, after "The answer is ": the rest of
+    the completion, where a wrong answer written twice or a number copied from the question would make it likely,
+    is never read."""
     alone = LikelihoodScorer(LikelihoodSpec(model=str(tiny_lm)))
     in_place = LikelihoodScorer(LikelihoodSpec(model=str(tiny_lm), context="completion"))
     texts = ["20", "13 + 7 = 20.", "13 + 7 = 20. The answer is 20", "13 + 7 = 21", "13 + 7 ="]
     completions = [[{"role": "assistant", "content": t}] for t in texts]
     got = alone([PROMPT] * len(texts), completions)
-    assert got[0] == got[1] == got[2] and got[3] != got[0], got  # the same input: the prompt, then "20"
+    assert got[0] == got[1] == got[2] and got[3] != got[0], got  # the same input: the prompt, "The answer is 20"
     assert got[4] == alone([PROMPT], [[{"role": "assistant", "content": "7"}]])[0]  # the copied operand, alone
     assert in_place([PROMPT] * 3, completions[:3]) != [got[0]] * 3  # in place, the context does change the score
 
@@ -144,6 +150,7 @@ def test_the_embedded_model_ranks_right_sums_above_the_same_sums_off_by_one(embe
             "`context` 'x' is unknown; choose prompt or completion",
         ),
         ({"kind": "likelihood", "model": "m", "span": "completion", "context": "prompt"}, "is read in place"),
+        ({"kind": "likelihood", "model": "m", "answer_prefix": 3}, "`answer_prefix` must be text"),
         ({"kind": "likelihood", "span": "answer"}, "`model` is missing"),
         ({"kind": "likelihood", "model": "m", "tag": "x"}, "unknown keys ['tag']"),
         ({"kind": "grader", "model": "m"}, "needs `kind: judge`, `kind: prm` or `kind: likelihood`"),

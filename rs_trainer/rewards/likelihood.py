@@ -11,20 +11,23 @@ not the form. A `reward_funcs` entry:
         model: outputs/smollm2-arithmetic-lora/round_1/checkpoint   # a causal LM, or a LoRA adapter folder
         name: answer_likelihood     # the scorer's name in rows and metrics (default `likelihood:<model>`)
         span: answer                # answer: the completion's last number; completion: all of its text
-        context: prompt             # prompt: the answer alone after the prompt; completion: the answer in place
+        context: prompt             # prompt: the answer after the prompt and `answer_prefix`; completion: in place
+        answer_prefix: "The answer is "   # with context: prompt, what the model reads before the answer
         reduce: sum                 # sum or mean of the span's token log-probabilities
 
-The model reads the prompt through its own chat template with the generation prompt, then the answer alone
-(`context: prompt`, the default for `span: answer`: how likely the model is to give this answer itself) or the
-completion with the answer in its place (`context: completion`), in one forward pass per batch (length-sorted under
-a padded-token budget, halved on out-of-memory, as a reward model). The score is the log-probability of the tokens
-that overlap the span, so it is at most 0. A completion without a number (`span: answer`) or with an empty span
-scores None (no opinion). A LoRA adapter folder is merged into the base model its `adapter_config.json` names.
+The model reads the prompt through its own chat template with the generation prompt, then `answer_prefix` and the
+answer (`context: prompt`, the default for `span: answer`: how likely the model is to give this answer itself, in
+the words of the prefix) or the completion with the answer in its place (`context: completion`), in one forward
+pass per batch (length-sorted under a padded-token budget, halved on out-of-memory, as a reward model). The score
+is the log-probability of the tokens that overlap the span, so it is at most 0. A completion without a number
+(`span: answer`) or with an empty span scores None (no opinion). A LoRA adapter folder is merged into the base
+model its `adapter_config.json` names.
 
 Read in place, the answer can be gamed: a completion that ends on a number it copied (the question's "1 + 19 =",
 or a wrong sum written twice, "= 22. The answer is 22.") makes that number near certain. In a whole run the policy
 learned exactly that in one round (docs/results.md); `context: prompt` never shows the model the rest of the
-completion.
+completion. The prefix matters: with none, the answer is read where the model would start its reply, and a policy
+that starts "1 + 19 = ..." finds "1" likelier than "20" (a run selected at chance with it).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class LikelihoodSpec:
     name: str = ""
     span: str = "answer"
     context: str = "prompt"
+    answer_prefix: str = "The answer is "
     reduce: str = "sum"
     max_tokens_per_batch: int = 16384
     max_length: int | None = None
@@ -82,6 +86,8 @@ completion.
     for key, allowed in (("span", SPANS), ("context", CONTEXTS), ("reduce", REDUCTIONS)):
         if getattr(spec, key) not in allowed:
             raise ConfigError(f"{label}: `{key}` {getattr(spec, key)!r} is unknown; choose {' or '.join(allowed)}.")
+    if not isinstance(spec.answer_prefix, str):
+        raise ConfigError(f'{label}: `answer_prefix` must be text ("" for none), got {spec.answer_prefix!r}.')
     if not isinstance(spec.max_tokens_per_batch, int) or spec.max_tokens_per_batch < 1:
         raise ConfigError(f"{label}: `max_tokens_per_batch` must be a whole number >= 1.")
     if spec.span == "completion" and "context" in entry and spec.context == "prompt":
@@ -133,7 +139,8 @@ class LikelihoodScorer(RewardModelScorer):
                 head = _joined(messages) + "\n\n"
             chars = (0, len(text)) if self.spec.span == "completion" else answer_span(text)
             if chars is not None and self.spec.span == "answer" and self.spec.context == "prompt":
-                text, chars = text[chars[0] : chars[1]], (0, chars[1] - chars[0])  # the answer alone
+                prefix = self.spec.answer_prefix
+                text, chars = prefix + text[chars[0] : chars[1]], (len(prefix), len(prefix) + chars[1] - chars[0])
             enc = self.tokenizer(head + text, add_special_tokens=False, return_offsets_mapping=True)
             ids = enc["input_ids"][: self.max_length]
             span = []
