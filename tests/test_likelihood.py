@@ -95,9 +95,12 @@ def test_read_after_the_prompt_alone_a_copied_number_gains_nothing(tiny_lm):
     texts = ["20", "13 + 7 = 20.", "13 + 7 = 20. The answer is 20", "13 + 7 = 21", "13 + 7 ="]
     completions = [[{"role": "assistant", "content": t}] for t in texts]
     got = alone([PROMPT] * len(texts), completions)
-    assert got[0] == got[1] == got[2] and got[3] != got[0], got  # the same input: the prompt, "The answer is 20"
-    assert got[4] == alone([PROMPT], [[{"role": "assistant", "content": "7"}]])[0]  # the copied operand, alone
-    assert in_place([PROMPT] * 3, completions[:3]) != [got[0]] * 3  # in place, the context does change the score
+    # The same input ids give the same score; rows of one batch may still go through different GEMM kernels on some
+    # CPUs, hence the float tolerance. Other answers, or the same one read in place, differ by far more.
+    same = pytest.approx(got[0], abs=1e-5)
+    assert got[1] == same and got[2] == same and abs(got[3] - got[0]) > 1e-3, got  # "The answer is 20"
+    assert got[4] == pytest.approx(alone([PROMPT], [[{"role": "assistant", "content": "7"}]])[0], abs=1e-5)
+    assert any(abs(x - got[0]) > 1e-3 for x in in_place([PROMPT] * 3, completions[:3]))
 
 
 def test_a_lora_adapter_scores_as_its_merged_model(tiny_lm, tmp_path):
