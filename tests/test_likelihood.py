@@ -12,7 +12,8 @@ from helpers import recipe_args, tiny_llama_config
 from rs_trainer.config import RSConfig
 from rs_trainer.errors import ConfigError
 from rs_trainer.rewards import resolve_scorer, scorer_name
-from rs_trainer.rewards.likelihood import LikelihoodScorer, LikelihoodSpec, answer_span
+from rs_trainer.rewards.likelihood import LikelihoodScorer, LikelihoodSpec
+from rs_trainer.rewards.verifiers import last_number_span
 
 PROMPT = [{"role": "user", "content": "What is 13 + 7?"}]
 TEXTS = ["13 + 7 = 20.", "The answer is 21", "no number here", "-4"]
@@ -42,7 +43,7 @@ def by_hand(model_dir, text: str, whole: bool, alone: str | None = None) -> tupl
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     head = tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
-    span = (0, len(text)) if whole else answer_span(text)
+    span = (0, len(text)) if whole else last_number_span(text)
     if span is None:
         return None
     if alone is not None:

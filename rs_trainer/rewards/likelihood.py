@@ -33,18 +33,17 @@ that starts "1 + 19 = ..." finds "1" likelier than "20" (a run selected at chanc
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import torch
 
 from rs_trainer.errors import ConfigError
-from rs_trainer.rewards.reward_model import RewardModelScorer, _joined, _messages
+from rs_trainer.rewards.reward_model import RewardModelScorer, _joined, _messages, parse_model_entry
+from rs_trainer.rewards.verifiers import last_number_span
 
 LIKELIHOOD = "likelihood"
 SPANS = ("answer", "completion")
 CONTEXTS = ("prompt", "completion")
 REDUCTIONS = ("sum", "mean")
-_LAST_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?!.*\d)", re.S)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,36 +74,16 @@ def parse_likelihood_entry(entry: dict, where: str) -> LikelihoodSpec:
     rs_trainer.errors.ConfigError: `reward_funcs[0]` (likelihood m): `span` 'last' is unknown; choose answer or \
 completion.
     """
-    label = f"{where} (likelihood {entry.get('name') or entry.get('model') or '?'})"
-    known = {f.name for f in dataclasses.fields(LikelihoodSpec)} | {"kind"}
-    unknown = sorted(set(entry) - known)
-    if unknown:
-        raise ConfigError(f"{label}: unknown keys {unknown}; the keys are {sorted(known)}.")
-    if not isinstance(entry.get("model"), str) or not entry["model"]:
-        raise ConfigError(f"{label}: `model` is missing; name a causal LM or a LoRA adapter folder.")
-    spec = LikelihoodSpec(**{k: v for k, v in entry.items() if k != "kind"})
-    for key, allowed in (("span", SPANS), ("context", CONTEXTS), ("reduce", REDUCTIONS)):
-        if getattr(spec, key) not in allowed:
-            raise ConfigError(f"{label}: `{key}` {getattr(spec, key)!r} is unknown; choose {' or '.join(allowed)}.")
+    choices = {"span": SPANS, "context": CONTEXTS, "reduce": REDUCTIONS}
+    hint = "name a causal LM or a LoRA adapter folder"
+    spec, label = parse_model_entry(entry, LikelihoodSpec, where, hint, choices)
     if not isinstance(spec.answer_prefix, str):
         raise ConfigError(f'{label}: `answer_prefix` must be text ("" for none), got {spec.answer_prefix!r}.')
-    if not isinstance(spec.max_tokens_per_batch, int) or spec.max_tokens_per_batch < 1:
-        raise ConfigError(f"{label}: `max_tokens_per_batch` must be a whole number >= 1.")
     if spec.span == "completion" and "context" in entry and spec.context == "prompt":
         raise ConfigError(
             f"{label}: `span: completion` is read in place; drop `context: prompt` (or set `span: answer`)."
         )
     return spec
-
-
-def answer_span(text: str) -> tuple[int, int] | None:
-    """The character span of the last number in `text`, or None when it has none.
-
-    >>> answer_span("So 13 + 7 = 20."), answer_span("no digits"), answer_span("-3.5 then -4")
-    ((12, 14), None, (10, 12))
-    """
-    found = _LAST_NUMBER.search(text)
-    return None if found is None else found.span()
 
 
 class LikelihoodScorer(RewardModelScorer):
@@ -113,10 +92,10 @@ class LikelihoodScorer(RewardModelScorer):
 
     def __init__(self, spec: LikelihoodSpec, device: str | torch.device | None = None):
         self.spec = spec
-        super().__init__(spec.model, device=device, max_tokens_per_batch=spec.max_tokens_per_batch)
+        super().__init__(
+            spec.model, device=device, max_tokens_per_batch=spec.max_tokens_per_batch, max_length=spec.max_length
+        )
         self.__name__ = spec.scorer_name
-        if spec.max_length:
-            self.max_length = spec.max_length
         if not self.tokenizer.is_fast:
             raise ValueError(f"{spec.model}'s tokenizer is not a fast one; the answer's tokens are found by offsets.")
 
@@ -137,7 +116,7 @@ class LikelihoodScorer(RewardModelScorer):
                 head = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             else:
                 head = _joined(messages) + "\n\n"
-            chars = (0, len(text)) if self.spec.span == "completion" else answer_span(text)
+            chars = (0, len(text)) if self.spec.span == "completion" else last_number_span(text)
             if chars is not None and self.spec.span == "answer" and self.spec.context == "prompt":
                 prefix = self.spec.answer_prefix
                 text, chars = prefix + text[chars[0] : chars[1]], (len(prefix), len(prefix) + chars[1] - chars[0])
@@ -155,10 +134,8 @@ class LikelihoodScorer(RewardModelScorer):
 
     def forward(self, rows: list[dict]) -> list[float | None]:
         """One forward pass over `rows`, padded on the right; each row's reduced log-probability of its span."""
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.tensor([r["input_ids"] + [self.pad_token_id] * (width - len(r["input_ids"])) for r in rows])
-        mask = torch.tensor([r["attention_mask"] + [0] * (width - len(r["input_ids"])) for r in rows])
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        batch = self.padded(rows, ("input_ids", "attention_mask"))
+        ids, mask = batch["input_ids"], batch["attention_mask"]
         hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
         out = []
         for i, r in enumerate(rows):

@@ -35,7 +35,7 @@ import math
 import torch
 
 from rs_trainer.errors import ConfigError
-from rs_trainer.rewards.reward_model import RewardModelScorer, _messages
+from rs_trainer.rewards.reward_model import RewardModelScorer, _messages, parse_model_entry
 
 PRM = "prm"
 PRM_PREFIX = "prm:"  # also in rewards/__init__.py, which reads entries without importing torch
@@ -76,21 +76,9 @@ product or mean.
     """
     if isinstance(entry, str):
         entry = {"kind": PRM, "model": entry[len(PRM_PREFIX) :]}
-    label = f"{where} (prm {entry.get('name') or entry.get('model') or '?'})"
-    known = {f.name for f in dataclasses.fields(PRMSpec)} | {"kind"}
-    unknown = sorted(set(entry) - known)
-    if unknown:
-        raise ConfigError(f"{label}: unknown keys {unknown}; the keys are {sorted(known)}.")
-    if not isinstance(entry.get("model"), str) or not entry["model"]:
-        raise ConfigError(f"{label}: `model` is missing; name the PRM (hub id, folder or embedded:<name>).")
-    spec = PRMSpec(**{k: v for k, v in entry.items() if k != "kind"})
     choices = {"head": HEADS, "aggregate": AGGREGATES}
-    for key, allowed in choices.items():
-        value = getattr(spec, key)
-        if value is not None and value not in allowed:
-            raise ConfigError(
-                f"{label}: `{key}` {value!r} is unknown; choose {', '.join(allowed[:-1])} or {allowed[-1]}."
-            )
+    hint = "name the PRM (hub id, folder or embedded:<name>)"
+    spec, label = parse_model_entry(entry, PRMSpec, where, hint, choices, none_ok=True)
     for key in ("split_on", "good_token", "bad_token"):
         if not isinstance(getattr(spec, key), str) or not getattr(spec, key):
             raise ConfigError(f"{label}: `{key}` must be non-empty text, got {getattr(spec, key)!r}.")
@@ -99,8 +87,6 @@ product or mean.
             f"{label}: `step_tag` {spec.step_tag!r} marks no position to read a step's score at; give the tag the "
             f"PRM was trained with (TRL's `step_separator`, Math-Shepherd's ' ки'), or leave it out for the default."
         )
-    if not isinstance(spec.max_tokens_per_batch, int) or spec.max_tokens_per_batch < 1:
-        raise ConfigError(f"{label}: `max_tokens_per_batch` must be a whole number >= 1.")
     return spec
 
 
@@ -140,10 +126,10 @@ class PRMScorer(RewardModelScorer):
 
     def __init__(self, spec: PRMSpec, device: str | torch.device | None = None):
         self.spec = spec
-        super().__init__(spec.model, device=device, max_tokens_per_batch=spec.max_tokens_per_batch)
+        super().__init__(
+            spec.model, device=device, max_tokens_per_batch=spec.max_tokens_per_batch, max_length=spec.max_length
+        )
         self.__name__ = spec.scorer_name
-        if spec.max_length:
-            self.max_length = spec.max_length
         self.step_tag = spec.step_tag if spec.step_tag is not None else DEFAULT_TAGS[self.head]
         self.tag_ids = self.tokenizer.encode(self.step_tag, add_special_tokens=False)
         if not self.tag_ids:
@@ -226,10 +212,8 @@ class PRMScorer(RewardModelScorer):
 
     def forward(self, rows: list[dict]) -> list[list[float]]:
         """One forward pass over `rows`, padded on the right; each row's steps' scores."""
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.tensor([r["input_ids"] + [self.pad_token_id] * (width - len(r["input_ids"])) for r in rows])
-        mask = torch.tensor([r["attention_mask"] + [0] * (width - len(r["input_ids"])) for r in rows])
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        batch = self.padded(rows, ("input_ids", "attention_mask"))
+        ids, mask = batch["input_ids"], batch["attention_mask"]
         rows_at = torch.tensor([i for i, r in enumerate(rows) for _ in r["read_at"]], dtype=torch.long)
         cols_at = torch.tensor([p for r in rows for p in r["read_at"]], dtype=torch.long)
         if self.head == "step_tag":  # the LM head on the tag positions only, not over every token's vocabulary

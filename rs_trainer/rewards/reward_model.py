@@ -11,10 +11,12 @@ mask hides the padding. So a score does not depend on which batch the input land
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
 
+from rs_trainer.errors import ConfigError
 from rs_trainer.run.models import check_model_folder, ensure_pad_token, resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,30 @@ def _messages(x, role: str) -> list[dict]:
 
 def _joined(messages: list[dict]) -> str:
     return "\n\n".join(str(m["content"]) for m in messages)
+
+
+def parse_model_entry(entry: dict, spec_cls, where: str, model_hint: str, choices: dict, none_ok: bool = False):
+    """The checks every model-backed `reward_funcs` mapping (`kind: prm`, `kind: likelihood`) shares, as a
+    `ConfigError` naming `where`, the key and the fix: no unknown key, a `model` (`model_hint` says what to name),
+    each key of `choices` among its values (None passes where `none_ok`: the scorer then picks a default), and a
+    whole `max_tokens_per_batch` >= 1. Returns the `spec_cls` instance and the label the kind's own checks use."""
+    label = f"{where} ({entry['kind']} {entry.get('name') or entry.get('model') or '?'})"
+    known = {f.name for f in dataclasses.fields(spec_cls)} | {"kind"}
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise ConfigError(f"{label}: unknown keys {unknown}; the keys are {sorted(known)}.")
+    if not isinstance(entry.get("model"), str) or not entry["model"]:
+        raise ConfigError(f"{label}: `model` is missing; {model_hint}.")
+    spec = spec_cls(**{k: v for k, v in entry.items() if k != "kind"})
+    for key, allowed in choices.items():
+        value = getattr(spec, key)
+        if not (none_ok and value is None) and value not in allowed:
+            raise ConfigError(
+                f"{label}: `{key}` {value!r} is unknown; choose {', '.join(allowed[:-1])} or {allowed[-1]}."
+            )
+    if not isinstance(spec.max_tokens_per_batch, int) or spec.max_tokens_per_batch < 1:
+        raise ConfigError(f"{label}: `max_tokens_per_batch` must be a whole number >= 1.")
+    return spec, label
 
 
 TRAINING_METRICS = "reward_model_metrics.json"  # written by `rs-trainer reward-model` beside the model's folder
@@ -186,12 +212,17 @@ class RewardModelScorer:
             start = end
         return scores
 
-    def forward(self, rows: list[dict]) -> list[float]:
-        """One forward pass over `rows`, padded on the right to the longest; one float per row."""
+    def padded(self, rows: list[dict], keys=None) -> dict[str, torch.Tensor]:
+        """The token lists `keys` (default: all) of `rows`, padded on the right to the longest row (the pad token for
+        `input_ids`, 0 otherwise), as tensors on the scorer's device."""
         width = max(len(r["input_ids"]) for r in rows)
         batch = {}
-        for key in rows[0]:
+        for key in keys or rows[0]:
             fill = self.pad_token_id if key == "input_ids" else 0
             batch[key] = torch.tensor([r[key] + [fill] * (width - len(r[key])) for r in rows], device=self.device)
-        logits = self.model(**batch).logits
+        return batch
+
+    def forward(self, rows: list[dict]) -> list[float]:
+        """One forward pass over `rows`, padded on the right to the longest; one float per row."""
+        logits = self.model(**self.padded(rows)).logits
         return logits[:, 0].float().tolist()

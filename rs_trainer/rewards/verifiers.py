@@ -15,13 +15,28 @@ def final_number(text: str) -> float | None:
     >>> final_number("no digits") is None
     True
     """
-    found = _NUMBER.findall(text)
-    if not found:
+    span = last_number_span(text)
+    if span is None:
         return None
     try:
-        return float(found[-1].replace(",", ""))
+        return float(text[span[0] : span[1]].replace(",", ""))
     except ValueError:
         return None
+
+
+def last_number_span(text: str) -> tuple[int, int] | None:
+    """Where the number `final_number` reads lies in `text` (a trailing comma left out), or None: the answer a
+    generative reward model scores (`rewards.likelihood`).
+
+    >>> last_number_span("So 13 + 7 = 20."), last_number_span("no digits"), last_number_span("-3.5 then -4")
+    ((12, 14), None, (10, 12))
+    >>> last_number_span("It is 1,234, I think")
+    (6, 11)
+    """
+    found = list(_NUMBER.finditer(text))
+    if not found:
+        return None
+    return found[-1].start(), found[-1].start() + len(found[-1].group().rstrip(","))
 
 
 def _content(completion) -> str:
